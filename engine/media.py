@@ -174,6 +174,9 @@ class VideoRendition:
     quality_group: str  # SD, HD, UHD1, UHD2
     name: str  # output base name, e.g. "video-H264-720-2450k" (contract §7, Naming applied)
     source: Path | None = None  # packaging-only: the rendition file it comes from
+    # Pixel shape (SAR) of the output: 1 unless ForcePixelAspectRatioTo1 is false, when the
+    # source's storage proportions are kept and the display shape comes from this.
+    sample_aspect_ratio: Fraction = Fraction(1)
 
 
 @dataclass(frozen=True)
