@@ -13,7 +13,7 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 from pydantic.alias_generators import to_pascal
 
 Problem = tuple[str, str]  # (path relative to the model, message)
@@ -44,6 +44,8 @@ class JobModel(BaseModel):
         frozen=True,
         extra="ignore",
         str_strip_whitespace=True,
+        # NaN and infinity are valid JSON for Python's parser but no valid size, time or percent
+        allow_inf_nan=False,
     )
     # Older or alternative JSON names of a field: lower-case name -> alias of the field.
     legacy_names: ClassVar[dict[str, str]] = {}
@@ -56,6 +58,10 @@ class JobModel(BaseModel):
 
 Secret = SecretStr  # repr, str and JSON dumps show '**********', never the value
 Kbps = Annotated[int, Field(ge=16, le=200_000)]
+# The External* values are echoed unchanged (contract §1), so they keep their whitespace.
+Echoed = Annotated[str, StringConstraints(strip_whitespace=False)]
+# The largest side of a baseline JPEG, which bounds a thumbnail tile sheet.
+JPEG_MAX_SIDE = 65_535
 
 # ---------------------------------------------------------------------------------- §3 storage
 
@@ -504,7 +510,7 @@ class ContentProcessing(JobModel):
     @field_validator("optimize_for", mode="before")
     @classmethod
     def _empty_is_default(cls, value: Any) -> Any:
-        return OptimizeFor.Balance if value == "" else value
+        return OptimizeFor.Balance if isinstance(value, str) and not value.strip() else value
 
     @field_validator("key_id")
     @classmethod
@@ -555,8 +561,12 @@ class ContentProcessing(JobModel):
                     problems.append((alias, "not possible with VideoFormat DoNotEncode"))
             if self.encoding_mode == EncodingMode.PerScene:
                 problems.append(("EncodingMode", "PerScene needs encoding, not DoNotEncode"))
-            if self.extract_and_apply_hdr or self.extract_and_apply_hdr10_plus:
-                problems.append(("ExtractAndApplyHDR", "not possible with DoNotEncode"))
+            for alias, on in (
+                ("ExtractAndApplyHDR", self.extract_and_apply_hdr),
+                ("ExtractAndApplyHDR10Plus", self.extract_and_apply_hdr10_plus),
+            ):
+                if on:
+                    problems.append((alias, "not possible with VideoFormat DoNotEncode"))
         elif self.video_format == VideoFormat.H264:
             for alias, on in (
                 ("ExtractAndApplyHDR", self.extract_and_apply_hdr),
@@ -636,6 +646,23 @@ class Thumbnails(JobModel):
     tile_columns: int = Field(default=10, ge=1, le=20)
     tile_rows: int = Field(default=10, ge=1, le=20)
 
+    def rules(self) -> list[Problem]:
+        problems: list[Problem] = []
+        # A tile sheet is one JPEG, whose sides cannot exceed 65535 pixels.
+        for alias, size, count_alias, count in (
+            ("Width", self.width, "TileColumns", self.tile_columns),
+            ("Height", self.height, "TileRows", self.tile_rows),
+        ):
+            if size is not None and size * count > JPEG_MAX_SIDE:
+                problems.append(
+                    (
+                        alias,
+                        f"{alias} × {count_alias} = {size * count} pixels; a JPEG tile sheet "
+                        f"allows at most {JPEG_MAX_SIDE}",
+                    )
+                )
+        return problems
+
 
 # ------------------------------------------------------------------------------- §8 publishers
 
@@ -684,6 +711,14 @@ class MessagePublisher(JobModel):
         for alias in self.REQUIRED[self.type]:
             if getattr(self, _field_name(type(self), alias)) is None:
                 problems.append((alias, f"required for a {self.type} publisher"))
+        if (
+            self.type == PublisherType.AzureServiceBusQueue
+            and self.connection is not None
+            and self.credentials_protection == Protection.Unencrypted
+            and self.queue is None
+            and "entitypath=" not in self.connection.get_secret_value().lower()
+        ):
+            problems.append(("Queue", "required when the Connection string has no EntityPath"))
         if self.type == PublisherType.Webhook and self.url:
             if not self.url.lower().startswith(("https://", "http://")):
                 problems.append(("Url", "must be an http(s) URL"))
@@ -704,9 +739,9 @@ class MessagePublisher(JobModel):
 class Job(JobModel):
     """A whole encoding job."""
 
-    external_id: str = Field(default="", max_length=200)
-    external_type: str = Field(default="", max_length=100)
-    external_provider: str = Field(default="", max_length=100)
+    external_id: Echoed = Field(default="", max_length=200)
+    external_type: Echoed = Field(default="", max_length=100)
+    external_provider: Echoed = Field(default="", max_length=100)
     content_acquisition: StorageSpec
     media_mappings: MediaMappings
     content_processing: ContentProcessing
@@ -716,6 +751,11 @@ class Job(JobModel):
     message_publishers: list[MessagePublisher] | None = Field(default=None, max_length=5)
 
     legacy_names: ClassVar[dict[str, str]] = {"contentpreprocessing": "MediaMappings"}
+
+    @field_validator("external_id", "external_type", "external_provider", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
 
     def rules(self) -> list[Problem]:
         if self.content_publishing.provider == Provider.Http:

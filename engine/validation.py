@@ -6,15 +6,16 @@ warnings for unknown properties). `validate_job` raises `JobValidationError` ins
 
 from __future__ import annotations
 
-import copy
+import enum
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from engine.errors import JobValidationError
 from engine.job import Job, JobModel
@@ -33,6 +34,8 @@ class FieldError:
 
 @dataclass(frozen=True)
 class CheckedJob:
+    """The outcome of `check_job`: the job when valid, else every error; warnings either way."""
+
     job: Job | None
     errors: list[FieldError] = field(default_factory=list)
     warnings: list[FieldError] = field(default_factory=list)
@@ -75,7 +78,7 @@ def check_job(source: Any, *, strict: bool = False) -> CheckedJob:
         job = Job.model_validate(normalized)
     except ValidationError as error:
         errors += _pydantic_errors(error, "")
-        errors += _rules_despite_errors(normalized)
+        errors += _rules_despite_errors(Job, normalized, "")
         return CheckedJob(None, _unique(errors), unknown)
     errors += _all_rules(job, "")
     if errors:
@@ -189,55 +192,119 @@ def _all_rules(model: Any, path: str) -> list[FieldError]:
     return found
 
 
-def _rules_despite_errors(normalized: dict) -> list[FieldError]:
-    """When field validation fails, still run the cross-field rules of what is valid, so that
-    one run reports every problem: drop the invalid fields (or list items), validate again, and
-    run the rules, for the whole job or else section by section."""
-    found = _rules_after_pruning(TypeAdapter(Job), normalized, "")
-    if found is not None:
-        return found
-    found = []
-    for name, info in Job.model_fields.items():
-        alias = info.alias or name
-        if alias in normalized:
-            adapter = TypeAdapter(info.annotation)
-            found += _rules_after_pruning(adapter, normalized[alias], alias) or []
+def _rules_despite_errors(model: type[JobModel], raw: Any, path: str) -> list[FieldError]:
+    """The cross-field rules of whatever is valid in `raw`, although the whole does not validate,
+    so that one run reports every problem.
+
+    Each nested section and each list item is checked on its own, at its own path. A model's own
+    rules run on a copy without its invalid fields (and list items); a problem that speaks of a
+    removed field is dropped, and a removed enum or bool field is tried with every value it can
+    take, keeping only the problems found whatever the user meant: a default standing in for an
+    invalid value must not cause follow-up errors.
+    """
+    if not isinstance(raw, dict):
+        return []
+    try:
+        return _all_rules(model.model_validate(raw), path)
+    except ValidationError as error:
+        locations = [item["loc"] for item in error.errors(include_url=False, include_input=False)]
+    found: list[FieldError] = []
+    for alias, value in raw.items():
+        try:
+            annotation = model.model_fields[_name_of(model, alias)].annotation
+        except KeyError:  # not a JSON name of this model (keys are normalised before)
+            continue
+        inner, is_list = _nested_model(annotation)
+        if inner is None:
+            continue
+        if is_list and isinstance(value, list):
+            for i, item in enumerate(value):
+                found += _rules_despite_errors(inner, item, _join(_join(path, alias), i))
+        elif not is_list:
+            found += _rules_despite_errors(inner, value, _join(path, alias))
+    found += _own_rules_after_pruning(model, raw, locations, path)
     return found
 
 
-def _rules_after_pruning(adapter: TypeAdapter, data: Any, prefix: str) -> list[FieldError] | None:
-    data = copy.deepcopy(data)
-    pruned: list[str] = []
+_MAX_VARIANTS = 64  # combinations of removed enum/bool values to try before giving up
+
+
+def _own_rules_after_pruning(
+    model: type[JobModel], raw: dict, locations: list[tuple], path: str
+) -> list[FieldError]:
+    """The model's own `rules()` once its invalid fields and list items are removed (a shallow
+    copy: nested values are shared, never changed); [] when it cannot be built without them."""
+    data = dict(raw)
+    removed: list[str] = []
     for _ in range(5):
+        changed = False
+        drop_items: dict[str, set[int]] = {}
+        for loc in locations:
+            key = loc[0] if loc else None
+            if key not in data:
+                continue
+            if isinstance(data[key], list) and len(loc) > 1 and isinstance(loc[1], int):
+                drop_items.setdefault(key, set()).add(loc[1])
+            else:
+                del data[key]
+                removed.append(key)
+            changed = True
+        for key, indices in drop_items.items():
+            if key in data:
+                data[key] = [item for i, item in enumerate(data[key]) if i not in indices]
+        if not changed:
+            return []
         try:
-            model = adapter.validate_python(data)
+            model.model_validate(data)
         except ValidationError as error:
-            locations = [item["loc"] for item in error.errors()]
-            removed = [_prune(data, loc) for loc in locations]
-            if not any(removed):
-                return None
-            pruned += [_join(prefix, p) if prefix else p for p in removed if p]
+            locations = [
+                item["loc"] for item in error.errors(include_url=False, include_input=False)
+            ]
             continue
-        return [
-            e
-            for e in _all_rules(model, prefix)
-            if not any(e.field == p or e.field.startswith((p + ".", p + "[")) for p in pruned)
-        ]
-    return None
+        break
+    else:
+        return []
+    variants: list[dict[str, Any]] = [{}]
+    for key in removed:
+        domain = _finite_domain(model.model_fields[_name_of(model, key)].annotation)
+        if domain is None:
+            continue  # left out: its default stands in, and rules about it are dropped below
+        variants = [dict(v, **{key: value}) for v in variants for value in domain]
+        if len(variants) > _MAX_VARIANTS:
+            return []
+    common: list[tuple[str, str]] | None = None
+    for variant in variants:
+        try:
+            instance = model.model_validate({**data, **variant})
+        except ValidationError:
+            continue
+        problems = list(dict.fromkeys(instance.rules()))
+        common = problems if common is None else [p for p in common if p in problems]
+    return [
+        FieldError(_join(path, where), message)
+        for where, message in common or []
+        if not any(_speaks_of(key, where, message) for key in removed)
+    ]
 
 
-def _prune(data: Any, loc: tuple) -> str | None:
-    """Remove what an error points at: the list field holding it when it is inside a list,
-    else the key itself. Returns the JSON path removed, relative to `data`, or None."""
-    container, path = data, ""
-    for depth, part in enumerate(loc):
-        if not isinstance(container, dict) or part not in container:
-            return None
-        value = container[part]
-        if depth == len(loc) - 1 or isinstance(value, list):
-            del container[part]
-            return _join(path, part)
-        container, path = value, _join(path, part)
+def _speaks_of(key: str, where: str, message: str) -> bool:
+    """Whether a rule's problem is about field `key`: at its path, or naming it (a rule such as
+    'give Width, Height or both' fired only because the invalid Width was removed)."""
+    if where == key or where.startswith((key + ".", key + "[")):
+        return True
+    return re.search(rf"\b{re.escape(key)}\b", message) is not None
+
+
+def _finite_domain(annotation: Any) -> list[Any] | None:
+    """Every value of an enum or bool field (None excluded), or None for any other type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _finite_domain(args[0]) if len(args) == 1 else None
+    if annotation is bool:
+        return [True, False]
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return list(annotation)
     return None
 
 
