@@ -1,0 +1,249 @@
+"""The `vipe` command line.
+
+vipe run job.json        run one job here (exit 0 success, 1 failed, 2 invalid job)
+vipe validate job.json   check a job (exit 0 valid, 2 invalid)
+vipe demo [DIR]          make a sample source and run a CMAF job on it
+vipe certificate         print the certificate that protects secrets in jobs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from engine.errors import JobValidationError
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+console = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not hasattr(args, "command"):
+        parser.print_help()
+        return EXIT_INVALID
+    return args.command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vipe", description="vipe: video encoding engine")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(title="commands")
+
+    run = commands.add_parser("run", help="run one job on this machine")
+    run.add_argument("job", type=Path, help="the job JSON file")
+    run.add_argument("--events", type=Path, help="write events as JSON lines to this file")
+    run.add_argument("--report", type=Path, help="write the reporting entry to this file")
+    run.add_argument("--workdir", type=Path, help="work folder (default: a temporary one)")
+    run.add_argument("--keep-workdir", action="store_true", help="keep the work folder")
+    run.add_argument("--data-dir", type=Path, help="data folder (service key)")
+    run.add_argument("--strict", action="store_true", help="unknown properties are errors")
+    run.set_defaults(command=_run)
+
+    validate = commands.add_parser("validate", help="check a job without running it")
+    validate.add_argument("job", type=Path)
+    validate.add_argument("--strict", action="store_true", help="unknown properties are errors")
+    validate.set_defaults(command=_validate)
+
+    demo = commands.add_parser("demo", help="make a sample source and run a job on it")
+    demo.add_argument("folder", type=Path, nargs="?", default=Path("vipe-demo"))
+    demo.set_defaults(command=_demo)
+
+    certificate = commands.add_parser(
+        "certificate", help="print the base64 certificate clients encrypt secrets with"
+    )
+    certificate.add_argument("--data-dir", type=Path)
+    certificate.set_defaults(command=_certificate)
+    return parser
+
+
+# --------------------------------------------------------------------------------- commands
+
+
+def _validate(args) -> int:
+    from engine.validation import check_job, load_job_json
+
+    try:
+        checked = check_job(load_job_json(args.job), strict=args.strict)
+    except JobValidationError as error:
+        _print_problems(error.errors, "error")
+        return EXIT_INVALID
+    _print_problems(checked.warnings, "warning")
+    if not checked.valid:
+        _print_problems(checked.errors, "error")
+        return EXIT_INVALID
+    console.print(f"[green]valid[/green]: {args.job}")
+    return EXIT_OK
+
+
+def _print_problems(problems, kind: str) -> None:
+    for problem in problems:
+        colour = "red" if kind == "error" else "yellow"
+        console.print(
+            f"[{colour}]{kind}[/{colour}] {problem.field}: {problem.message}", highlight=False
+        )
+
+
+def _run(args) -> int:
+    return run_job_file(
+        args.job,
+        events_file=args.events,
+        report_file=args.report,
+        workdir=args.workdir,
+        keep_workdir=args.keep_workdir,
+        data_dir=args.data_dir,
+        strict=args.strict,
+    )
+
+
+def run_job_file(
+    job: Path,
+    *,
+    events_file: Path | None = None,
+    report_file: Path | None = None,
+    workdir: Path | None = None,
+    keep_workdir: bool = False,
+    data_dir: Path | None = None,
+    strict: bool = False,
+) -> int:
+    from engine.cancel import CancelToken
+    from engine.pipeline import run_job
+
+    token = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: token.cancel("cancelled by Ctrl-C (SIGINT)"))
+    events_out = open(events_file, "w", encoding="utf-8") if events_file else None  # noqa: SIM115
+    display = _Display()
+    try:
+
+        def on_event(event: dict[str, Any]) -> None:
+            if events_out:
+                events_out.write(json.dumps(event) + "\n")
+                events_out.flush()
+            display.show(event)
+
+        with display:
+            report = run_job(
+                job,
+                on_event=on_event,
+                cancel=token,
+                workdir=workdir,
+                keep_workdir=keep_workdir,
+                data_dir=data_dir,
+                strict=strict,
+            )
+    except JobValidationError as error:
+        _print_problems(error.errors, "error")
+        return EXIT_INVALID
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if events_out:
+            events_out.close()
+    if report_file:
+        report_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _print_report(report)
+    if not report["Success"]:
+        console.print(
+            f"[red]FinalError {report.get('ErrorCode')}[/red]: {display.final_error}",
+            highlight=False,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    table = Table(title="reporting entry", show_header=False)
+    for key, value in report.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+class _Display:
+    """A progress bar per phase on a terminal; plain lines otherwise."""
+
+    PROGRESS = {
+        "AcquisitionProgress": "acquisition",
+        "EncodingProgress": "encoding",
+        "PublishingProgress": "publishing",
+    }
+
+    def __init__(self) -> None:
+        self.interactive = console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description:<12}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not self.interactive,
+        )
+        self.tasks: dict[str, int] = {}
+        self.final_error = ""
+
+    def __enter__(self) -> _Display:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def show(self, event: dict[str, Any]) -> None:
+        kind = event["MessageType"]
+        if kind == "FinalError":
+            self.final_error = f"{event['ErrorMessage']} (phase {event['Phase']})"
+        if kind in self.PROGRESS:
+            name = self.PROGRESS[kind]
+            if self.interactive:
+                if name not in self.tasks:
+                    self.tasks[name] = self.progress.add_task(name, total=100)
+                self.progress.update(self.tasks[name], completed=event["Progress"])
+            return
+        detail = {
+            k: v
+            for k, v in event.items()
+            if k in ("Code", "Message", "ErrorCode", "ErrorMessage", "Location")
+        }
+        line = f"{event['Timestamp']} {kind}" + (f" {detail}" if detail else "")
+        if self.interactive:
+            self.progress.console.print(line, highlight=False)
+        else:
+            console.print(line, highlight=False)
+
+
+def _demo(args) -> int:
+    from engine.demo import make_demo
+
+    job = make_demo(args.folder)
+    console.print(f"sample source and job written to {args.folder}/; running {job}")
+    code = run_job_file(
+        job, events_file=args.folder / "events.jsonl", report_file=args.folder / "report.json"
+    )
+    if code == EXIT_OK:
+        console.print(f"[green]done[/green]: the package is in {args.folder.resolve() / 'out'}")
+    return code
+
+
+def _certificate(args) -> int:
+    from drm.credentials import ServiceKey
+    from engine.config import data_dir
+
+    print(ServiceKey.load_or_create(data_dir(args.data_dir)).certificate_base64)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

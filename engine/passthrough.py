@@ -1,0 +1,232 @@
+"""Packaging-only mode (`VideoFormat: DoNotEncode`, contract §5.4).
+
+Every matched file is an already-encoded rendition. Its video is copied (no re-encode) into a
+one-track fragmented MP4 for the packager, after checking what packaging needs: H.264 or
+H.265 only, one codec for all, GOPs of at most 5 s, and keyframes at the same instants in every
+rendition (segments must align). Audio is copied when it is AAC already, else encoded to AAC.
+Segment boundaries are the first common keyframe at or after each multiple of the segment
+length.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import av
+
+from engine import ladder
+from engine.errors import MappingError, PackagingError, SourceError
+from engine.media import AudioRendition, MediaMap
+from engine.transcode import FRAGMENTED, AudioOutput, EncodedTrack, TranscodePlan, transcode
+
+if TYPE_CHECKING:
+    from engine.pipeline import Encoded, JobRunner
+
+log = logging.getLogger(__name__)
+
+MAX_GOP_SECONDS = 5.0
+
+
+def prepare_renditions(runner: JobRunner, media: MediaMap) -> Encoded:
+    from engine.pipeline import Encoded
+
+    processing = runner.processing
+    folder = runner.workdir / "encode"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = list(media.renditions) or ([media.video] if media.video else [])
+    if not files:
+        raise MappingError("DoNotEncode: no rendition file matched VideoStreamExpression")
+    tracks = [media.sources[path].main_video for path in files]
+    if any(track is None for track in tracks):
+        missing = [p.name for p, t in zip(files, tracks, strict=True) if t is None]
+        raise MappingError(f"DoNotEncode: no video track in {', '.join(missing)}")
+    bitrates = [
+        track.bitrate or media.sources[p].bitrate for p, track in zip(files, tracks, strict=True)
+    ]
+    renditions = ladder.plan_passthrough(
+        tracks, bitrates, [t.codec for t in tracks], processing.naming, paths=files
+    )
+    keyframes: dict[str, list[Fraction]] = {}
+    encoded: list[EncodedTrack] = []
+    for rendition in renditions:
+        runner.cancel.check()
+        target = folder / f"{rendition.name}.mp4"
+        times, frames, duration = _copy_video(rendition.source, target)
+        keyframes[rendition.name] = times
+        encoded.append(EncodedTrack(target, "video", rendition.name, "copy", frames, duration))
+    boundaries = _common_boundaries(keyframes, processing.segment_length_in_seconds)
+    duration = max(t.duration for t in encoded)
+
+    audio = ladder.plan_audio(list(media.audio), processing)
+    copied, to_encode = _split_audio(audio, media)
+    for rendition in copied:
+        target = folder / f"{rendition.name}.mp4"
+        samples, seconds = _copy_audio(
+            rendition.source.path, rendition.source.track_indices[0], target
+        )
+        encoded.append(EncodedTrack(target, "audio", rendition.name, "copy", samples, seconds))
+    if to_encode:
+        plan = TranscodePlan(
+            video_file=None,
+            video_track=None,
+            frame_rate=Fraction(25),
+            video=(),
+            audio=tuple(AudioOutput(r, folder / f"{r.name}.mp4") for r in to_encode),
+            segment_seconds=processing.segment_length_in_seconds,
+            duration=duration,
+            normalize_audio=processing.normalize_audio,
+        )
+        encoded += transcode(plan, cancel=runner.cancel.check)
+    runner.context.facts.bitrates_kbps = [r.bitrate_kbps for r in renditions]
+    runner.context.facts.encoders = ["copy"]
+    runner.context.facts.encoded_duration = duration
+    runner.events.emit(
+        "VideoEncodingStarted",
+        Renditions=[
+            {
+                "Name": r.name,
+                "Width": r.width,
+                "Height": r.height,
+                "BitrateInKbps": r.bitrate_kbps,
+                "Codec": r.codec,
+                "File": r.source.name,
+            }
+            for r in renditions
+        ],
+        Encoder="copy",
+    )
+    runner.events.progress("EncodingProgress", 100)
+    return Encoded(
+        tuple(encoded),
+        tuple(renditions),
+        tuple(copied + to_encode),
+        tuple(float(b) for b in boundaries),
+        duration,
+    )
+
+
+def _split_audio(audio: list[AudioRendition], media: MediaMap):
+    """Renditions whose source track is AAC with the same channel count are copied."""
+    copied, to_encode = [], []
+    seen_sources = set()
+    for rendition in audio:
+        source = rendition.source
+        info = media.sources.get(source.path)
+        track = (
+            next((a for a in info.audio if a.index in source.track_indices), None) if info else None
+        )
+        same = (
+            track is not None
+            and len(source.track_indices) == 1
+            and track.codec == "aac"
+            and rendition.codec == "AAC"
+            and rendition.channels == track.channels
+            and source not in seen_sources
+        )
+        if same:
+            seen_sources.add(source)
+            copied.append(
+                replace(
+                    rendition,
+                    bitrate_kbps=round((track.bitrate or 0) / 1000) or rendition.bitrate_kbps,
+                )
+            )
+        else:
+            to_encode.append(rendition)
+    return copied, to_encode
+
+
+def _copy_video(source: Path, target: Path) -> tuple[list[Fraction], int, float]:
+    """Stream-copy the first video track; returns keyframe times, frame count, duration."""
+    try:
+        container = av.open(str(source))
+    except av.FFmpegError as error:
+        raise SourceError(f"{source.name}: cannot open: {error}") from None
+    try:
+        stream = container.streams.video[0]
+        output = av.open(str(target), "w", format="mp4", options={"movflags": FRAGMENTED})
+        copy = output.add_stream_from_template(stream)
+        if stream.codec_context.name == "hevc":
+            copy.codec_tag = "hvc1"
+        keyframes: list[Fraction] = []
+        frames = 0
+        first: int | None = None
+        end = 0
+        for packet in container.demux(stream):
+            if packet.dts is None:
+                continue
+            first = packet.pts if first is None else min(first, packet.pts)
+            if packet.is_keyframe:
+                keyframes.append(Fraction(packet.pts) * stream.time_base)
+            end = max(end, packet.pts + (packet.duration or 0))
+            frames += 1
+            packet.stream = copy
+            output.mux(packet)
+        output.close()
+    except av.FFmpegError as error:
+        raise SourceError(f"{source.name}: cannot read the video: {error}") from None
+    finally:
+        container.close()
+    start = Fraction(first or 0) * stream.time_base
+    times = sorted(t - start for t in keyframes)
+    duration = float(Fraction(end) * stream.time_base - start)
+    gaps = [b - a for a, b in zip(times, [*times[1:], Fraction(duration)], strict=True)]
+    if not times or times[0] != 0:
+        raise PackagingError(f"{source.name}: the video does not start with a keyframe")
+    if max(gaps, default=0) > MAX_GOP_SECONDS:
+        raise PackagingError(
+            f"{source.name}: a GOP of {float(max(gaps)):.2f} s exceeds {MAX_GOP_SECONDS:.0f} s; "
+            "packaging-only mode needs keyframes at least every 5 seconds"
+        )
+    return times, frames, duration
+
+
+def _common_boundaries(keyframes: dict[str, list[Fraction]], segment: float) -> list[Fraction]:
+    """Segment starts: the first keyframe at/after each multiple of the segment length; every
+    rendition must have a keyframe there (within half a millisecond)."""
+    names = list(keyframes)
+    reference = keyframes[names[0]]
+    for name in names[1:]:
+        other = keyframes[name]
+        if len(other) != len(reference) or any(
+            abs(a - b) > Fraction(1, 2000) for a, b in zip(reference, other, strict=True)
+        ):
+            raise PackagingError(
+                f"the renditions' keyframes are not aligned ({names[0]} and {name} differ): "
+                "packaging-only mode needs the same GOP structure in every rendition"
+            )
+    step = Fraction(segment).limit_denominator(1000)
+    boundaries: list[Fraction] = []
+    n = 1
+    for time in reference[1:]:
+        if time >= n * step:
+            boundaries.append(time)
+            n = int(time // step) + 1
+    return boundaries
+
+
+def _copy_audio(source: Path, index: int, target: Path) -> tuple[int, float]:
+    with av.open(str(source)) as container:
+        stream = next(s for s in container.streams if s.index == index)
+        output = av.open(
+            str(target),
+            "w",
+            format="mp4",
+            options={"movflags": FRAGMENTED, "frag_duration": "1000000"},
+        )
+        copy = output.add_stream_from_template(stream)
+        samples = 0
+        for packet in container.demux(stream):
+            if packet.dts is None:
+                continue
+            samples += packet.duration or 0
+            packet.stream = copy
+            output.mux(packet)
+        output.close()
+        rate = stream.codec_context.sample_rate or 48000
+        seconds = float(samples * stream.time_base)
+        return round(seconds * rate), seconds

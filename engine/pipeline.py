@@ -1,0 +1,779 @@
+"""The orchestrator: one job, its phases in order (contract §10).
+
+Pre-Validation → Acquisition → Media Mapping → Encoding → DRM + Packaging → Image Extraction →
+Publishing. Each phase is a method with typed input and output (frozen dataclasses); the
+runner owns the order, the phase events, the cancellation token and the turning of exceptions
+into `FinalError`. `run_job` is the documented entry point for programs that embed vipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from drm.credentials import ServiceKey
+from engine import ladder
+from engine.cancel import CancelToken
+from engine.config import data_dir as default_data_dir
+from engine.encoders import NodeCapabilities, choose_encoder, cpu_capabilities
+from engine.errors import (
+    Cancelled,
+    DrmError,
+    EngineError,
+    JobValidationError,
+    MappingError,
+    PackagingError,
+)
+from engine.events import EventEmitter, EventSink, utc_now
+from engine.job import (
+    Archiving,
+    DrmProtection,
+    EncodingMode,
+    Job,
+    Protection,
+)
+from engine.languages import english_name, native_name
+from engine.locations import location_from_spec, storage_error_to_engine
+from engine.mapping import map_media
+from engine.media import (
+    AudioRendition,
+    MediaMap,
+    TextSource,
+    VideoRendition,
+    VideoTrackInfo,
+)
+from engine.report import ReportFacts, reporting_entry
+from engine.transcode import (
+    AudioOutput,
+    EncodedTrack,
+    TranscodePlan,
+    VideoOutput,
+    transcode,
+)
+from engine.validation import CheckedJob, FieldError, load_job_json, validate_job
+from engine.watermark import Watermarker, WatermarkSpec
+from packagers.errors import PackagingError as PackagerError
+from packagers.model import PackageResult, PackageSpec, TextInput, TrackInput
+from packagers.packager import package
+from packagers.subtitles import SubtitleError, convert_to_webvtt
+from storage import StorageError, open_storage
+from storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------- phase results
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Pre-Validation: the job, its storages and its keys."""
+
+    job: Job
+    warnings: tuple[FieldError, ...]
+    input_storage: Storage
+    output_storage: Storage
+    keys: Any  # drm.keys.KeySet | None
+
+
+@dataclass(frozen=True)
+class Acquired:
+    files: tuple[Path, ...]
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Encoded:
+    tracks: tuple[EncodedTrack, ...]
+    video: tuple[VideoRendition, ...]
+    audio: tuple[AudioRendition, ...]
+    boundaries: tuple[float, ...] | None  # packaging-only: the renditions' keyframe times
+    duration: float
+
+
+@dataclass(frozen=True)
+class Packaged:
+    folder: Path
+    result: PackageResult
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    tenant_id: str
+    workdir: Path
+    events: EventEmitter
+    cancel: CancelToken
+    capabilities: NodeCapabilities
+    data_dir: Path
+    facts: ReportFacts = field(default_factory=ReportFacts)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+
+# -------------------------------------------------------------------------------- the runner
+
+
+class JobRunner:
+    """Runs one validated job through every phase."""
+
+    def __init__(self, checked: CheckedJob, context: JobContext, keys: Any = None):
+        self.checked = checked
+        self.job = checked.job
+        self.context = context
+        self.events = context.events
+        self.cancel = context.cancel
+        self.given_keys = keys
+        self.processing = self.job.content_processing
+        self.workdir = context.workdir
+        self._service_key: ServiceKey | None = None
+
+    # -- the whole run ----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        facts = self.context.facts
+        facts.start_time = facts.start_time or utc_now()
+        facts.state = "Running"
+        phase = "Pre-Validation"
+        prepared: Prepared | None = None
+        try:
+            prepared = self._timed(phase, self.pre_validation)
+            phase = "Acquisition"
+            acquired = self._timed(phase, self.acquisition, prepared)
+            phase = "Media Mapping"
+            media = self._timed(phase, self.media_mapping, acquired)
+            phase = "Encoding"
+            encoded = self._timed(phase, self.encoding, media)
+            phase = "DRM + Packaging"
+            packaged = self._timed(phase, self.packaging, prepared, media, encoded)
+            phase = "Image Extraction"
+            self._timed(phase, self.image_extraction, media, packaged)
+            phase = "Publishing"
+            self._timed(phase, self.publishing, prepared, acquired, packaged)
+            facts.state = "Succeeded"
+        except Cancelled as cancelled:
+            facts.state, facts.error_code = "Cancelled", Cancelled.code
+            self._final_error(Cancelled.code, cancelled.message, phase)
+        except EngineError as error:
+            facts.state, facts.error_code = "Failed", error.code
+            self._final_error(error.code, error.message, error.phase or phase)
+        except Exception as error:
+            log.exception("job %s: internal error in %s", self.context.job_id, phase)
+            facts.state, facts.error_code = "Failed", 5000
+            self._final_error(5000, f"internal error in {phase}: {type(error).__name__}", phase)
+        finally:
+            if prepared is not None:
+                prepared.input_storage.close()
+                prepared.output_storage.close()
+        facts.finished_time = utc_now()
+        return reporting_entry(self.context.job_id, self.context.tenant_id, self.job, facts)
+
+    def _timed(self, phase: str, method: Callable, *args):
+        self.cancel.check()
+        log.info("job %s: %s", self.context.job_id, phase)
+        started = time.monotonic()
+        result = method(*args)
+        self.context.phase_seconds[phase] = round(time.monotonic() - started, 3)
+        self.cancel.check()
+        return result
+
+    def _final_error(self, code: int, message: str, phase: str) -> None:
+        log.error("job %s failed (%d) in %s: %s", self.context.job_id, code, phase, message)
+        self.events.emit("FinalError", ErrorCode=code, ErrorMessage=message, Phase=phase)
+
+    # -- Pre-Validation ---------------------------------------------------------------------
+
+    @property
+    def service_key(self) -> ServiceKey | None:
+        """The service key pair, loaded only when the job holds protected secrets."""
+        if self._service_key is None and _needs_service_key(self.job):
+            self._service_key = ServiceKey.load_or_create(self.context.data_dir)
+        return self._service_key
+
+    def pre_validation(self) -> Prepared:
+        job = self.job
+        source = self._storage(job.content_acquisition, "ContentAcquisition")
+        target = self._storage(job.content_publishing, "ContentPublishing")
+        keys = self.given_keys if self.given_keys is not None else self.resolve_keys()
+        self.events.emit("JobCreated", **job_created_fields(job, self.checked.warnings))
+        for warning in self.checked.warnings:
+            self.events.warning("UnknownProperty", f"{warning.field}: {warning.message}")
+        if self.processing.encoding_mode == EncodingMode.PerScene:
+            self.events.warning(
+                "PerSceneNotAvailable",
+                "EncodingMode PerScene is not available yet: the default ladder is used",
+            )
+        return Prepared(job, tuple(self.checked.warnings), source, target, keys)
+
+    def _storage(self, spec, field: str) -> Storage:
+        try:
+            return open_storage(location_from_spec(spec, self.service_key, field))
+        except StorageError as error:
+            raise JobValidationError([FieldError(f"{field}.UriPath", str(error))]) from None
+
+    def resolve_keys(self):
+        """Content keys for an encrypted job (None in clear)."""
+        if self.processing.drm_protection == DrmProtection.Off:
+            return None
+        from drm.keys import DrmKeyError, keys_from_job
+
+        try:
+            return keys_from_job(
+                self.processing,
+                self.service_key,
+                possible_quality_groups(self.job),
+                content_id=self.context.job_id,
+            )
+        except DrmKeyError as error:
+            raise DrmError(str(error)) from None
+
+    # -- Acquisition ------------------------------------------------------------------------
+
+    def acquisition(self, prepared: Prepared) -> Acquired:
+        folder = self.workdir / "input"
+
+        def progress(done: int, total: int) -> None:
+            percent = 100 * done / total if total else 100
+            self.events.progress("AcquisitionProgress", percent, BytesDone=done, BytesTotal=total)
+
+        try:
+            files = prepared.input_storage.download_folder(folder, progress, self.cancel.check)
+        except StorageError as error:
+            raise storage_error_to_engine(error, publishing=False) from None
+        size = sum(p.stat().st_size for p in files)
+        self.context.facts.acquired_bytes = size
+        self.events.emit("ContentAcquired", FilesCount=len(files), BytesCount=size)
+        return Acquired(tuple(files), size)
+
+    # -- Media Mapping ----------------------------------------------------------------------
+
+    def media_mapping(self, acquired: Acquired) -> MediaMap:
+        media = map_media(list(acquired.files), self.job.media_mappings, self.processing)
+        for path in media.ignored_files:
+            self.events.warning("IgnoredFile", f"{path.name} is not used by this job")
+        for track in media.ignored_tracks:
+            self.events.warning("IgnoredTrack", f"track {track} is not used by this job")
+        self.events.emit("ContentMapped", **content_mapped_fields(media))
+        video = _main_video(media)
+        source = media.sources.get(media.video) if media.video else None
+        duration = source.duration if source else _audio_duration(media)
+        self.context.facts.source_duration = duration
+        self.events.emit(
+            "ContentPreProcessed",
+            AudioLanguages=media.audio_languages,
+            SubtitleLanguages=media.subtitle_languages,
+            CaptionLanguages=media.caption_languages,
+            DurationInSeconds=round(duration, 3),
+            Width=video.display_width if video else None,
+            Height=video.display_height if video else None,
+            FrameRate=_rate_text(video.frame_rate) if video else None,
+        )
+        return media
+
+    # -- Encoding ---------------------------------------------------------------------------
+
+    def encoding(self, media: MediaMap) -> Encoded:
+        if self.processing.packaging_only:
+            from engine.passthrough import prepare_renditions
+
+            return prepare_renditions(self, media)
+        folder = self.workdir / "encode"
+        folder.mkdir(parents=True, exist_ok=True)
+        video = _main_video(media)
+        renditions = ladder.plan_video(video, self.processing) if video else []
+        audio = ladder.plan_audio(list(media.audio), self.processing)
+        if not renditions and not audio:
+            raise MappingError("nothing to encode: no video and no audio rendition planned")
+        frame_rate = output_frame_rate(video) if video else Fraction(25)
+        hdr = self._hdr_metadata(video)
+        outputs = []
+        for rendition in renditions:
+            choice = choose_encoder(
+                rendition.codec,
+                self.processing.optimize_for,
+                self.processing.hardware_acceleration,
+                self.context.capabilities,
+                bitrate_kbps=rendition.bitrate_kbps,
+                frame_rate=float(frame_rate),
+                segment_seconds=self.processing.segment_length_in_seconds,
+                hdr=hdr if rendition.codec == "H265" else None,
+            )
+            if choice.warning and not outputs:
+                self.events.warning("HardwareFallback", choice.warning)
+            outputs.append(VideoOutput(rendition, choice, folder / f"{rendition.name}.mp4"))
+        audio_outputs = tuple(AudioOutput(r, folder / f"{r.name}.mp4") for r in audio)
+        source = media.sources.get(media.video) if media.video else None
+        duration = (
+            _expected_duration(source.duration, frame_rate) if source else _audio_duration(media)
+        )
+        plan = TranscodePlan(
+            video_file=media.video if renditions else None,
+            video_track=video,
+            frame_rate=frame_rate,
+            video=tuple(outputs),
+            audio=audio_outputs,
+            segment_seconds=self.processing.segment_length_in_seconds,
+            duration=duration,
+            watermarks=self._watermarker(media, video),
+            normalize_audio=self.processing.normalize_audio,
+        )
+        encoders = list(dict.fromkeys(o.encoder.name for o in outputs)) or ["aac"]
+        self.events.emit(
+            "VideoEncodingStarted",
+            Renditions=[
+                {
+                    "Name": r.name,
+                    "Width": r.width,
+                    "Height": r.height,
+                    "BitrateInKbps": r.bitrate_kbps,
+                    "Codec": r.codec,
+                }
+                for r in renditions
+            ]
+            + [
+                {
+                    "Name": r.name,
+                    "Language": r.source.language,
+                    "Channels": r.channels,
+                    "BitrateInKbps": r.bitrate_kbps,
+                    "Codec": r.codec,
+                }
+                for r in audio
+            ],
+            Encoder=",".join(encoders),
+        )
+        self.context.facts.encoders = encoders
+        tracks = transcode(
+            plan,
+            progress=lambda f: self.events.progress("EncodingProgress", 100 * f),
+            cancel=self.cancel.check,
+        )
+        self.context.facts.bitrates_kbps = [r.bitrate_kbps for r in renditions]
+        video_tracks = [t for t in tracks if t.kind == "video"]
+        self.context.facts.encoded_duration = video_tracks[0].duration if video_tracks else duration
+        return Encoded(tuple(tracks), tuple(renditions), tuple(audio), None, duration)
+
+    def _hdr_metadata(self, video: VideoTrackInfo | None):
+        if not self.processing.extract_and_apply_hdr or video is None:
+            return None
+        if video.hdr is None or not video.hdr.is_hdr:
+            self.events.warning(
+                "NotHdr", "ExtractAndApplyHDR is set but the source carries no HDR signalling"
+            )
+            return None
+        return video.hdr
+
+    def _watermarker(self, media: MediaMap, video: VideoTrackInfo | None) -> Watermarker | None:
+        marks = self.processing.visible_video_watermarks or []
+        if not marks or video is None:
+            return None
+        files = {p.name: p for p in media.watermarks}
+        specs = [
+            WatermarkSpec(
+                image=files[m.watermark_file_name],
+                x_percent=m.position_x_percentage,
+                y_percent=m.position_y_percentage,
+                size_percent=m.size_percentage,
+                opacity=m.opacity_percentage / 100,
+                start=m.start_seconds,
+                end=m.end_seconds,
+                fade_in=m.fade_in_duration_in_ms / 1000,
+                fade_out=m.fade_out_duration_in_ms / 1000,
+            )
+            for m in marks
+        ]
+        width, height = video.width, video.height
+        if video.rotation in (90, 270):
+            width, height = height, width
+        try:
+            return Watermarker(specs, width, height)
+        except ValueError as error:
+            raise MappingError(f"watermark: {error}") from None
+
+    # -- DRM + Packaging --------------------------------------------------------------------
+
+    def packaging(self, prepared: Prepared, media: MediaMap, encoded: Encoded) -> Packaged:
+        folder = self.workdir / "output"
+        texts = self._text_tracks(media, encoded.duration)
+        tracks = self._track_inputs(prepared, encoded)
+        names = ladder.manifest_names(self.processing.naming)
+        spec = PackageSpec(
+            formats=[f.value for f in self.processing.formats],
+            byte_range=self.processing.segment_format.value == "ByteRange",
+            segment_seconds=self.processing.segment_length_in_seconds,
+            dash_manifest=names[0],
+            hls_manifest=names[1],
+            boundaries=encoded.boundaries,
+        )
+        try:
+            result = package(tracks, texts, spec, folder)
+        except PackagerError as error:
+            raise PackagingError(str(error)) from None
+        self.events.emit("EncodingFinished", Streams=[_stream_json(s) for s in result.streams])
+        return Packaged(folder, result)
+
+    def _track_inputs(self, prepared: Prepared, encoded: Encoded) -> list[TrackInput]:
+        by_name = {t.name: t for t in encoded.tracks}
+        native = self.processing.use_native_language_names
+        scheme = self.processing.scheme.value
+        keys = prepared.keys
+        inputs = []
+        for rendition in encoded.video:
+            inputs.append(
+                TrackInput(
+                    path=by_name[rendition.name].path,
+                    kind="video",
+                    name=rendition.name,
+                    quality_group=rendition.quality_group,
+                    target_kbps=rendition.bitrate_kbps,
+                    protection=_protection(keys, rendition.quality_group, scheme),
+                )
+            )
+        for rendition in encoded.audio:
+            language = rendition.source.language
+            label = native_name(language) if native else english_name(language)
+            if rendition.source.descriptive:
+                label += " (audio description)"
+            inputs.append(
+                TrackInput(
+                    path=by_name[rendition.name].path,
+                    kind="audio",
+                    name=rendition.name,
+                    language=language,
+                    label=label,
+                    role="description" if rendition.source.descriptive else "main",
+                    quality_group="AUDIO",
+                    target_kbps=rendition.bitrate_kbps,
+                    priming_samples=by_name[rendition.name].priming,
+                    protection=_protection(keys, "AUDIO", scheme),
+                )
+            )
+        return inputs
+
+    def _text_tracks(self, media: MediaMap, duration: float) -> list[TextInput]:
+        folder = self.workdir / "text"
+        folder.mkdir(parents=True, exist_ok=True)
+        native = self.processing.use_native_language_names
+        mappings = self.job.media_mappings
+        texts = []
+        for source in (*media.subtitles, *media.captions):
+            name = ladder.subtitle_name(source.language, self.processing.naming, source.kind)
+            target = folder / f"{name}.vtt"
+            try:
+                convert_to_webvtt(
+                    source.path, target, track_index=source.track_index, duration=duration
+                )
+            except SubtitleError as error:
+                demanded = (
+                    mappings.fail_on_no_caption_tracks
+                    if source.kind == "caption"
+                    else mappings.fail_on_no_subtitle_tracks
+                )
+                if demanded:
+                    raise MappingError(f"{source.kind} {_text_origin(source)}: {error}") from None
+                self.events.warning(
+                    "SubtitleSkipped", f"{source.kind} {_text_origin(source)} left out: {error}"
+                )
+                continue
+            label = native_name(source.language) if native else english_name(source.language)
+            if source.kind == "caption":
+                label += " (CC)"
+            texts.append(TextInput(target, name, source.language, label, source.kind))
+        return texts
+
+    # -- Image Extraction -------------------------------------------------------------------
+
+    def image_extraction(self, media: MediaMap, packaged: Packaged) -> None:
+        """Still images and thumbnails come with their own issue; nothing to do without them."""
+        if self.job.image_extraction is not None or (
+            self.job.thumbnails is not None and self.job.thumbnails.generate
+        ):
+            self.events.warning(
+                "ImagesNotAvailable", "ImageExtraction and Thumbnails are not available yet"
+            )
+
+    # -- Publishing -------------------------------------------------------------------------
+
+    def publishing(self, prepared: Prepared, acquired: Acquired, packaged: Packaged) -> None:
+        folder = self._archived(packaged)
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        size = sum(p.stat().st_size for p in files)
+
+        def progress(done: int, total: int) -> None:
+            self.events.progress("PublishingProgress", 100 * done / total if total else 100)
+
+        try:
+            uploaded = prepared.output_storage.upload_folder(folder, progress, self.cancel.check)
+        except StorageError as error:
+            raise storage_error_to_engine(error, publishing=True) from None
+        self.context.facts.published_bytes = size
+        manifests = [n for n in uploaded if n.lower().endswith((".mpd", ".m3u8"))]
+        self.events.emit(
+            "ContentPublished",
+            Location=self.job.content_publishing.uri_path,
+            FilesCount=len(uploaded),
+            BytesCount=size,
+            Manifests=manifests,
+        )
+        if self.processing.delete_files_from_source_when_done:
+            self._delete_sources(prepared, acquired)
+        self.events.emit(
+            "JobSuccess",
+            PhaseDurationsInSeconds=dict(self.context.phase_seconds),
+        )
+
+    def _archived(self, packaged: Packaged) -> Path:
+        """The folder to publish: the package itself, or tar archives of it."""
+        mode = self.processing.archiving
+        if mode == Archiving.Off:
+            return packaged.folder
+        archive_folder = self.workdir / "archive"
+        archive_folder.mkdir(parents=True, exist_ok=True)
+        source = packaged.folder
+        folders = [p for p in sorted(source.iterdir()) if p.is_dir()]
+        if mode == Archiving.Tar and folders and all(p.is_dir() for p in source.iterdir()):
+            for sub in folders:  # one archive per output format folder
+                _tar(sub, archive_folder / f"{sub.name}.tar")
+        else:
+            _tar(source, archive_folder / "output.tar")
+        return archive_folder
+
+    def _delete_sources(self, prepared: Prepared, acquired: Acquired) -> None:
+        for path in acquired.files:
+            try:
+                prepared.input_storage.delete_file(path.name)
+            except StorageError as error:
+                self.events.warning(
+                    "SourceNotDeleted", f"could not delete {path.name} from the input: {error}"
+                )
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _tar(folder: Path, target: Path) -> None:
+    with tarfile.open(target, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.add(path, arcname=path.relative_to(folder).as_posix())
+
+
+def _protection(keys, quality_group: str, scheme: str):
+    if keys is None:
+        return None
+    from drm.track import TrackEncryption
+
+    return TrackEncryption(keys.key_for(quality_group), scheme, presentation_keys=list(keys))
+
+
+def _needs_service_key(job: Job) -> bool:
+    storages = [job.content_acquisition, job.content_publishing]
+    if job.image_extraction:
+        storages.append(job.image_extraction.location)
+    if any(s.credentials_protection == Protection.Encrypted for s in storages):
+        return True
+    if any(p.credentials_protection == Protection.Encrypted for p in job.message_publishers or []):
+        return True
+    processing = job.content_processing
+    if processing.drm_protection == DrmProtection.Encrypted:
+        return True
+    managed = processing.drm_managed
+    return bool(managed and managed.keys_protection == Protection.Encrypted)
+
+
+def possible_quality_groups(job: Job) -> set[str]:
+    """Quality groups the job's ladder can use, known before the source is probed (for
+    multi-key requests at job creation): from custom representations, else the default
+    ladder's heights."""
+    processing = job.content_processing
+    groups = {"AUDIO"}
+    if processing.video_representations:
+        heights = [r.height or 2160 for r in processing.video_representations]
+    else:
+        codec = "H265" if processing.video_format.value == "H265" else "H264"
+        heights = [h for h, _ in ladder.LADDERS[(processing.bitrate_ladder.value, codec)]]
+    groups |= {ladder.quality_group(h) for h in heights}
+    return groups
+
+
+def output_frame_rate(video: VideoTrackInfo) -> Fraction:
+    """The constant output rate: the source's, or for VFR sources its average, snapped to a
+    common rate when within 1%."""
+    rate = Fraction(video.frame_rate) if video.frame_rate else Fraction(25)
+    if video.constant_frame_rate:
+        return rate
+    for common in (
+        Fraction(24000, 1001),
+        24,
+        25,
+        Fraction(30000, 1001),
+        30,
+        50,
+        Fraction(60000, 1001),
+        60,
+    ):
+        if abs(rate - common) / common < Fraction(1, 100):
+            return Fraction(common)
+    return rate.limit_denominator(1001)
+
+
+def _expected_duration(source_duration: float, frame_rate: Fraction) -> float:
+    frames = max(1, round(source_duration * frame_rate))
+    return float(frames / frame_rate)
+
+
+def _main_video(media: MediaMap) -> VideoTrackInfo | None:
+    source = media.sources.get(media.video) if media.video else None
+    return source.main_video if source else None
+
+
+def _audio_duration(media: MediaMap) -> float:
+    durations = [media.sources[a.path].duration for a in media.audio if a.path in media.sources]
+    return max(durations, default=0.0)
+
+
+def _rate_text(rate: Fraction) -> str:
+    return str(rate.numerator) if rate.denominator == 1 else f"{float(rate):.3f}"
+
+
+def _text_origin(source: TextSource) -> str:
+    if source.track_index is None:
+        return source.path.name
+    return f"{source.path.name}#{source.track_index}"
+
+
+def _stream_json(stream) -> dict[str, Any]:
+    return {
+        "Type": stream.type.capitalize(),
+        "Label": stream.quality_group or stream.type.upper(),
+        "Name": stream.name,
+        "Codecs": stream.codecs,
+        "Width": stream.width,
+        "Height": stream.height,
+        "FrameRate": _rate_text(stream.frame_rate) if stream.frame_rate else None,
+        "BitrateInKbps": round(stream.average_bandwidth / 1000),
+        "PeakBitrateInKbps": round(stream.bandwidth / 1000),
+        "Language": stream.language,
+        "KeyId": stream.key_id,
+        "Iv": stream.iv,
+        "InitFile": stream.init_file,
+        "FileTemplate": stream.file_template,
+    }
+
+
+def job_created_fields(job: Job, warnings) -> dict[str, Any]:
+    """The JobCreated event's own fields: the job without any secret."""
+    processing = job.content_processing.model_dump(
+        mode="json",
+        by_alias=True,
+        exclude_none=True,
+        exclude={"content_key", "drm_managed"},
+    )
+    if job.content_processing.drm_managed is not None:
+        processing["DrmManaged"] = job.content_processing.drm_managed.model_dump(
+            mode="json",
+            by_alias=True,
+            exclude_none=True,
+            exclude={"management_key", "key_seed_id", "thumbprints"},
+        )
+    return {
+        "ContentAcquisitionProvider": job.content_acquisition.provider.value,
+        "ContentAcquisitionUriPath": job.content_acquisition.uri_path,
+        "MessagePublisherTypes": [p.type.value for p in job.message_publishers or []],
+        "ContentPreProcessing": job.media_mappings.model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        ),
+        "ContentProcessing": processing,
+        "Warnings": [w.as_json() for w in warnings],
+    }
+
+
+def content_mapped_fields(media: MediaMap) -> dict[str, Any]:
+    return {
+        "VideoFile": media.video.name if media.video else None,
+        "VideoRenditionFiles": [p.name for p in media.renditions],
+        "AudioFiles": [
+            {
+                "File": a.path.name,
+                "Language": a.language,
+                "Tracks": list(a.track_indices),
+                "Descriptive": a.descriptive,
+            }
+            for a in media.audio
+        ],
+        "SubtitleFiles": [
+            {"File": s.path.name, "Language": s.language, "Track": s.track_index}
+            for s in media.subtitles
+        ],
+        "CaptionFiles": [
+            {"File": c.path.name, "Language": c.language, "Track": c.track_index}
+            for c in media.captions
+        ],
+        "WatermarkFiles": [p.name for p in media.watermarks],
+        "IgnoredFiles": [p.name for p in media.ignored_files],
+        "IgnoredTracks": list(media.ignored_tracks),
+    }
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def run_job(
+    job: dict | str | bytes | Path,
+    *,
+    on_event: EventSink | None = None,
+    cancel: CancelToken | None = None,
+    workdir: Path | None = None,
+    keep_workdir: bool = False,
+    data_dir: Path | None = None,
+    job_id: str | None = None,
+    tenant_id: str = "local",
+    capabilities: NodeCapabilities | None = None,
+    strict: bool = False,
+    keys: Any = None,
+) -> dict[str, Any]:
+    """Run one job in this process and return its reporting entry (contract §9).
+
+    `job` is a dict, a JSON string/bytes, or a path to a JSON file. Events go to `on_event`
+    (each a dict, in order). `cancel` stops the job between frames and file transfers
+    (FinalError 5001). An invalid job raises JobValidationError before anything runs; every
+    other failure ends the job with a FinalError event and a report with `Success: false`.
+    """
+    checked = validate_job(
+        load_job_json(Path(job) if isinstance(job, Path) else job), strict=strict
+    )
+    job_id = job_id or str(uuid.uuid4())
+    events = EventEmitter(
+        job_id,
+        tenant_id,
+        (checked.job.external_id, checked.job.external_type, checked.job.external_provider),
+        [on_event] if on_event else [],
+    )
+    own_workdir = workdir is None
+    folder = Path(tempfile.mkdtemp(prefix=f"vipe-{job_id[:8]}-")) if own_workdir else workdir
+    folder.mkdir(parents=True, exist_ok=True)
+    context = JobContext(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        workdir=folder,
+        events=events,
+        cancel=cancel or CancelToken(),
+        capabilities=capabilities or cpu_capabilities(),
+        data_dir=default_data_dir(data_dir),
+    )
+    try:
+        return JobRunner(checked, context, keys).run()
+    finally:
+        if not keep_workdir:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+__all__ = ["JobRunner", "possible_quality_groups", "run_job"]

@@ -1,0 +1,657 @@
+"""Transcoding with PyAV: one decode of the source feeds every rendition.
+
+The video file is demuxed and decoded once; each decoded frame is prepared once (deinterlace,
+constant frame rate, rotation, watermarks) and then scaled and encoded N times, once per rung,
+each rung with its own scaler and encoder. Audio tracks inside the video file are decoded in the
+same pass; separate audio files get a pass of their own. Every rendition is written as a
+one-track fragmented MP4 (the packager's input). Nothing is buffered beyond a few frames, so
+memory stays flat whatever the source length.
+
+Timestamps: video leaves at a constant frame rate with pts = output frame index, starting at 0.
+IDR frames are forced on the first frame at or after each multiple of the segment length, the
+same frame indices in every rendition. Audio is aligned to the video's first frame (silence
+added or samples dropped at the start), and padded or trimmed to the video's duration so that
+every track of the package ends together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from av.video.frame import PictureType
+from av.video.reformatter import Interpolation, VideoReformatter
+
+from engine.encoders import EncoderChoice
+from engine.errors import EncodingError, SourceError
+from engine.media import AudioRendition, VideoRendition, VideoTrackInfo
+from engine.watermark import Watermarker
+
+log = logging.getLogger(__name__)
+
+AUDIO_RATE = 48000
+# Fragmented MP4 as the packager expects: moov first without samples, one fragment per
+# keyframe (video) or per `frag_duration` (audio), each moof the base of its data offsets.
+FRAGMENTED = "frag_keyframe+empty_moov+default_base_moof"
+AUDIO_ENCODERS = {"AAC": "aac", "AC3": "ac3", "EAC3": "eac3"}
+FRAME_SIZES = {"aac": 1024, "ac3": 1536, "eac3": 1536}  # samples per coded audio frame
+# Encoder delay of FFmpeg's audio encoders: the fragmented MP4 cannot carry the edit list that
+# skips it, so the packager is told (and writes the edit list into the init segment).
+PRIMING = {"aac": 1024, "ac3": 256, "eac3": 256}
+LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
+
+Progress = Callable[[float], None]  # fraction 0..1
+CancelCheck = Callable[[], None]  # raises Cancelled
+
+
+@dataclass(frozen=True)
+class VideoOutput:
+    rendition: VideoRendition
+    encoder: EncoderChoice
+    path: Path
+
+
+@dataclass(frozen=True)
+class AudioOutput:
+    rendition: AudioRendition
+    path: Path
+
+
+@dataclass(frozen=True)
+class TranscodePlan:
+    """Everything the transcoder needs; built by the encoding phase."""
+
+    video_file: Path | None  # None for audio-only jobs
+    video_track: VideoTrackInfo | None
+    frame_rate: Fraction  # output frame rate
+    video: tuple[VideoOutput, ...]
+    audio: tuple[AudioOutput, ...]
+    segment_seconds: float
+    duration: float  # expected output duration (seconds), for progress and audio length
+    watermarks: Watermarker | None = None
+    normalize_audio: bool = False
+
+
+@dataclass(frozen=True)
+class EncodedTrack:
+    """One rendition written as a one-track fragmented MP4."""
+
+    path: Path
+    kind: str  # "video" or "audio"
+    name: str
+    encoder: str
+    frames: int  # video frames, or audio samples
+    duration: float
+    priming: int = 0  # audio samples of encoder delay at the start
+
+
+def boundary_frames(frame_count_hint: int, frame_rate: Fraction, segment_seconds: float):
+    """Frame indices that start a segment: the first frame at or after each multiple of the
+    segment length (exact rational arithmetic, so every rendition agrees)."""
+    step = Fraction(segment_seconds).limit_denominator(1000)
+    n = 0
+    while True:
+        index = math.ceil(n * step * frame_rate)
+        if frame_count_hint and index > frame_count_hint * 2 + 1000:
+            return
+        yield index
+        n += 1
+
+
+def transcode(
+    plan: TranscodePlan,
+    *,
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+) -> list[EncodedTrack]:
+    """Encode every rendition of the plan; returns the written tracks (video first)."""
+    tracker = _ProgressTracker(plan, progress)
+    audio_by_file: dict[Path, list[AudioOutput]] = {}
+    for output in plan.audio:
+        audio_by_file.setdefault(output.rendition.source.path, []).append(output)
+
+    results: list[EncodedTrack] = []
+    if plan.video_file is not None:
+        in_file_audio = audio_by_file.pop(plan.video_file, [])
+        video_results, audio_results = _transcode_file(
+            plan, plan.video_file, plan.video, in_file_audio, tracker, cancel, None
+        )
+        results += video_results + audio_results
+    for path, outputs in audio_by_file.items():
+        _, audio_results = _transcode_file(plan, path, (), outputs, tracker, cancel, 0.0)
+        results += audio_results
+    tracker.finish()
+    return results
+
+
+class _ProgressTracker:
+    """Turns media seconds processed in each pass into one 0..1 fraction."""
+
+    def __init__(self, plan: TranscodePlan, report: Progress | None):
+        self.report = report
+        passes = 1 if plan.video_file else 0
+        passes += len({o.rendition.source.path for o in plan.audio} - {plan.video_file})
+        self.total = max(plan.duration, 0.001) * max(passes, 1)
+        self.done_passes = 0.0
+        self.duration = max(plan.duration, 0.001)
+
+    def update(self, seconds: float) -> None:
+        if self.report:
+            fraction = (self.done_passes + min(seconds, self.duration)) / self.total
+            self.report(min(fraction, 1.0))
+
+    def next_pass(self) -> None:
+        self.done_passes += self.duration
+
+    def finish(self) -> None:
+        if self.report:
+            self.report(1.0)
+
+
+# ------------------------------------------------------------------------------------- passes
+
+
+def _transcode_file(
+    plan: TranscodePlan,
+    path: Path,
+    video_outputs: tuple[VideoOutput, ...],
+    audio_outputs: list[AudioOutput],
+    tracker: _ProgressTracker,
+    cancel: CancelCheck | None,
+    start_override: float | None,
+):
+    """One demux/decode pass over `path`, feeding the given video and audio outputs."""
+    try:
+        container = av.open(str(path), options={"ignore_editlist": "0"})
+    except av.FFmpegError as error:
+        raise SourceError(f"{path.name}: cannot open: {error}") from None
+    encoders: list[_VideoEncoder] = []
+    audio_pipes: list[_AudioSourcePipe] = []
+    try:
+        video_stream = None
+        preparer = None
+        if video_outputs:
+            video_stream = (
+                container.streams.video[0]
+                if plan.video_track is None
+                else next(s for s in container.streams if s.index == plan.video_track.index)
+            )
+            video_stream.thread_type = "AUTO"
+            preparer = _FramePreparer(video_stream, plan)
+            encoders = [_VideoEncoder(o, plan.frame_rate) for o in video_outputs]
+        # Group audio outputs by their source (a track, or mono tracks grouped together).
+        by_source: dict[tuple, list[AudioOutput]] = {}
+        for output in audio_outputs:
+            by_source.setdefault(output.rendition.source.track_indices, []).append(output)
+        for indices, outputs in by_source.items():
+            streams = [_stream_by_index(container, i, path) for i in indices]
+            audio_pipes.append(_AudioSourcePipe(streams, outputs, plan.normalize_audio, path))
+        audio_streams = {s.index for pipe in audio_pipes for s in pipe.streams}
+        wanted = ([video_stream] if video_stream else []) + [
+            s for s in container.streams if s.index in audio_streams
+        ]
+        for stream in wanted:
+            if stream.type == "audio":
+                stream.thread_type = "AUTO"
+
+        boundaries = boundary_frames(0, plan.frame_rate, plan.segment_seconds)
+        next_boundary = next(boundaries)
+        frame_index = 0
+        video_start: float | None = start_override
+        pending_audio: list[tuple[av.AudioFrame, int]] = []
+        target_samples = round(plan.duration * AUDIO_RATE) if plan.video_file is not None else None
+
+        def feed_audio(frame: av.AudioFrame, stream_index: int) -> None:
+            for pipe in audio_pipes:
+                if stream_index in pipe.stream_indices:
+                    pipe.push(stream_index, frame, video_start or 0.0, target_samples)
+
+        for packet in _demux(container, wanted, path):
+            if cancel:
+                cancel()
+            for frame in _decode(packet, path):
+                if packet.stream.type == "video":
+                    if video_start is None:
+                        video_start = float(frame.time or 0.0)
+                        for audio_frame, index in pending_audio:
+                            feed_audio(audio_frame, index)
+                        pending_audio.clear()
+                    for prepared in preparer.prepare(frame):
+                        keyframe = frame_index == next_boundary
+                        if keyframe:
+                            next_boundary = next(boundaries)
+                        prepared.pts = frame_index
+                        prepared.time_base = 1 / plan.frame_rate
+                        for encoder in encoders:
+                            encoder.encode(prepared, keyframe)
+                        frame_index += 1
+                    tracker.update(frame_index / plan.frame_rate)
+                elif video_start is None and video_stream is not None:
+                    pending_audio.append((frame, packet.stream.index))  # wait for video start
+                else:
+                    feed_audio(frame, packet.stream.index)
+                    if video_stream is None and frame.time is not None:
+                        tracker.update(float(frame.time))
+        if preparer:
+            for prepared in preparer.flush():
+                keyframe = frame_index == next_boundary
+                if keyframe:
+                    next_boundary = next(boundaries)
+                prepared.pts = frame_index
+                prepared.time_base = 1 / plan.frame_rate
+                for encoder in encoders:
+                    encoder.encode(prepared, keyframe)
+                frame_index += 1
+        for audio_frame, index in pending_audio:  # a video file whose video never decoded
+            feed_audio(audio_frame, index)
+        if video_outputs and frame_index == 0:
+            raise SourceError(f"{path.name}: no video frame could be decoded")
+        video_results = [e.close(frame_index) for e in encoders]
+        encoders = []
+        audio_results = []
+        for pipe in audio_pipes:
+            audio_results += pipe.close(target_samples)
+        audio_pipes = []
+        tracker.next_pass()
+        return video_results, audio_results
+    finally:
+        for encoder in encoders:
+            encoder.abort()
+        for pipe in audio_pipes:
+            pipe.abort()
+        container.close()
+
+
+def _stream_by_index(container, index: int, path: Path):
+    for stream in container.streams:
+        if stream.index == index:
+            return stream
+    raise SourceError(f"{path.name}: has no track {index}")
+
+
+def _demux(container, streams, path: Path):
+    try:
+        yield from container.demux(streams)
+    except av.FFmpegError as error:
+        raise SourceError(f"{path.name}: the file is corrupt or truncated: {error}") from None
+
+
+def _decode(packet, path: Path):
+    try:
+        return packet.decode()
+    except av.FFmpegError as error:
+        raise SourceError(
+            f"{path.name}: cannot decode {packet.stream.type} at "
+            f"{float(packet.pts * packet.time_base) if packet.pts is not None else '?'} s: "
+            f"{error}"
+        ) from None
+
+
+# -------------------------------------------------------------------------------------- video
+
+
+class _FramePreparer:
+    """Once per source frame: deinterlace, rotate, constant frame rate, watermarks."""
+
+    def __init__(self, stream, plan: TranscodePlan):
+        track = plan.video_track
+        self.watermarks = plan.watermarks
+        self.frame_rate = plan.frame_rate
+        self.index = 0
+        filters: list[tuple[str, str]] = []
+        if track is not None and track.interlaced:
+            filters.append(("bwdif", "mode=send_frame:parity=auto:deint=interlaced"))
+        rotation = track.rotation if track is not None else 0
+        if rotation == 90:
+            filters.append(("transpose", "clock"))
+        elif rotation == 270:
+            filters.append(("transpose", "cclock"))
+        elif rotation == 180:
+            filters += [("hflip", ""), ("vflip", "")]
+        if track is not None and not track.constant_frame_rate:
+            rate = plan.frame_rate
+            filters.append(("fps", f"fps={rate.numerator}/{rate.denominator}"))
+        self.graph = None
+        if filters:
+            graph = av.filter.Graph()
+            nodes = [graph.add_buffer(template=stream)]
+            for name, args in filters:
+                nodes.append(graph.add(name, args))
+            nodes.append(graph.add("buffersink"))
+            graph.link_nodes(*nodes).configure()
+            self.graph = graph
+
+    def prepare(self, frame: av.VideoFrame):
+        if self.graph is None:
+            yield self._finish(frame)
+            return
+        self.graph.vpush(frame)
+        yield from self._pull()
+
+    def flush(self):
+        if self.graph is None:
+            return
+        try:
+            self.graph.vpush(None)
+        except (av.EOFError, ValueError):
+            return
+        yield from self._pull()
+
+    def _pull(self):
+        while True:
+            try:
+                out = self.graph.vpull()
+            except (BlockingIOError, av.EOFError):
+                return
+            yield self._finish(out)
+
+    def _finish(self, frame: av.VideoFrame) -> av.VideoFrame:
+        if self.watermarks is not None:
+            frame = self.watermarks.apply(frame, self.index / self.frame_rate)
+        self.index += 1
+        return frame
+
+
+class _VideoEncoder:
+    """Scale and encode one rung into its own fragmented MP4."""
+
+    def __init__(self, output: VideoOutput, frame_rate: Fraction):
+        self.output = output
+        rendition, choice = output.rendition, output.encoder
+        self.container = av.open(
+            str(output.path), "w", format="mp4", options={"movflags": FRAGMENTED}
+        )
+        stream = self.container.add_stream(choice.name, rate=frame_rate)
+        stream.width, stream.height = rendition.width, rendition.height
+        stream.pix_fmt = choice.pix_fmt
+        stream.time_base = 1 / frame_rate
+        stream.codec_context.time_base = 1 / frame_rate
+        stream.bit_rate = choice.bit_rate
+        options = {k: v for k, v in choice.options.items() if k != "b"}
+        stream.codec_context.options = options
+        if choice.codec_tag:
+            stream.codec_tag = choice.codec_tag
+        if rendition.sample_aspect_ratio != 1:
+            stream.codec_context.sample_aspect_ratio = rendition.sample_aspect_ratio
+        self.stream = stream
+        self.scaler = VideoReformatter()  # one per rung: a shared scaler re-initialises per size
+        self.frames = 0
+
+    def encode(self, frame: av.VideoFrame, keyframe: bool) -> None:
+        rendition = self.output.rendition
+        scaled = self.scaler.reformat(
+            frame,
+            width=rendition.width,
+            height=rendition.height,
+            format=self.output.encoder.pix_fmt,
+            interpolation=Interpolation.BICUBIC,
+        )
+        if scaled is frame:  # same size and format: never mutate the shared frame
+            scaled = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name)
+        scaled.pts, scaled.time_base = frame.pts, frame.time_base
+        scaled.pict_type = PictureType.I if keyframe else PictureType.NONE
+        try:
+            for packet in self.stream.encode(scaled):
+                self.container.mux(packet)
+        except av.FFmpegError as error:
+            message = f"{rendition.name}: {self.output.encoder.name} failed: {error}"
+            raise EncodingError(message) from None
+        self.frames += 1
+
+    def close(self, frame_count: int) -> EncodedTrack:
+        try:
+            for packet in self.stream.encode(None):
+                self.container.mux(packet)
+            self.container.close()
+        except av.FFmpegError as error:
+            raise EncodingError(
+                f"{self.output.rendition.name}: finishing {self.output.encoder.name}: {error}"
+            ) from None
+        return EncodedTrack(
+            self.output.path,
+            "video",
+            self.output.rendition.name,
+            self.output.encoder.name,
+            self.frames,
+            float(frame_count / self.stream.codec_context.framerate)
+            if self.stream.codec_context.framerate
+            else 0.0,
+        )
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.container.close()
+
+
+# -------------------------------------------------------------------------------------- audio
+
+
+class _AudioSourcePipe:
+    """One audio source (a track, or mono tracks grouped into one layout) → its renditions.
+
+    Every track is resampled to 48 kHz float planar; grouped tracks are merged channel by
+    channel; the result goes through loudness normalisation when asked and then to each
+    rendition's encoder (which downmixes when it has fewer channels).
+    """
+
+    def __init__(self, streams, outputs: list[AudioOutput], normalize: bool, path: Path):
+        self.streams = streams
+        self.stream_indices = [s.index for s in streams]
+        self.path = path
+        grouped = len(streams) > 1
+        self.channels = len(streams) if grouped else streams[0].codec_context.channels
+        self.layout = LAYOUTS.get(self.channels) or streams[0].codec_context.layout.name
+        self.resamplers = {
+            s.index: av.AudioResampler(
+                format="fltp", layout="mono" if grouped else self.layout, rate=AUDIO_RATE
+            )
+            for s in streams
+        }
+        self.fifos = {s.index: av.AudioFifo() for s in streams}
+        self.started: dict[int, bool] = {}
+        self.drop: dict[int, int] = {}  # samples still to drop at the start, per track
+        self.normalizer = _Loudnorm(self.layout) if normalize else None
+        self.encoders = [_AudioEncoder(o) for o in outputs]
+        self.samples_out = 0
+
+    def push(self, stream_index: int, frame, video_start: float, target: int | None) -> None:
+        for resampled in self.resamplers[stream_index].resample(frame):
+            self._write(stream_index, resampled, frame, video_start)
+        self._drain(target)
+
+    def _write(self, stream_index: int, resampled, original, video_start: float) -> None:
+        fifo = self.fifos[stream_index]
+        if not self.started.get(stream_index):
+            self.started[stream_index] = True
+            start = float(original.time) if original.time is not None else video_start
+            offset = round((start - video_start) * AUDIO_RATE)
+            if offset > 0:  # audio starts after the video: lead with silence
+                fifo.write(_silence(offset, "mono" if len(self.streams) > 1 else self.layout))
+            elif offset < 0:  # audio starts before the video: drop what precedes it
+                self.drop[stream_index] = -offset
+        drop = self.drop.get(stream_index, 0)
+        if drop:
+            samples = resampled.samples
+            if drop >= samples:
+                self.drop[stream_index] = drop - samples
+                return
+            array = resampled.to_ndarray()[:, drop:]
+            self.drop[stream_index] = 0
+            resampled = _frame_from(array, resampled.layout.name)
+        resampled.pts = None
+        fifo.write(resampled)
+
+    def _drain(self, target: int | None, final: bool = False) -> None:
+        available = min(f.samples for f in self.fifos.values())
+        if target is not None:
+            available = min(available, max(target - self.samples_out, 0))
+        if available <= 0:
+            return
+        if not final and available < 1024:
+            return
+        if len(self.streams) == 1:
+            frame = self.fifos[self.stream_indices[0]].read(available)
+        else:
+            planes = [self.fifos[i].read(available).to_ndarray()[0] for i in self.stream_indices]
+            frame = _frame_from(np.stack(planes), self.layout)
+        self.samples_out += available
+        self._emit(frame)
+
+    def _emit(self, frame) -> None:
+        frames = self.normalizer.process(frame) if self.normalizer else [frame]
+        for out in frames:
+            for encoder in self.encoders:
+                encoder.push(out)
+
+    def close(self, target: int | None) -> list[EncodedTrack]:
+        for index, resampler in self.resamplers.items():
+            for resampled in resampler.resample(None):
+                resampled.pts = None
+                self.fifos[index].write(resampled)
+        self._drain(target, final=True)
+        if target is not None and self.samples_out < target:  # pad to the video's length
+            self._emit(_silence(target - self.samples_out, self.layout))
+            self.samples_out = target
+        if self.normalizer:
+            for out in self.normalizer.flush():
+                for encoder in self.encoders:
+                    encoder.push(out)
+        return [encoder.close() for encoder in self.encoders]
+
+    def abort(self) -> None:
+        for encoder in self.encoders:
+            encoder.abort()
+
+
+class _Loudnorm:
+    """EBU R128 loudness normalisation (-23 LUFS integrated, -1 dBTP) with FFmpeg's loudnorm."""
+
+    def __init__(self, layout: str):
+        graph = av.filter.Graph()
+        source = graph.add_abuffer(
+            format="fltp", sample_rate=AUDIO_RATE, layout=layout, time_base=Fraction(1, AUDIO_RATE)
+        )
+        loudnorm = graph.add("loudnorm", "I=-23:TP=-1:LRA=7")
+        resample = graph.add("aresample", str(AUDIO_RATE))  # loudnorm works at 192 kHz
+        aformat = graph.add("aformat", f"sample_fmts=fltp:channel_layouts={layout}")
+        sink = graph.add("abuffersink")
+        graph.link_nodes(source, loudnorm, resample, aformat, sink).configure()
+        self.graph = graph
+        self.samples = 0
+
+    def process(self, frame):
+        frame.pts = self.samples
+        frame.time_base = Fraction(1, AUDIO_RATE)
+        self.samples += frame.samples
+        self.graph.push(frame)
+        return list(self._pull())
+
+    def flush(self):
+        try:
+            self.graph.push(None)
+        except (av.EOFError, ValueError):
+            return []
+        return list(self._pull())
+
+    def _pull(self):
+        while True:
+            try:
+                yield self.graph.pull()
+            except (BlockingIOError, av.EOFError):
+                return
+
+
+class _AudioEncoder:
+    def __init__(self, output: AudioOutput):
+        self.output = output
+        rendition = output.rendition
+        self.container = av.open(
+            str(output.path),
+            "w",
+            format="mp4",
+            options={"movflags": FRAGMENTED, "frag_duration": "1000000"},
+        )
+        name = AUDIO_ENCODERS[rendition.codec]
+        layout = LAYOUTS[rendition.channels]
+        stream = self.container.add_stream(name, rate=AUDIO_RATE)
+        stream.layout = layout
+        stream.bit_rate = rendition.bitrate_kbps * 1000
+        stream.time_base = Fraction(1, AUDIO_RATE)
+        if rendition.source.language:
+            from engine.languages import iso639_2
+
+            stream.metadata["language"] = iso639_2(rendition.source.language) or "und"
+        self.stream = stream
+        self.encoder_name = name
+        self.resampler = av.AudioResampler(
+            format=stream.codec_context.format.name, layout=layout, rate=AUDIO_RATE
+        )
+        self.fifo = av.AudioFifo()
+        self.frame_size = FRAME_SIZES[name]
+        self.samples = 0
+
+    def push(self, frame) -> None:
+        frame.pts = None
+        for resampled in self.resampler.resample(frame):
+            resampled.pts = None
+            self.fifo.write(resampled)
+        self._encode_available(final=False)
+
+    def _encode_available(self, final: bool) -> None:
+        while self.fifo.samples >= self.frame_size or (final and self.fifo.samples):
+            chunk = self.fifo.read(min(self.frame_size, self.fifo.samples))
+            chunk.pts = self.samples
+            chunk.time_base = Fraction(1, AUDIO_RATE)
+            self.samples += chunk.samples
+            try:
+                for packet in self.stream.encode(chunk):
+                    self.container.mux(packet)
+            except av.FFmpegError as error:
+                raise EncodingError(
+                    f"{self.output.rendition.name}: {self.encoder_name} failed: {error}"
+                ) from None
+
+    def close(self) -> EncodedTrack:
+        for resampled in self.resampler.resample(None):
+            resampled.pts = None
+            self.fifo.write(resampled)
+        self._encode_available(final=True)
+        try:
+            for packet in self.stream.encode(None):
+                self.container.mux(packet)
+            self.container.close()
+        except av.FFmpegError as error:
+            raise EncodingError(f"{self.output.rendition.name}: finishing: {error}") from None
+        return EncodedTrack(
+            self.output.path,
+            "audio",
+            self.output.rendition.name,
+            self.encoder_name,
+            self.samples,
+            self.samples / AUDIO_RATE,
+            PRIMING[self.encoder_name],
+        )
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.container.close()
+
+
+def _silence(samples: int, layout: str) -> av.AudioFrame:
+    channels = {"mono": 1, "stereo": 2, "5.1": 6}.get(layout, 2)
+    return _frame_from(np.zeros((channels, samples), dtype=np.float32), layout)
+
+
+def _frame_from(array: np.ndarray, layout: str) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(array, dtype=np.float32), "fltp", layout
+    )
+    frame.sample_rate = AUDIO_RATE
+    return frame
