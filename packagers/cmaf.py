@@ -158,7 +158,7 @@ def place(file: TrackFile, track: TrackInput) -> TimedTrack:
         return TimedTrack(track, file, decode, presentation - decode, 0)
     priming = track.priming_samples
     if priming is None:  # what the input's edit list skips before its first presented sample
-        media_time = file.edit.media_time if file.edit is not None else 0
+        media_time = file.edit_media_time or 0
         priming = max(0, media_time - int(composition_in.min()))
     return TimedTrack(track, file, decode, samples.composition_offset.copy(), priming)
 

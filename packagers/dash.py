@@ -26,6 +26,7 @@ ON_DEMAND_PROFILE = "urn:mpeg:dash:profile:isoff-on-demand:2011"
 ROLE_SCHEME = "urn:mpeg:dash:role:2011"
 AUDIO_PURPOSE_SCHEME = "urn:tva:metadata:cs:AudioPurposeCS:2007"
 THUMBNAIL_SCHEME = "http://dashif.org/thumbnail_tile"
+SWITCHING_SCHEME = "urn:mpeg:dash:adaptation-set-switching:2016"
 
 # prefixes for namespaced elements that DRM hooks add
 ET.register_namespace("cenc", "urn:mpeg:cenc:2013")
@@ -89,9 +90,15 @@ def write_mpd(
         },
     )
     period = ET.SubElement(mpd, "Period", {"id": "0", "start": "PT0S"})
+    groups = _group(layouts)
+    # sets split only by their DRM elements (a key per quality group) stay switchable
+    siblings: dict[tuple, list[int]] = {}
+    for set_id, (key, _) in enumerate(groups):
+        siblings.setdefault(key[:-1], []).append(set_id)
     next_id = 0
-    for group in _group(layouts):
-        _adaptation_set(period, next_id, group, on_demand)
+    for key, group in groups:
+        switchable = [str(i) for i in siblings[key[:-1]] if i != next_id]
+        _adaptation_set(period, next_id, group, on_demand, switchable)
         next_id += 1
     for text in texts:
         _text_set(period, next_id, text)
@@ -110,8 +117,9 @@ def _protection_key(layout: TrackLayout) -> tuple[bytes, ...]:
     return tuple(ET.tostring(element) for element in protection.dash_elements())
 
 
-def _group(layouts: list[TrackLayout]) -> list[list[TrackLayout]]:
-    """AdaptationSets: video first, then audio, each in input order of its first track."""
+def _group(layouts: list[TrackLayout]) -> list[tuple[tuple, list[TrackLayout]]]:
+    """AdaptationSets as (grouping key, tracks): video first, then audio, each in input order
+    of its first track. The key's last item is the DRM elements' fingerprint."""
     groups: dict[tuple, list[TrackLayout]] = {}
     for kind in ("video", "audio"):
         for layout in layouts:
@@ -126,11 +134,15 @@ def _group(layouts: list[TrackLayout]) -> list[list[TrackLayout]]:
                 _protection_key(layout),
             )
             groups.setdefault(key, []).append(layout)
-    return list(groups.values())
+    return list(groups.items())
 
 
 def _adaptation_set(
-    period: ET.Element, set_id: int, group: list[TrackLayout], on_demand: bool
+    period: ET.Element,
+    set_id: int,
+    group: list[TrackLayout],
+    on_demand: bool,
+    switchable: list[str],
 ) -> None:
     first = group[0].track
     kind = first.kind
@@ -156,6 +168,12 @@ def _adaptation_set(
     protection = first.input.protection
     if protection is not None:
         adaptation.extend(protection.dash_elements())
+    if switchable:
+        ET.SubElement(
+            adaptation,
+            "SupplementalProperty",
+            {"schemeIdUri": SWITCHING_SCHEME, "value": ",".join(switchable)},
+        )
     if first.input.label:
         ET.SubElement(adaptation, "Label").text = first.input.label
     if kind == "audio":

@@ -14,7 +14,8 @@ points, in this order, for each track:
    auxiliary boxes are written when no sample has an IV or subsamples (cbcs with a constant IV
    and whole-sample encryption).
 4. `dash_elements()` while writing the MPD: elements added to the track's AdaptationSet
-   (`ContentProtection`). Tracks whose elements differ are put in separate AdaptationSets.
+   (`ContentProtection`). Tracks whose elements differ (a key per quality group) are put in
+   separate AdaptationSets, linked by `urn:mpeg:dash:adaptation-set-switching:2016`.
 5. `hls_keys()` while writing the track's HLS media playlist(s): `#EXT-X-KEY` lines, written
    after `#EXT-X-MAP`; `hls_session_keys()` for the master playlist (`#EXT-X-SESSION-KEY`
    lines, duplicates removed).

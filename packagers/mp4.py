@@ -347,7 +347,6 @@ class SampleEntry:
 
     fourcc: str
     data: bytes  # the whole entry box, child boxes included
-    fixed_length: int  # bytes of fixed fields between the box header and the child boxes
     width: int = 0
     height: int = 0
     channels: int = 0
@@ -358,14 +357,6 @@ class SampleEntry:
         """The entry under another type with boxes appended (e.g. `encv` + `sinf`)."""
         body = self.data[8:] + extra_boxes
         return box(fourcc, body)
-
-
-@dataclass(frozen=True)
-class EditList:
-    """The first edit of an `elst` that matters for presentation."""
-
-    empty_duration: int  # leading empty edit, movie timescale
-    media_time: int  # media time presented first, media timescale
 
 
 @dataclass
@@ -391,12 +382,9 @@ class TrackFile:
     track_id: int
     handler: str  # "vide" or "soun"
     timescale: int
-    movie_timescale: int
     language: str  # mdhd ISO 639-2/T code
     entry: SampleEntry
-    edit: EditList | None
-    display_width: float
-    display_height: float
+    edit_media_time: int | None  # media time the edit list presents first (None: no edit)
     samples: Samples
     fragmented: bool
 
@@ -452,12 +440,6 @@ def _parse_movie(path: Path, moov: bytes, fragments: list[tuple[int, bytes]]) ->
     if len(traks) != 1:
         raise PackagingError(f"{path.name}: expected exactly one track, found {len(traks)}")
     trak = traks[0]
-    mvhd_box = child(moov, root, "mvhd")
-    if mvhd_box is None:
-        raise PackagingError(f"{path.name}: no mvhd")
-    version = moov[mvhd_box.start]
-    movie_timescale = struct.unpack_from(">I", moov, mvhd_box.start + (20 if version else 12))[0]
-
     tkhd_box = child(moov, trak, "tkhd")
     mdhd_box = find(moov, trak, "mdia/mdhd")
     hdlr_box = find(moov, trak, "mdia/hdlr")
@@ -466,7 +448,6 @@ def _parse_movie(path: Path, moov: bytes, fragments: list[tuple[int, bytes]]) ->
         raise PackagingError(f"{path.name}: incomplete track header (tkhd/mdhd/hdlr/stbl)")
     tk_version = moov[tkhd_box.start]
     track_id = struct.unpack_from(">I", moov, tkhd_box.start + (20 if tk_version else 12))[0]
-    width_fixed, height_fixed = struct.unpack_from(">II", moov, tkhd_box.end - 8)
     md_version = moov[mdhd_box.start]
     pos = mdhd_box.start + (20 if md_version else 12)
     timescale = struct.unpack_from(">I", moov, pos)[0]
@@ -479,7 +460,7 @@ def _parse_movie(path: Path, moov: bytes, fragments: list[tuple[int, bytes]]) ->
         raise PackagingError(f"{path.name}: media timescale is 0")
 
     entry = _parse_sample_entry(path, moov, stbl)
-    edit = _parse_edit_list(moov, trak)
+    edit_media_time = _parse_edit_list(moov, trak)
 
     trex_defaults = (1, 0, 0, 0)
     trex_box = find(moov, root, "mvex/trex")
@@ -499,12 +480,9 @@ def _parse_movie(path: Path, moov: bytes, fragments: list[tuple[int, bytes]]) ->
         track_id=track_id,
         handler=handler,
         timescale=timescale,
-        movie_timescale=movie_timescale or timescale,
         language=language,
         entry=entry,
-        edit=edit,
-        display_width=width_fixed / 65536,
-        display_height=height_fixed / 65536,
+        edit_media_time=edit_media_time,
         samples=samples,
         fragmented=fragmented,
     )
@@ -538,28 +516,26 @@ def _parse_sample_entry(path: Path, moov: bytes, stbl: BoxHeader) -> SampleEntry
     boxes: dict[str, bytes] = {}
     for sub in iter_boxes(moov, header.start + fixed, header.end):
         boxes.setdefault(sub.kind, moov[sub.start : sub.end])
-    return SampleEntry(fourcc, data, fixed, width, height, channels, sample_rate, boxes)
+    return SampleEntry(fourcc, data, width, height, channels, sample_rate, boxes)
 
 
-def _parse_edit_list(moov: bytes, trak: BoxHeader) -> EditList | None:
+def _parse_edit_list(moov: bytes, trak: BoxHeader) -> int | None:
+    """The media_time of the first non-empty edit (leading empty edits, delays, are skipped)."""
     elst_box = find(moov, trak, "edts/elst")
     if elst_box is None:
         return None
     version = moov[elst_box.start]
     count = struct.unpack_from(">I", moov, elst_box.start + 4)[0]
     pos = elst_box.start + 8
-    empty = 0
     for _ in range(count):
         if version == 1:
-            duration, media_time = struct.unpack_from(">Qq", moov, pos)
+            _, media_time = struct.unpack_from(">Qq", moov, pos)
             pos += 20
         else:
-            duration, media_time = struct.unpack_from(">Ii", moov, pos)
+            _, media_time = struct.unpack_from(">Ii", moov, pos)
             pos += 12
-        if media_time == -1:
-            empty += duration
-            continue
-        return EditList(empty, media_time)
+        if media_time != -1:
+            return media_time
     return None
 
 

@@ -85,10 +85,12 @@ def write_audio(
     duration: float = DURATION,
     rate: int = 48000,
     layout: str = "stereo",
+    fragmented: bool = True,
 ) -> Path:
-    """A one-track fragmented MP4 of a tone, fragments of about 1 s."""
-    options = dict(FRAGMENTED, frag_duration="1000000")
-    if codec in ("ac3", "eac3"):  # FFmpeg writes dac3/dec3 from the first packet: moov waits
+    """A one-track MP4 of a tone: fragments of about 1 s, or plain (with FFmpeg's edit list
+    for the priming)."""
+    options = dict(FRAGMENTED, frag_duration="1000000") if fragmented else {}
+    if fragmented and codec in ("ac3", "eac3"):  # dac3/dec3 come from the first packet
         options["movflags"] = "frag_keyframe+delay_moov+default_base_moof"
     container = av.open(str(path), "w", format="mp4", options=options)
     stream = container.add_stream(codec, rate=rate)

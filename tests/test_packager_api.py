@@ -192,3 +192,34 @@ def test_frame_rates_in_manifests():
     assert dash._frame_rate(Fraction(25)) == "25"
     assert dash.iso_duration(Fraction(7, 2)) == "PT3.5S"
     assert dash.iso_duration(3725.25) == "PT1H2M5.25S"
+
+
+class _Signalled(TrackProtection):
+    """A plug-in that only signals (no encryption): its DASH elements carry a key id."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+
+    def dash_elements(self) -> list[ET.Element]:
+        return [ET.Element("ContentProtection", {"schemeIdUri": "urn:test", "value": self.key_id})]
+
+
+def test_tracks_with_different_keys_get_switchable_adaptation_sets(packager_inputs, tmp_path):  # noqa: F811
+    tracks = [
+        TrackInput(packager_inputs.video_high, "video", "video-hd", protection=_Signalled("hd")),
+        TrackInput(packager_inputs.video_low, "video", "video-sd", protection=_Signalled("sd")),
+        TrackInput(packager_inputs.video_hevc, "video", "video-hevc", protection=_Signalled("sd")),
+    ]
+    package(tracks, [], PackageSpec(["Dash"], segment_seconds=2), tmp_path)
+    root = ET.parse(tmp_path / "manifest.mpd").getroot()
+    sets = root.findall(f".//{{{MPD_NS}}}AdaptationSet")
+    assert len(sets) == 3  # split by key, and H.265 apart from H.264
+    values = [
+        [p.get("value") for p in s.findall(f"{{{MPD_NS}}}SupplementalProperty")] for s in sets
+    ]
+    assert values == [["1"], ["0"], []]
+    assert [s.find(f"{{{MPD_NS}}}ContentProtection").get("value") for s in sets] == [
+        "hd",
+        "sd",
+        "sd",
+    ]

@@ -27,7 +27,7 @@ from packager_media import (
 
 from packagers import PackageSpec, TrackInput, package
 from packagers.codecs import avc_codec_string, hevc_codec_string
-from packagers.mp4 import read_track
+from packagers.mp4 import box, full_box, read_track
 
 SYNC_FLAGS = 0x02000000
 NON_SYNC = 0x00010000
@@ -72,7 +72,7 @@ def test_reader_and_packager_take_plain_mp4(tmp_path):
     """Non-fragmented input (sample tables, FFmpeg's edit list for the B-frame delay)."""
     path = write_video(tmp_path / "plain.mp4", fragmented=False)
     track = read_track(path)
-    assert not track.fragmented and track.edit is not None and track.edit.media_time > 0
+    assert not track.fragmented and (track.edit_media_time or 0) > 0
     with av.open(str(path)) as container:
         packets = [p for p in container.demux() if p.size]
     assert [p.size for p in packets] == track.samples.size.tolist()
@@ -87,6 +87,73 @@ def test_reader_and_packager_take_plain_mp4(tmp_path):
     out_track = read_track(_write(tmp_path / "joined.mp4", data))
     seen = decode(data, "video", pts_shift=ffmpeg_pts_shift(out_track))
     assert seen.frame_numbers == list(range(FRAMES)) and seen.first_time == 0
+
+
+def test_priming_from_the_input_edit_list(tmp_path):
+    """A plain MP4 says its priming in its edit list: the output keeps it, no field needed."""
+    path = write_audio(tmp_path / "plain.mp4", fragmented=False, duration=2.5)
+    assert read_track(path).edit_media_time == AAC_PRIMING
+    package([TrackInput(path, "audio", "audio")], [], PackageSpec(["Dash"], segment_seconds=2),
+            tmp_path / "out")  # fmt: skip
+    moov = dict(top_boxes((tmp_path / "out/audio_init.mp4").read_bytes()))["moov"]
+    assert struct.unpack_from(">Qq", child_box(moov, "trak/edts/elst"), 8) == (0, AAC_PRIMING)
+
+
+def _minimal_moov() -> bytes:
+    """A moov of one audio track (an mp4a entry without esds is enough to read samples)."""
+    from packagers import mp4
+
+    entry = box(
+        "mp4a",
+        bytes(6) + struct.pack(">H", 1) + bytes(8),  # reserved, data_reference_index, reserved
+        struct.pack(">HH4xI", 2, 16, 48000 << 16),  # channels, sample size, sample rate
+    )
+    minf = box("minf", mp4.smhd(), mp4.data_information(), mp4.empty_sample_tables(entry))
+    mdia = box("mdia", mp4.mdhd(48000, 0, "eng"), mp4.hdlr("soun", "s"), minf)
+    trak = box("trak", mp4.tkhd(1, 0, 0, 0, True), mdia)
+    return box("moov", mp4.mvhd(48000, 0, 2), trak, box("mvex", mp4.trex(1)))
+
+
+def _tfhd(track_id: int, flags: int, fields: bytes = b"") -> bytes:
+    return full_box("tfhd", 0, flags, struct.pack(">I", track_id), fields)
+
+
+def test_reader_fragment_variants(tmp_path):
+    """tfhd with an explicit base data offset and a default size, a traf of another track, no
+    tfdt (times continue from 0), a second trun without data offset, v0 composition offsets."""
+    init = box("ftyp", b"iso6", bytes(4), b"iso6") + _minimal_moov()
+    mfhd = full_box("mfhd", 0, 0, struct.pack(">I", 1))
+    other = box(
+        "traf",
+        _tfhd(9, 0x10, struct.pack(">I", 5)),
+        full_box("trun", 0, 0x1, struct.pack(">Ii", 1, 0)),
+    )
+    trun1 = full_box(  # data offset, durations, composition offsets
+        "trun", 0, 0x1 | 0x100 | 0x800, struct.pack(">Ii", 2, 0), struct.pack(">4I", 10, 20, 10, 0)
+    )
+    trun2 = full_box(  # durations and flags; data follows trun1's
+        "trun",
+        0,
+        0x100 | 0x400,
+        struct.pack(">I", 2),
+        struct.pack(">4I", 10, 0x2 << 24, 10, NON_SYNC),
+    )
+
+    def moof(base: int) -> bytes:
+        tfhd = _tfhd(1, 0x1 | 0x10, struct.pack(">QI", base, 10))  # base offset, default size
+        return box("moof", mfhd, other, box("traf", tfhd, trun1, trun2))
+
+    base = len(init) + len(moof(0)) + 8  # the mdat payload, addressed from the file start
+    payload = bytes(range(40))
+    path = tmp_path / "variants.mp4"
+    path.write_bytes(init + moof(base) + box("mdat", payload))
+    track = read_track(path)
+    samples = track.samples
+    assert samples.decode_time.tolist() == [0, 10, 20, 30]
+    assert samples.composition_offset.tolist() == [20, 0, 0, 0]
+    assert samples.offset.tolist() == [base, base + 10, base + 20, base + 30]
+    assert samples.sync.tolist() == [True, True, True, False]
+    assert track.read_samples(0, 4) == [payload[i : i + 10] for i in range(0, 40, 10)]
 
 
 def _write(path: Path, data: bytes) -> Path:
