@@ -22,6 +22,11 @@ from storage.base import (
 # Provider -> (module, class, pip extra that installs its SDK or None)
 REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "Local": ("storage.local", "LocalStorage", None),
+    "AmazonS3": ("storage.s3", "S3Storage", "s3"),
+    "S3Compatible": ("storage.s3", "S3CompatibleStorage", "s3"),
+    "AzureBlob": ("storage.azure", "AzureBlobStorage", "azure"),
+    "Ftps": ("storage.ftps", "FtpsStorage", None),
+    "Http": ("storage.http", "HttpStorage", None),
 }
 
 

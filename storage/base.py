@@ -160,7 +160,7 @@ class Storage(ABC):
     ) -> list[Path]:
         """Download every file of the folder into `target`; an empty or missing folder raises
         StorageError(kind='missing')."""
-        files = self.list_files()
+        files = self.retrying("listing", self.list_files)  # a 503 or reset is transient here too
         if not files:
             raise StorageError(f"{self.describe()}: the folder holds no files", "missing")
         target.mkdir(parents=True, exist_ok=True)
@@ -205,11 +205,13 @@ class Storage(ABC):
         total = sum(p.stat().st_size for p in ordered)
         done = 0
         uploaded: list[str] = []
+        in_flight: list[str] = []  # the file being uploaded when a failure or cancel hits
         try:
             for path in ordered:
                 if cancel:
                     cancel()
                 name = safe_relative_path(path.relative_to(source).as_posix())
+                in_flight = [name]
                 base = done
 
                 def report(current: int, _total: int, base: int = base) -> None:
@@ -220,11 +222,14 @@ class Storage(ABC):
                     f"upload of {name}", lambda p=path, n=name: self.upload_file(p, n, report)
                 )
                 uploaded.append(name)
+                in_flight = []
                 done += path.stat().st_size
                 if progress:
                     progress(done, total)
         except BaseException:
-            self.delete_files(reversed(uploaded))
+            # The file in flight may have landed although its upload raised (a cancel after the
+            # last byte, a lost response), so it is removed too.
+            self.delete_files([*reversed(uploaded), *in_flight])
             raise
         return uploaded
 

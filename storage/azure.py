@@ -1,0 +1,293 @@
+"""`AzureBlob` storage with azure-storage-blob (contract §3).
+
+URIs: `https://<account>.blob.core.windows.net/<container>/<folder>/` (any `<account>.blob.<...>`
+host, so sovereign clouds work too), and for emulators and custom hosts the account as the first
+path segment: `http://127.0.0.1:10000/<account>/<container>/<folder>/` (Azurite's layout).
+
+Credentials: account name (`CredentialsName`) + account key (`CredentialsSecret`, base64); none
+for a public container.
+
+Large files are uploaded as blocks (`max_block_size`) in parallel (`max_concurrency`) once they
+exceed `max_single_put_size` (env `VIPE_AZURE_SINGLE_PUT_SIZE`, `VIPE_AZURE_BLOCK_SIZE`), and
+downloaded in parallel ranged chunks. The SDK's own retry policy makes `sdk_attempts` attempts per
+request; what still fails is raised as a StorageError marked retryable for `Storage.retrying`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import unquote, urlparse
+
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobPrefix, ContainerClient, ContentSettings, ExponentialRetry
+
+from storage.base import (
+    ErrorKind,
+    Progress,
+    RemoteFile,
+    Storage,
+    StorageError,
+    StorageLocation,
+    content_type,
+    safe_name,
+    safe_relative_path,
+)
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+_ACCOUNT_HOST = re.compile(r"^(?P<account>[a-z0-9]{3,24})\.blob\.")
+_DENIED_CODES = {
+    "AuthenticationFailed",
+    "AuthorizationFailure",
+    "AuthorizationPermissionMismatch",
+    "InsufficientAccountPermissions",
+    "AccountIsDisabled",
+    "InvalidAuthenticationInfo",
+}
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+class _Stop(Exception):
+    """Raised inside a transfer thread to abort it when the progress callback raised."""
+
+
+class _ProgressRelay:
+    """The SDK's progress hook (current, total) may run in worker threads; this forwards to the
+    caller's callback under a lock and keeps an exception it raised (a cancellation) to re-raise
+    it in the calling thread."""
+
+    def __init__(self, total: int, progress: Progress | None):
+        self.total = total
+        self.progress = progress
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, current: int, _total: int | None) -> None:
+        with self._lock:
+            if self.error is not None:
+                raise _Stop()
+            if self.progress:
+                try:
+                    self.progress(min(current, self.total), self.total)
+                except BaseException as error:  # re-raised in the caller by reraise()
+                    self.error = error
+                    raise _Stop() from None
+
+    def reraise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class AzureBlobStorage(Storage):
+    """A folder (name prefix) of an Azure Blob Storage container."""
+
+    provider = "AzureBlob"
+    max_single_put_size: ClassVar[int] = _env_int("VIPE_AZURE_SINGLE_PUT_SIZE", 64 * MiB)
+    max_block_size: ClassVar[int] = _env_int("VIPE_AZURE_BLOCK_SIZE", 8 * MiB)
+    max_concurrency: ClassVar[int] = 4
+    # Attempts per request made by the SDK's retry policy (1 = no SDK retry), and its backoff.
+    sdk_attempts: ClassVar[int] = 3
+    sdk_backoff_seconds: ClassVar[int] = 2
+    timeout_seconds: ClassVar[float] = 60.0
+    list_page_size: ClassVar[int] = 5000
+
+    def __init__(self, location: StorageLocation):
+        super().__init__(location)
+        self.account_url, self.account, self.container, self.prefix = _parse(location.uri)
+        self._client: ContainerClient | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"{self.provider} {self.account_url}/{self.container}/{self.prefix}"
+
+    def client(self) -> ContainerClient:
+        """The container client, created on first use."""
+        with self._lock:
+            if self._client is None:
+                loc = self.location
+                credential = None
+                if loc.credentials_name and loc.credentials_secret:
+                    credential = AzureNamedKeyCredential(
+                        loc.credentials_name, loc.credentials_secret
+                    )
+                self._client = ContainerClient(
+                    self.account_url,
+                    self.container,
+                    credential=credential,
+                    retry_policy=ExponentialRetry(
+                        initial_backoff=self.sdk_backoff_seconds,
+                        increment_base=3,
+                        retry_total=max(0, self.sdk_attempts - 1),
+                        random_jitter_range=1,
+                    ),
+                    connection_timeout=self.timeout_seconds,
+                    read_timeout=self.timeout_seconds,
+                    max_single_put_size=self.max_single_put_size,
+                    max_block_size=self.max_block_size,
+                    max_single_get_size=self.max_single_put_size,
+                    max_chunk_get_size=self.max_block_size,
+                )
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def blob_name(self, name: str) -> str:
+        return self.prefix + name
+
+    # -- operations --------------------------------------------------------------------------
+
+    def list_files(self) -> list[RemoteFile]:
+        files = []
+        try:
+            items = self.client().walk_blobs(
+                name_starts_with=self.prefix or None,
+                delimiter="/",  # files directly in the folder, not in sub-folders
+                results_per_page=self.list_page_size,
+            )
+            for item in items:
+                if isinstance(item, BlobPrefix):
+                    continue
+                name = item.name[len(self.prefix) :]
+                if name:
+                    files.append(RemoteFile(name, int(item.size or 0)))
+        except Exception as error:
+            raise self._error("cannot list the folder", error) from None
+        return files
+
+    def download_file(self, name: str, target: Path, progress: Progress | None = None) -> None:
+        blob = self.client().get_blob_client(self.blob_name(safe_name(name)))
+        partial = target.with_name(f".{target.name}.partial")
+        relay = _ProgressRelay(0, progress)
+        try:
+            with open(partial, "wb") as file:
+                # Ranged chunks in parallel; a chunk whose stream breaks is fetched again.
+                stream = blob.download_blob(
+                    max_concurrency=self.max_concurrency, progress_hook=relay
+                )
+                relay.total = stream.size
+                stream.readinto(file)
+            os.replace(partial, target)
+        except Exception as error:
+            partial.unlink(missing_ok=True)
+            relay.reraise()
+            raise self._error(f"cannot download {name}", error) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        if progress:
+            progress(relay.total, relay.total)
+
+    def upload_file(self, source: Path, name: str, progress: Progress | None = None) -> None:
+        blob = self.client().get_blob_client(self.blob_name(safe_relative_path(name)))
+        size = source.stat().st_size
+        relay = _ProgressRelay(size, progress)
+        try:
+            with open(source, "rb") as file:
+                # Above max_single_put_size: staged blocks in parallel, committed at the end, so
+                # readers never see a half-written blob.
+                blob.upload_blob(
+                    file,
+                    length=size,
+                    overwrite=True,
+                    max_concurrency=self.max_concurrency,
+                    content_settings=ContentSettings(content_type=content_type(name)),
+                    progress_hook=relay,
+                )
+        except Exception as error:
+            relay.reraise()
+            raise self._error(f"cannot upload {name}", error) from None
+        if progress:
+            progress(size, size)
+
+    def delete_file(self, name: str) -> None:
+        blob = self.client().get_blob_client(self.blob_name(safe_relative_path(name)))
+        try:
+            blob.delete_blob()
+        except ResourceNotFoundError:
+            return  # already gone (or no container): nothing to delete
+        except Exception as error:
+            raise self._error(f"cannot delete {name}", error) from None
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _error(self, what: str, error: BaseException) -> StorageError:
+        kind, retryable, reason = _classify(error)
+        message = f"{self.describe()}: {what}: {reason}"
+        secret = self.location.credentials_secret
+        if secret and secret in message:  # belt and braces: never echo the secret
+            message = message.replace(secret, "***")
+        return StorageError(message, kind, retryable=retryable)
+
+
+def _parse(uri: str) -> tuple[str, str, str, str]:
+    """(account URL, account, container, prefix ending in '/' or '')."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise StorageError(f"AzureBlob: {parsed.scheme}:// is not an http(s) URI", "invalid")
+    if parsed.username or parsed.password:
+        raise StorageError(
+            "AzureBlob: credentials belong in CredentialsName/CredentialsSecret, not in the URI",
+            "invalid",
+        )
+    segments = [s for s in unquote(parsed.path).split("/") if s]
+    origin = f"{parsed.scheme}://{parsed.netloc}"
+    if match := _ACCOUNT_HOST.match(parsed.hostname.lower()):
+        account, account_url = match["account"], origin
+    else:  # emulator / custom host: the account is the first path segment
+        if not segments:
+            raise StorageError(f"AzureBlob: {uri} names no account", "invalid")
+        account = segments.pop(0)
+        account_url = f"{origin}/{account}"
+    if not segments:
+        raise StorageError(f"AzureBlob: {uri} names no container", "invalid")
+    container, folder = segments[0], segments[1:]
+    for part in folder:
+        if part in (".", ".."):
+            raise StorageError(f"AzureBlob: refusing the folder in {uri}: '.' or '..'", "invalid")
+    prefix = "/".join(folder) + "/" if folder else ""
+    return account_url, account, container, prefix
+
+
+def _classify(error: BaseException) -> tuple[ErrorKind, bool, str]:
+    """(kind, retryable, reason) for an exception out of the Azure SDK."""
+    code = getattr(error, "error_code", None) or ""
+    status = getattr(error, "status_code", None) or 0
+    label = f"{code or type(error).__name__}" + (f" (HTTP {status})" if status else "")
+    if isinstance(error, ClientAuthenticationError) or code in _DENIED_CODES or status == 403:
+        return "denied", False, f"access denied: {label}"
+    if isinstance(error, ResourceNotFoundError) or status == 404:
+        return "missing", False, f"not found: {label}"
+    if isinstance(error, ServiceRequestError | ServiceResponseError):
+        return "unreachable", True, f"connection failed: {type(error).__name__}"
+    if isinstance(error, HttpResponseError):
+        if status >= 500 or status in (408, 429) or not status:
+            return "unreachable", True, f"service error: {label}"
+        return "invalid", False, f"refused: {label}"
+    if isinstance(error, AzureError | OSError):
+        return "unreachable", True, f"connection failed: {type(error).__name__}"
+    if isinstance(error, ValueError):  # e.g. an account key that is not base64
+        return "denied", False, "the account key is not valid base64"
+    return "unreachable", False, f"unexpected failure: {type(error).__name__}"

@@ -1,0 +1,246 @@
+"""`Http` storage, input only (contract §3 extension): one file at an http(s) URL.
+
+`https://host/path/file.mp4`, optionally with HTTP Basic credentials (`CredentialsName` and
+`CredentialsSecret`). The "folder" holds exactly that one file, named after the last segment of
+the URL path. The download streams to disk and, when the connection breaks after some progress,
+resumes with a Range request (guarded by If-Range, so a file that changed meanwhile is fetched
+again from the start). TLS certificates are verified against the system's trust store
+(`SSL_CERT_FILE` is honoured); `VIPE_HTTP_CA_FILE` adds a private CA.
+
+Uploads and deletes raise StorageError(kind='invalid'): Http is input only.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import os
+import re
+import ssl
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import unquote, urlparse
+
+from storage.base import (
+    ErrorKind,
+    Progress,
+    RemoteFile,
+    Storage,
+    StorageError,
+    StorageLocation,
+    safe_name,
+)
+
+log = logging.getLogger(__name__)
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+class _ShortBody(Exception):
+    """The response ended before the announced length."""
+
+
+class HttpStorage(Storage):
+    """One file on a web server, read-only."""
+
+    provider = "Http"
+    timeout_seconds: ClassVar[float] = 60.0
+    chunk_size: ClassVar[int] = 1 << 20
+    # Resumes of one download after broken connections, and how many of them in a row may
+    # add no byte before the download is handed back to Storage.retrying.
+    max_resumes: ClassVar[int] = 20
+    max_stalls: ClassVar[int] = 2
+
+    def __init__(self, location: StorageLocation):
+        super().__init__(location)
+        parsed = urlparse(location.uri)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise StorageError("Http: the URI must be http(s)://host/path/file", "invalid")
+        if parsed.username or parsed.password:
+            raise StorageError(
+                "Http: credentials belong in CredentialsName/CredentialsSecret, not in the URI",
+                "invalid",
+            )
+        self.url = parsed._replace(fragment="").geturl()
+        self.name = unquote(parsed.path.rstrip("/").rsplit("/", 1)[-1]) if parsed.path else ""
+        if not self.name:
+            raise StorageError(f"Http: {self.url} does not name a file", "invalid")
+        safe_name(self.name)  # the file lands in the work folder under this name
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=self._context())
+        )
+
+    def describe(self) -> str:
+        parsed = urlparse(self.url)
+        return f"{self.provider} {parsed._replace(query='').geturl()}"  # a query may hold a token
+
+    def _context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if cafile := os.environ.get("VIPE_HTTP_CA_FILE"):
+            context.load_verify_locations(cafile=cafile)
+        return context
+
+    def _request(self, headers: dict[str, str]) -> http.client.HTTPResponse:
+        request = urllib.request.Request(self.url, headers=headers)
+        loc = self.location
+        if loc.credentials_name is not None and loc.credentials_secret is not None:
+            token = base64.b64encode(
+                f"{loc.credentials_name}:{loc.credentials_secret}".encode()
+            ).decode()
+            # Unredirected: the credentials never follow a redirect to another host.
+            request.add_unredirected_header("Authorization", f"Basic {token}")
+        return self._opener.open(request, timeout=self.timeout_seconds)
+
+    # -- operations --------------------------------------------------------------------------
+
+    def list_files(self) -> list[RemoteFile]:
+        """The one file with its size. A one-byte range GET instead of HEAD, because presigned
+        URLs are often signed for GET only."""
+        try:
+            with self._request({"Range": "bytes=0-0", "Accept-Encoding": "identity"}) as answer:
+                size = _total_size(answer)
+        except Exception as error:
+            raise self._error("cannot reach the file", error) from None
+        return [RemoteFile(self.name, size or 0)]
+
+    def download_file(self, name: str, target: Path, progress: Progress | None = None) -> None:
+        if safe_name(name) != self.name:
+            raise StorageError(f"{self.describe()}: holds no file named {name!r}", "missing")
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            self._download(partial, progress)
+            os.replace(partial, target)
+        except Exception as error:
+            partial.unlink(missing_ok=True)
+            raise self._error(f"cannot download {name}", error) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def _download(self, partial: Path, progress: Progress | None) -> None:
+        done = 0
+        total: int | None = None
+        validator: str | None = None  # ETag or Last-Modified of the first answer
+        resumes = stalls = 0
+        with open(partial, "wb") as file:
+            while True:
+                before = done
+                headers = {"Accept-Encoding": "identity"}
+                if done:
+                    headers["Range"] = f"bytes={done}-"
+                    if validator:
+                        headers["If-Range"] = validator
+                try:
+                    with self._request(headers) as answer:
+                        if answer.status == 206:
+                            start = _range_start(answer)
+                            if start != done:
+                                raise _ShortBody(f"the server resumed at {start}, not {done}")
+                        elif done:  # 200: the range was ignored or the file changed: start over
+                            done = before = 0
+                            file.seek(0)
+                            file.truncate()
+                        if total is None or not done:
+                            total = _total_size(answer)
+                            validator = _strong_etag(answer) or answer.headers.get("Last-Modified")
+                        # read1: whatever has arrived, so a reset loses little progress
+                        while chunk := answer.read1(self.chunk_size):
+                            file.write(chunk)
+                            done += len(chunk)
+                            if progress:
+                                progress(done, total or done)
+                    if total is not None and done < total:
+                        raise _ShortBody(f"{done} of {total} bytes")
+                    return
+                except (OSError, http.client.HTTPException, _ShortBody) as error:
+                    if isinstance(error, urllib.error.HTTPError) and _classify(error)[0] != (
+                        "unreachable"
+                    ):
+                        raise  # 401, 404, ...: resuming cannot help
+                    # Resume (Range) from what the partial file holds. Nothing received yet:
+                    # hand over to Storage.retrying, nothing is lost. Attempts that add no byte
+                    # end the resuming after `max_stalls` in a row.
+                    stalls = 0 if done > before else stalls + 1
+                    if (
+                        not done
+                        or not total
+                        or resumes >= self.max_resumes
+                        or stalls > self.max_stalls
+                    ):
+                        raise
+                    resumes += 1
+                    log.warning("%s: broke at %d bytes; resuming", self.describe(), done)
+                    time.sleep(self.backoff_seconds * stalls)
+                    file.flush()
+
+    def upload_file(self, source: Path, name: str, progress: Progress | None = None) -> None:
+        raise StorageError(f"{self.describe()}: Http is input only", "invalid")
+
+    def delete_file(self, name: str) -> None:
+        raise StorageError(f"{self.describe()}: Http is input only", "invalid")
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _error(self, what: str, error: BaseException) -> StorageError:
+        kind, retryable, reason = _classify(error)
+        message = f"{self.describe()}: {what}: {reason}"
+        secret = self.location.credentials_secret
+        if secret and secret in message:  # belt and braces: never echo the secret
+            message = message.replace(secret, "***")
+        return StorageError(message, kind, retryable=retryable)
+
+
+def _total_size(answer: http.client.HTTPResponse) -> int | None:
+    if answer.status == 206:
+        match = _CONTENT_RANGE.match(answer.headers.get("Content-Range", ""))
+        if match and match[3] != "*":
+            return int(match[3])
+        return None
+    length = answer.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
+def _range_start(answer: http.client.HTTPResponse) -> int:
+    match = _CONTENT_RANGE.match(answer.headers.get("Content-Range", ""))
+    return int(match[1]) if match else -1
+
+
+def _strong_etag(answer: http.client.HTTPResponse) -> str | None:
+    etag = answer.headers.get("ETag")
+    return etag if etag and not etag.startswith("W/") else None  # If-Range needs a strong one
+
+
+def _classify(error: BaseException) -> tuple[ErrorKind, bool, str]:
+    if isinstance(error, urllib.error.HTTPError):
+        status = error.code
+        label = f"HTTP {status}"
+        error.close()
+        if status in (401, 403, 407):
+            return "denied", False, f"access denied: {label}"
+        if status in (404, 410):
+            return "missing", False, f"not found: {label}"
+        if status >= 500 or status in (408, 429):
+            return "unreachable", True, f"server error: {label}"
+        return "invalid", False, f"refused: {label}"
+    if isinstance(error, urllib.error.URLError):  # wraps the connection failure
+        reason = error.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return "unreachable", False, f"TLS certificate not trusted ({reason.verify_message})"
+        if isinstance(reason, ssl.SSLError):
+            return "unreachable", False, "TLS failure"
+        if isinstance(reason, BaseException):
+            return _classify(reason)
+        return "unreachable", True, "connection failed"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return "unreachable", False, f"TLS certificate not trusted ({error.verify_message})"
+    if isinstance(error, TimeoutError):
+        return "unreachable", True, "timed out"
+    if isinstance(error, _ShortBody):
+        return "unreachable", True, f"transfer cut short ({error})"
+    if isinstance(error, OSError | http.client.HTTPException):
+        return "unreachable", True, f"connection failed: {type(error).__name__}"
+    return "unreachable", False, f"unexpected failure: {type(error).__name__}"
