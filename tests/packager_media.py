@@ -124,7 +124,7 @@ class Inputs:
     video_low: Path
     video_hevc: Path
     audio_en: Path
-    audio_description: Path
+    audio_description: Path  # German, audio description
     subtitle: Path
 
 
@@ -152,7 +152,7 @@ def _make_inputs(tmp_path_factory) -> Inputs:
         video_low=write_video(folder / "low.mp4", width=256, height=144, bitrate=200_000),
         video_hevc=write_video(folder / "hevc.mp4", codec="libx265", bitrate=300_000),
         audio_en=write_audio(folder / "en.mp4"),
-        audio_description=write_audio(folder / "en-ad.mp4", frequency=660.0),
+        audio_description=write_audio(folder / "de-ad.mp4", frequency=660.0),
         subtitle=subtitle,
     )
 
@@ -168,7 +168,7 @@ class Rendition:
     name: str
     init: bytes
     segments: list[bytes]
-    durations: list[float]  # seconds, from the manifest
+    durations: list[float]  # seconds, from the manifest (or the sidx it points at)
     attributes: dict = field(default_factory=dict)
 
     @property
@@ -186,9 +186,11 @@ def read_range(path: Path, start: int, length: int) -> bytes:
     return data
 
 
-def sidx_references(data: bytes) -> tuple[int, list[int]]:
-    """(first_offset, referenced sizes) of a sidx box (`data` starts at the box)."""
+def sidx_references(data: bytes) -> tuple[int, list[int], list[float]]:
+    """(first_offset, referenced sizes, subsegment durations in seconds) of a sidx box
+    (`data` starts at the box)."""
     version = data[8]
+    timescale = struct.unpack_from(">I", data, 16)[0]
     pos = 12 + 8  # header, version/flags, reference_ID, timescale
     if version == 0:
         first_offset = struct.unpack_from(">I", data, pos + 4)[0]
@@ -198,12 +200,13 @@ def sidx_references(data: bytes) -> tuple[int, list[int]]:
         pos += 16
     count = struct.unpack_from(">H", data, pos + 2)[0]
     pos += 4
-    sizes = []
+    sizes, durations = [], []
     for _ in range(count):
-        word = struct.unpack_from(">I", data, pos)[0]
+        word, duration = struct.unpack_from(">II", data, pos)
         sizes.append(word & 0x7FFFFFFF)
+        durations.append(duration / timescale)
         pos += 12
-    return first_offset, sizes
+    return first_offset, sizes, durations
 
 
 def dash_renditions(mpd_path: Path) -> list[Rendition]:
@@ -229,13 +232,13 @@ def dash_renditions(mpd_path: Path) -> list[Rendition]:
                 init = read_range(folder / uri, start, end - start + 1)
                 start, end = map(int, base[0].index_range.split("-"))
                 index = read_range(folder / uri, start, end - start + 1)
-                first_offset, sizes = sidx_references(index)
+                first_offset, sizes, durations = sidx_references(index)
                 position = end + 1 + first_offset
                 segments = []
                 for size in sizes:
                     segments.append(read_range(folder / uri, position, size))
                     position += size
-                renditions.append(Rendition(kind, name, init, segments, []))
+                renditions.append(Rendition(kind, name, init, segments, durations))
                 continue
             template = representation.segment_templates[0]
             timescale = int(template.timescale)
