@@ -15,10 +15,10 @@ subtitle and image playlists.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
-from packagers.layout import ImageRef, TextRef, TrackLayout
+from packagers.layout import ImageRef, SegmentRef, TextRef, TrackLayout
 
 DESCRIBES_VIDEO = "public.accessibility.describes-video"
 CAPTION_CHARACTERISTICS = (
@@ -39,16 +39,27 @@ def _seconds(value: int, timescale: int) -> str:
     return f"{value / timescale:.3f}"
 
 
-def peak_bandwidth(layout: TrackLayout) -> int:
-    """Highest segment bit rate over the durations as the playlist writes them (rounded to
-    the millisecond), so that a client measuring bytes / EXTINF never finds more."""
+def bit_rates(layout: TrackLayout, size: Callable[[SegmentRef], int]) -> tuple[int, int]:
+    """(peak, average) bit rate of `size(segment)` bytes per segment over the durations as the
+    playlist writes them (to the millisecond), so that a client measuring bytes / EXTINF never
+    finds more than the playlist says."""
     timescale = layout.track.timescale
-    return max(
-        math.ceil(
-            ref.size * 8 / max(Fraction(_seconds(ref.duration, timescale)), Fraction(1, 1000))
-        )
+    pairs = [
+        (size(ref), max(Fraction(_seconds(ref.duration, timescale)), Fraction(1, 1000)))
         for ref in layout.segments
-    )
+    ]
+    peak = max((math.ceil(bytes_ * 8 / seconds) for bytes_, seconds in pairs), default=0)
+    total_seconds = sum(seconds for _, seconds in pairs)
+    average = math.ceil(sum(b for b, _ in pairs) * 8 / total_seconds) if pairs else 0
+    return peak, average
+
+
+def _segment_size(ref: SegmentRef) -> int:
+    return ref.size
+
+
+def _key_frame_size(ref: SegmentRef) -> int:
+    return ref.key_frame[1] if ref.key_frame else 0
 
 
 def _target_duration(durations: Sequence[Fraction]) -> int:
@@ -67,19 +78,27 @@ def _byte_range(length: int, offset: int) -> str:
     return f"{length}@{offset}"
 
 
+def _header(version: int, target_duration: int, *tags: str) -> list[str]:
+    return [
+        "#EXTM3U",
+        f"#EXT-X-VERSION:{version}",
+        f"#EXT-X-TARGETDURATION:{target_duration}",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+        *tags,
+    ]
+
+
+def _track_header(layout: TrackLayout, version: int, tag: str) -> list[str]:
+    """Header, `#EXT-X-MAP` and the DRM hook's `#EXT-X-KEY` lines of a track's playlist."""
+    timescale = layout.track.timescale
+    target = _target_duration([Fraction(ref.duration, timescale) for ref in layout.segments])
+    return _header(version, target, tag) + _map(layout) + _keys(layout)
+
+
 def media_playlist(layout: TrackLayout, version: int) -> str:
     """The media playlist of one track."""
     timescale = layout.track.timescale
-    lines = [
-        "#EXTM3U",
-        f"#EXT-X-VERSION:{version}",
-        "#EXT-X-TARGETDURATION:"
-        + str(_target_duration([Fraction(r.duration, timescale) for r in layout.segments])),
-        "#EXT-X-PLAYLIST-TYPE:VOD",
-        "#EXT-X-INDEPENDENT-SEGMENTS",
-    ]
-    lines += _map(layout)
-    lines += _keys(layout)
+    lines = _track_header(layout, version, "#EXT-X-INDEPENDENT-SEGMENTS")
     for ref in layout.segments:
         lines.append(f"#EXTINF:{_seconds(ref.duration, timescale)},")
         if layout.single_file:
@@ -106,16 +125,7 @@ def _keys(layout: TrackLayout) -> list[str]:
 def iframe_playlist(layout: TrackLayout, version: int) -> str:
     """One I-frame per segment (its first, key, frame), addressed by byte range."""
     timescale = layout.track.timescale
-    lines = [
-        "#EXTM3U",
-        f"#EXT-X-VERSION:{version}",
-        "#EXT-X-TARGETDURATION:"
-        + str(_target_duration([Fraction(r.duration, timescale) for r in layout.segments])),
-        "#EXT-X-PLAYLIST-TYPE:VOD",
-        "#EXT-X-I-FRAMES-ONLY",
-    ]
-    lines += _map(layout)
-    lines += _keys(layout)
+    lines = _track_header(layout, version, "#EXT-X-I-FRAMES-ONLY")
     for ref in layout.segments:
         if ref.key_frame is None:
             continue
@@ -127,48 +137,18 @@ def iframe_playlist(layout: TrackLayout, version: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def iframe_bandwidth(layout: TrackLayout) -> tuple[int, int]:
-    """(peak, average) bit rate of the I-frame playlist."""
-    timescale = layout.track.timescale
-    rates = [
-        -(-ref.key_frame[1] * 8 * timescale // max(ref.duration, 1))
-        for ref in layout.segments
-        if ref.key_frame
-    ]
-    total = sum(ref.key_frame[1] for ref in layout.segments if ref.key_frame)
-    duration = sum(ref.duration for ref in layout.segments)
-    return max(rates, default=0), -(-total * 8 * timescale // max(duration, 1))
-
-
 def subtitle_playlist(text: TextRef, version: int) -> str:
     """A text track as one segment: the whole WebVTT file (fine for VOD)."""
-    return (
-        "\n".join(
-            [
-                "#EXTM3U",
-                f"#EXT-X-VERSION:{version}",
-                f"#EXT-X-TARGETDURATION:{max(1, math.ceil(text.duration))}",
-                "#EXT-X-PLAYLIST-TYPE:VOD",
-                f"#EXTINF:{text.duration:.3f},",
-                text.uri,
-                "#EXT-X-ENDLIST",
-            ]
-        )
-        + "\n"
-    )
+    lines = _header(version, max(1, math.ceil(text.duration)))
+    lines += [f"#EXTINF:{text.duration:.3f},", text.uri, "#EXT-X-ENDLIST"]
+    return "\n".join(lines) + "\n"
 
 
 def image_playlist(image: ImageRef) -> str:
     """Thumbnail tiles (`#EXT-X-IMAGES-ONLY`, `#EXT-X-TILES`), as Apple and Roku read them."""
     spec = image.input
     tile = image.tile_seconds
-    lines = [
-        "#EXTM3U",
-        "#EXT-X-VERSION:7",
-        f"#EXT-X-TARGETDURATION:{max(1, math.ceil(tile))}",
-        "#EXT-X-PLAYLIST-TYPE:VOD",
-        "#EXT-X-IMAGES-ONLY",
-    ]
+    lines = _header(7, max(1, math.ceil(tile)), "#EXT-X-IMAGES-ONLY")
     per_tile = spec.columns * spec.rows
     for index, uri in enumerate(image.uris):
         covered = min(tile, max(0.0, spec.duration - index * tile))
@@ -242,7 +222,7 @@ def master_playlist(
         for video in videos:
             if not any(ref.key_frame for ref in video.segments):
                 continue
-            peak, average = iframe_bandwidth(video)
+            peak, average = bit_rates(video, _key_frame_size)
             track = video.track
             entry = track.file.entry
             lines.append(
@@ -348,8 +328,10 @@ def _stream_inf(
 ) -> list[str]:
     """One variant: `main` (video, or audio in audio-only packages) with an audio group."""
     track = main.track
-    peak = peak_bandwidth(main) + max((peak_bandwidth(a) for a in audio_group), default=0)
-    average = main.average_bandwidth + max((a.average_bandwidth for a in audio_group), default=0)
+    peak, average = bit_rates(main, _segment_size)
+    audio_rates = [bit_rates(audio, _segment_size) for audio in audio_group]
+    peak += max((rates[0] for rates in audio_rates), default=0)
+    average += max((rates[1] for rates in audio_rates), default=0)
     codecs = [track.codecs]
     for audio in audio_group:
         if audio.track.codecs not in codecs:
