@@ -8,7 +8,15 @@ import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from storage.base import Progress, RemoteFile, Storage, StorageError, StorageLocation, safe_name
+from storage.base import (
+    Progress,
+    RemoteFile,
+    Storage,
+    StorageError,
+    StorageLocation,
+    safe_name,
+    safe_relative_path,
+)
 
 CHUNK = 1 << 20
 
@@ -44,7 +52,7 @@ class LocalStorage(Storage):
             raise self._error(f"cannot read {name}", error) from None
 
     def upload_file(self, source: Path, name: str, progress: Progress | None = None) -> None:
-        target = self.root / name
+        target = self.root / safe_relative_path(name)
         partial = target.with_name(f".{target.name}.partial")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +64,7 @@ class LocalStorage(Storage):
 
     def delete_file(self, name: str) -> None:
         try:
-            (self.root / name).unlink(missing_ok=True)
+            (self.root / safe_relative_path(name)).unlink(missing_ok=True)
         except OSError as error:
             raise self._error(f"cannot delete {name}", error) from None
 

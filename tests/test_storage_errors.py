@@ -323,14 +323,7 @@ def test_path_traversal_names_are_refused_on_download(case, request, tmp_path):
 @pytest.mark.parametrize(
     "case",
     [
-        pytest.param(
-            "Local",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="storage/local.py: upload_file/delete_file do not check the name "
-                "(upload_folder does); owned elsewhere",
-            ),
-        ),
+        "Local",
         "S3Compatible",
         "AzureBlob",
         "Ftps",
