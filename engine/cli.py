@@ -4,6 +4,10 @@ vipe run job.json        run one job here (exit 0 success, 1 failed, 2 invalid j
 vipe validate job.json   check a job (exit 0 valid, 2 invalid)
 vipe demo [DIR]          make a sample source and run a CMAF job on it
 vipe certificate         print the certificate that protects secrets in jobs
+vipe serve               the HTTPS Encoding API with its job store and worker pool
+vipe tenant add NAME     add a tenant and print its new management key (once)
+vipe tenant list         list the tenants
+vipe tenant remove NAME  remove a tenant
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     certificate.add_argument("--data-dir", type=Path)
     certificate.set_defaults(command=_certificate)
+    _add_server_commands(commands)
     return parser
 
 
@@ -242,6 +247,120 @@ def _certificate(args) -> int:
     from engine.config import data_dir
 
     print(ServiceKey.load_or_create(data_dir(args.data_dir)).certificate_base64)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------- server and tenants
+
+
+def _add_server_commands(commands) -> None:
+    serve = commands.add_parser("serve", help="run the HTTPS Encoding API")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8443)
+    serve.add_argument("--data-dir", type=Path, help="data folder (default: VIPE_DATA_DIR)")
+    serve.add_argument("--workers", type=int, default=1, help="job runners in this process")
+    serve.add_argument("--strict", action="store_true", help="unknown properties are errors")
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument("--jwks-url", help="JWKS URL of the identity provider")
+    keys.add_argument("--jwt-public-key", type=Path, help="PEM public key that signs tokens")
+    serve.add_argument("--jwt-issuer", help="required `iss` of tokens")
+    serve.add_argument("--jwt-audience", help="required `aud` of tokens")
+    serve.add_argument("--jwt-permission", default="Videos: Encode")
+    serve.add_argument("--jwt-permission-claim", default="permissions")
+    serve.add_argument("--jwt-tenant-claim", default="tenantId")
+    serve.add_argument("--cert", type=Path, help="TLS certificate (PEM); default self-signed")
+    serve.add_argument("--key", type=Path, help="TLS private key (PEM)")
+    serve.add_argument("--max-body", type=int, default=1024 * 1024, help="request body limit")
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=10.0,
+        help="at stop, how long running jobs may finish before they are queued again",
+    )
+    serve.set_defaults(command=_serve)
+
+    tenant = commands.add_parser("tenant", help="manage tenants and their management keys")
+    tenant.add_argument("--data-dir", type=Path)
+    actions = tenant.add_subparsers(title="actions", required=True)
+    add = actions.add_parser("add", help="add a tenant; prints its management key once")
+    add.add_argument("name")
+    add.set_defaults(command=_tenant_add)
+    listing = actions.add_parser("list", help="list the tenants")
+    listing.set_defaults(command=_tenant_list)
+    remove = actions.add_parser("remove", help="remove a tenant")
+    remove.add_argument("name")
+    remove.set_defaults(command=_tenant_remove)
+
+
+def _serve(args) -> int:
+    from engine.api import ServerSettings, serve
+    from engine.auth import AuthSettings
+    from engine.config import data_dir
+
+    if bool(args.cert) != bool(args.key):
+        console.print("[red]error[/red]: --cert and --key go together")
+        return EXIT_INVALID
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    auth = AuthSettings(
+        jwks_url=args.jwks_url,
+        jwt_public_key=args.jwt_public_key,
+        issuer=args.jwt_issuer,
+        audience=args.jwt_audience,
+        permission=args.jwt_permission,
+        permission_claim=args.jwt_permission_claim,
+        tenant_claim=args.jwt_tenant_claim,
+    )
+    serve(
+        ServerSettings(
+            data_dir=data_dir(args.data_dir),
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            strict=args.strict,
+            auth=auth,
+            max_body=args.max_body,
+            drain_seconds=args.drain_seconds,
+            certificate=args.cert,
+            key=args.key,
+        )
+    )
+    return EXIT_OK
+
+
+def _tenant_add(args) -> int:
+    from engine.config import data_dir
+    from engine.tenants import TenantError, TenantRegistry
+
+    try:
+        key = TenantRegistry(data_dir(args.data_dir)).add(args.name)
+    except TenantError as error:
+        console.print(f"[red]error[/red]: {error}", highlight=False)
+        return EXIT_FAILED
+    console.print(f"tenant {args.name} added; its management key (shown only now):")
+    print(key)
+    return EXIT_OK
+
+
+def _tenant_list(args) -> int:
+    from engine.config import data_dir
+    from engine.tenants import TenantRegistry
+
+    for tenant in TenantRegistry(data_dir(args.data_dir)).list():
+        print(f"{tenant.name}\t{tenant.created}")
+    return EXIT_OK
+
+
+def _tenant_remove(args) -> int:
+    from engine.config import data_dir
+    from engine.tenants import TenantError, TenantRegistry
+
+    try:
+        TenantRegistry(data_dir(args.data_dir)).remove(args.name)
+    except TenantError as error:
+        console.print(f"[red]error[/red]: {error}", highlight=False)
+        return EXIT_FAILED
+    console.print(f"tenant {args.name} removed")
     return EXIT_OK
 
 

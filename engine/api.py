@@ -1,0 +1,513 @@
+"""The HTTPS Encoding API (contract §1): FastAPI on uvicorn, TLS only.
+
+    vipe serve --host 127.0.0.1 --port 8443 --data-dir DIR [--workers N] [--strict]
+               [--jwks-url URL | --jwt-public-key FILE] [--jwt-issuer ISS] [--jwt-audience AUD]
+               [--cert FILE --key FILE] [--max-body BYTES]
+
+- `POST /Job` (auth): 201 `{"JobId", "KeyId" or "KeyIds", "ExternalId", "ExternalType",
+  "ExternalProvider"}`; 400 with every field error; 502/503 when the Key Service refuses or is
+  down.
+- `DELETE /Job/{JobId}` and `POST /Job/{JobId}/Cancel` (auth): 200 with the requested URL as a
+  JSON string; 404 unknown; 409 finished.
+- `GET /Job/{JobId}` (auth, extension): state, phase, progress, events so far, outputs.
+- `GET /certificate`: base64 of the DER certificate for credentials protection.
+- `GET /reporting/{JobId}`, `/reporting/{year}/{month}`, `/reporting` (auth): §9 entries of the
+  caller's tenant (a month by job start, UTC; a job that never started by its creation).
+- `GET /api/help`: interactive OpenAPI docs; the JSON at `/api/help/openapi.json`.
+- `GET /health`, `GET /metrics`: liveness (and store reachability); Prometheus text.
+
+Every answer is JSON (except the docs page and the metrics), errors as `{"Message": ...}`, 400
+with `"Errors": [{"Field", "Message"}]`. Paths match case-insensitively (`/job` is `/Job`), as
+clients of the hosted service may rely on. Request bodies over `--max-body` (default 1 MiB) get
+413 before they are read. Another tenant's job answers 404, exactly as an unknown one.
+
+TLS: `--cert/--key`, else a self-signed certificate made at first start in the data folder
+(`tls-certificate.pem`, `tls-key.pem`; EC P-256; names localhost, the host name, 127.0.0.1, ::1
+and `--host`), its SHA-256 fingerprint printed at every start so that clients can pin it. There
+is no plain-HTTP listener: a plain request to the port ends in a failed TLS handshake.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.auth import UNAUTHORIZED_MESSAGE, Authenticator, AuthSettings, NotAuthorized, Principal
+from engine.config import data_dir as default_data_dir
+from engine.service import (
+    InProcessQueue,
+    InvalidJob,
+    JobQueue,
+    JobService,
+    KeyServiceFailed,
+    ServiceOptions,
+    job_view,
+)
+from engine.store import CancelOutcome, JobSealer, Store, database_url
+from engine.tenants import TenantRegistry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 1024 * 1024
+TLS_CERTIFICATE_FILE = "tls-certificate.pem"
+TLS_KEY_FILE = "tls-key.pem"
+
+
+@dataclass
+class ServerSettings:
+    """Everything `vipe serve` configures."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    workers: int = 1
+    strict: bool = False
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    max_body: int = DEFAULT_MAX_BODY
+    certificate: Path | None = None
+    key: Path | None = None
+    database_url: str | None = None  # default: VIPE_DATABASE_URL, else SQLite in data_dir
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    drain_seconds: float = 10.0  # at stop: time for running jobs to end before they are requeued
+    # Builds the queue for the service (default: InProcessQueue with `workers` threads).
+    queue_factory: Callable[[JobService], JobQueue] | None = None
+
+
+# --------------------------------------------------------------------------- middleware
+
+
+class BodyTooLarge(Exception):
+    """A request body grew over the limit while being read (no or a false Content-Length)."""
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over `limit` bytes: at once by Content-Length, else while reading."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                too_large = int(length) > self.limit
+            except ValueError:
+                await _send_json(send, 400, {"Message": "Content-Length is not a number"})
+                return
+            if too_large:
+                await _send_json(send, 413, _too_large_body(self.limit))
+                return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class PathCaseMiddleware:
+    """Routes match case-insensitively: the fixed segments are rewritten to their spelling."""
+
+    FIRST = {s.lower(): s for s in ("Job", "reporting", "certificate", "health", "metrics", "api")}
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = scope.get("path", "")
+            segments = path.split("/")
+            if len(segments) > 1 and segments[1].lower() in self.FIRST:
+                segments[1] = self.FIRST[segments[1].lower()]
+                if segments[1] == "Job" and len(segments) == 4 and segments[3].lower() == "cancel":
+                    segments[3] = "Cancel"
+                if segments[1] == "api" and len(segments) > 2 and segments[2].lower() == "help":
+                    segments[2] = "help"
+                rewritten = "/".join(segments)
+                if rewritten != path:
+                    scope = dict(scope, path=rewritten, raw_path=rewritten.encode())
+        await self.app(scope, receive, send)
+
+
+async def _send_json(send, status: int, body: Any) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+def _too_large_body(limit: int) -> dict[str, str]:
+    return {"Message": f"The request body is larger than {limit} bytes"}
+
+
+def _message(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"Message": message, **extra}, status_code=status)
+
+
+# -------------------------------------------------------------------------------- the app
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """The API with its store, service and queue (started and stopped by the app's
+    lifespan). `app.state` holds `store`, `service`, `queue`, `authenticator`."""
+    folder = settings.data_dir
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, tenants, jobs: private
+    from drm.credentials import ServiceKey
+
+    service_key = ServiceKey.load_or_create(folder)
+    store = Store(settings.database_url or database_url(folder), JobSealer.load_or_create(folder))
+    store.migrate()
+    options = ServiceOptions(
+        data_dir=folder,
+        strict=settings.strict,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+    )
+    service = JobService(store, options, service_key)
+    queue = (
+        settings.queue_factory(service)
+        if settings.queue_factory
+        else InProcessQueue(service, settings.workers)
+    )
+    authenticator = Authenticator(settings.auth, TenantRegistry(folder))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await run_in_threadpool(queue.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(queue.stop, settings.drain_seconds)
+            store.close()
+
+    app = FastAPI(
+        title="vipe Encoding API",
+        version="1",
+        description=(
+            "Self-hosted Encoding API: the job JSON, endpoints and events of the hosted "
+            "Axinom Encoding service. Authenticate with `Authorization: Bearer <JWT>` or "
+            "`Authorization: Tenant-Auth <management key>`."
+        ),
+        docs_url="/api/help",
+        openapi_url="/api/help/openapi.json",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.service = service
+    app.state.queue = queue
+    app.state.authenticator = authenticator
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body)
+    app.add_middleware(PathCaseMiddleware)
+    _exception_handlers(app, settings.max_body)
+
+    def principal(request: Request) -> Principal:
+        try:
+            return authenticator.authenticate(request.headers.get("authorization"))
+        except NotAuthorized as refused:
+            log.info("request %s %s refused: %s", request.method, request.url.path, refused.reason)
+            raise
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    @app.post(
+        "/Job",
+        status_code=201,
+        tags=["Job"],
+        summary="Create a job: validate, resolve DRM keys, store, enqueue",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+        responses={400: {"description": "invalid job, every field error listed"}},
+    )
+    async def create_job(request: Request, who: Principal = Depends(principal)):
+        body = await request.body()
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return _message(
+                400,
+                "The request body is not valid JSON",
+                Errors=[{"Field": "$", "Message": f"not valid JSON: {error}"}],
+            )
+        try:
+            answer = await run_in_threadpool(service.submit, document, who.tenant_id)
+        except InvalidJob as invalid:
+            return _message(400, invalid.message, Errors=[e.as_json() for e in invalid.errors])
+        except KeyServiceFailed as failed:
+            return _message(failed.status, failed.message)
+        try:
+            queue.enqueue(answer["JobId"])
+        except Exception:  # the job is stored: a queue sweep or the next start runs it
+            log.exception("job %s: stored, but the queue did not take it now", answer["JobId"])
+        return JSONResponse(answer, status_code=201)
+
+    @app.get("/Job/{JobId}", tags=["Job"], summary="State, phase, progress, events, outputs")
+    def get_job(JobId: str, who: Principal = Depends(principal)):
+        row = store.get_job(JobId, who.tenant_id)
+        if row is None:
+            return _not_found()
+        return job_view(store, row)
+
+    def cancel(job_id: str, who: Principal, request: Request) -> JSONResponse:
+        outcome = service.cancel(job_id, who.tenant_id)
+        if outcome == CancelOutcome.UNKNOWN:
+            return _not_found()
+        if outcome == CancelOutcome.FINISHED:
+            return _message(409, "The job has already finished")
+        if outcome == CancelOutcome.RUNNING:
+            queue.cancel(job_id)
+        return JSONResponse(str(request.url), status_code=200)
+
+    @app.delete("/Job/{JobId}", tags=["Job"], summary="Cancel a job (FinalError 5001)")
+    def delete_job(JobId: str, request: Request, who: Principal = Depends(principal)):
+        return cancel(JobId, who, request)
+
+    @app.post("/Job/{JobId}/Cancel", tags=["Job"], summary="Cancel a job (FinalError 5001)")
+    def cancel_job(JobId: str, request: Request, who: Principal = Depends(principal)):
+        return cancel(JobId, who, request)
+
+    # -- certificate, reporting -------------------------------------------------------------
+
+    @app.get("/certificate", tags=["Certificate"], summary="Certificate for secrets")
+    def certificate():
+        return JSONResponse(service_key.certificate_base64)
+
+    @app.get("/reporting", tags=["Reporting"], summary="All reporting entries")
+    def reporting_all(who: Principal = Depends(principal)):
+        return store.reports(who.tenant_id)
+
+    @app.get("/reporting/{year}/{month}", tags=["Reporting"], summary="Entries of a month (UTC)")
+    def reporting_month(year: int, month: int, who: Principal = Depends(principal)):
+        if not 1 <= month <= 12 or not 1970 <= year <= 9999:
+            return _message(
+                400,
+                "Invalid month",
+                Errors=[{"Field": "month", "Message": "year 1970-9999, month 1-12"}],
+            )
+        return store.reports(who.tenant_id, year, month)
+
+    @app.get("/reporting/{JobId}", tags=["Reporting"], summary="The reporting entry of a job")
+    def reporting_job(JobId: str, who: Principal = Depends(principal)):
+        entry = store.report(JobId, who.tenant_id)
+        return entry if entry is not None else _not_found()
+
+    # -- operations -------------------------------------------------------------------------
+
+    @app.get("/health", tags=["Operations"], summary="Liveness and store reachability")
+    def health():
+        try:
+            store.count_jobs()
+        except Exception as error:
+            log.error("health: the job store cannot be read: %s", type(error).__name__)
+            return JSONResponse({"Status": "Unhealthy", "Store": "unreachable"}, status_code=503)
+        return {"Status": "Healthy", "Store": "ok", "Workers": settings.workers}
+
+    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
+    def metrics():
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _not_found() -> JSONResponse:
+    return _message(404, "Job not found")
+
+
+def _exception_handlers(app: FastAPI, max_body: int) -> None:
+    @app.exception_handler(NotAuthorized)
+    async def unauthorized(request: Request, error: NotAuthorized):
+        return JSONResponse(
+            {"Message": UNAUTHORIZED_MESSAGE},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer, Tenant-Auth realm="vipe"'},
+        )
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, error: BodyTooLarge):
+        return JSONResponse(_too_large_body(max_body), status_code=413)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        return JSONResponse(
+            {"Message": str(error.detail)},
+            status_code=error.status_code,
+            headers=getattr(error, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        errors = [
+            {
+                "Field": ".".join(str(p) for p in item.get("loc", ()) if p not in ("path", "body")),
+                "Message": str(item.get("msg", "")),
+            }
+            for item in error.errors()
+        ]
+        return JSONResponse({"Message": "Invalid request", "Errors": errors}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, error: Exception):
+        log.error(
+            "request %s %s failed: %s", request.method, request.url.path, type(error).__name__
+        )
+        return JSONResponse({"Message": "Internal server error"}, status_code=500)
+
+
+# ------------------------------------------------------------------------------------ TLS
+
+
+def ensure_tls_certificate(folder: Path, host: str | None = None) -> tuple[Path, Path]:
+    """The self-signed server certificate of the data folder, made on first use."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_path, key_path = folder / TLS_CERTIFICATE_FILE, folder / TLS_KEY_FILE
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    hostname = socket.gethostname()
+    if hostname and hostname != "localhost":
+        names.append(x509.DNSName(hostname))
+    addresses = {"127.0.0.1", "::1"}
+    if host and host not in ("0.0.0.0", "::", "localhost", hostname):
+        try:
+            ipaddress.ip_address(host)
+            addresses.add(host)
+        except ValueError:
+            names.append(x509.DNSName(host))
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in sorted(addresses)]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"vipe on {hostname}")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        # Its own CA, so that a client can trust exactly this certificate (verify=cert.pem).
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    log.info("self-signed TLS certificate created in %s", folder)
+    return cert_path, key_path
+
+
+def certificate_fingerprint(cert_path: Path) -> str:
+    """SHA-256 of the DER certificate, as `AA:BB:…`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    digest = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)).upper()
+
+
+def uvicorn_config(app: FastAPI, settings: ServerSettings, **extra: Any):
+    """The uvicorn configuration: TLS with the given or the self-signed certificate."""
+    import uvicorn
+
+    if settings.certificate and settings.key:
+        cert_path, key_path = settings.certificate, settings.key
+    else:
+        cert_path, key_path = ensure_tls_certificate(settings.data_dir, settings.host)
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(cert_path),
+        ssl_keyfile=str(key_path),
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=15,
+        **extra,
+    )
+
+
+def serve(settings: ServerSettings, *, out=sys.stderr) -> None:
+    """Run the API until stopped (SIGINT/SIGTERM: running jobs are queued again)."""
+    import uvicorn
+
+    settings.data_dir = default_data_dir(settings.data_dir)
+    app = create_app(settings)
+    config = uvicorn_config(app, settings)
+    fingerprint = certificate_fingerprint(Path(config.ssl_certfile))
+    print(
+        f"vipe: HTTPS on https://{settings.host}:{settings.port}/ (data folder "
+        f"{settings.data_dir}, {settings.workers} worker(s))\n"
+        f"vipe: TLS certificate {config.ssl_certfile}\n"
+        f"vipe: SHA-256 fingerprint {fingerprint}",
+        file=out,
+        flush=True,
+    )
+    uvicorn.Server(config).run()
+
+
+__all__ = [
+    "BodyLimitMiddleware",
+    "ServerSettings",
+    "certificate_fingerprint",
+    "create_app",
+    "ensure_tls_certificate",
+    "serve",
+    "uvicorn_config",
+]

@@ -1,0 +1,615 @@
+"""The job store (SQLAlchemy): jobs, their events and their reporting entries.
+
+SQLite file `vipe.db` in the data folder by default; PostgreSQL (or any SQLAlchemy URL) when
+`VIPE_DATABASE_URL` is set. The schema is created and upgraded by Alembic
+(`engine/migrations/`) when the store opens.
+
+Tables:
+
+- `jobs`: one row per job: tenant, state (`Queued`, `Running`, `Succeeded`, `Failed`,
+  `Cancelled`), phase, progress, the sealed job JSON, a public summary of the job (no secret),
+  the External* values, the key ids resolved at creation (never the keys), timestamps, error
+  code and message, the worker that runs it (owner, heartbeat, attempts) and the cancel flag.
+- `events`: every event of a job, in order (the bodies of contract §8: never a secret).
+- `reports`: the reporting entry of a job (contract §9) and the instant that places it in a
+  month (the job's first start, else its creation).
+
+Secrets: the job JSON is stored sealed (AES-256-GCM, the job id as associated data) with the
+store key (`store.key` in the data folder, or `VIPE_STORE_KEY`, base64 of 32 bytes, for nodes
+that share one PostgreSQL store), so the database never holds a clear secret, including one in
+a misspelled (unknown) property. Only a worker that runs the job unseals it.
+
+Why the whole JSON and not only the secret fields: the worker must re-run exactly the job that
+was accepted (unknown properties included, for its `JobCreated` warnings), and a secret in a
+property vipe does not know would otherwise stay in clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+log = logging.getLogger(__name__)
+
+DATABASE_URL_ENV = "VIPE_DATABASE_URL"
+STORE_KEY_ENV = "VIPE_STORE_KEY"
+STORE_KEY_FILE = "store.key"
+SQLITE_FILE = "vipe.db"
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "Queued",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Cancelled",
+)
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def iso(moment: datetime.datetime | None) -> str | None:
+    """ISO 8601 with offset, milliseconds (as the events write it)."""
+    return moment.isoformat(timespec="milliseconds") if moment else None
+
+
+def database_url(data_dir: Path) -> str:
+    """`VIPE_DATABASE_URL`, else the SQLite file in the data folder."""
+    return os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{data_dir / SQLITE_FILE}"
+
+
+# ---------------------------------------------------------------------------------- schema
+
+
+class UTCDateTime(TypeDecorator):
+    """An aware UTC datetime on both sides; stored naive UTC so that SQLite (which drops the
+    offset) and PostgreSQL compare and sort the same way."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(datetime.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=datetime.UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    """One job. `job_sealed` is the job JSON as accepted, sealed; `summary` the public part."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(200), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    phase: Mapped[str | None] = mapped_column(String(32))
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    external_id: Mapped[str] = mapped_column(String(200), default="")
+    external_type: Mapped[str] = mapped_column(String(100), default="")
+    external_provider: Mapped[str] = mapped_column(String(100), default="")
+    job_sealed: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text)  # JSON: JobCreated fields, no secret
+    key_ids: Mapped[str] = mapped_column(Text, default="[]")  # JSON [{"KeyId", "QualityGroup"}]
+    created_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime, index=True)
+    started_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    owner: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    encoder: Mapped[str | None] = mapped_column(String(100))
+
+
+class EventRow(Base):
+    """One event of a job; `id` orders them."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    message_type: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class ReportRow(Base):
+    """The reporting entry of a job. `period_at` (job start, else creation) places it in a
+    month; `entry` is the §9 JSON."""
+
+    __tablename__ = "reports"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant_id: Mapped[str] = mapped_column(String(200), index=True)
+    period_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime, index=True)
+    entry: Mapped[str] = mapped_column(Text)
+
+
+# ---------------------------------------------------------------------------------- sealing
+
+
+class SealError(RuntimeError):
+    """A sealed job does not open (wrong store key or corrupted row)."""
+
+
+class JobSealer:
+    """AES-256-GCM with the store key; the job id is the associated data, so a sealed job
+    cannot be moved to another row."""
+
+    def __init__(self, key: bytes):
+        if len(key) != 32:
+            raise ValueError("the store key must be 32 bytes")
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:
+        return "JobSealer(<key hidden>)"
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> JobSealer:
+        """The key from `VIPE_STORE_KEY`, else `store.key` in the data folder (created 0600)."""
+        text = os.environ.get(STORE_KEY_ENV)
+        if text:
+            try:
+                return cls(base64.b64decode(text, validate=True))
+            except (binascii.Error, ValueError):
+                raise ValueError(f"{STORE_KEY_ENV} must be base64 of 32 bytes") from None
+        path = data_dir / STORE_KEY_FILE
+        if not path.exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it first
+                pass
+            else:
+                with os.fdopen(descriptor, "wb") as file:
+                    file.write(secrets.token_bytes(32))
+        return cls(path.read_bytes())
+
+    def seal(self, job_id: str, document: Any) -> str:
+        nonce = secrets.token_bytes(12)
+        data = json.dumps(document, separators=(",", ":")).encode()
+        sealed = nonce + self._aead.encrypt(nonce, data, job_id.encode())
+        return "v1:" + base64.b64encode(sealed).decode()
+
+    def unseal(self, job_id: str, sealed: str) -> Any:
+        try:
+            version, text = sealed.split(":", 1)
+            raw = base64.b64decode(text, validate=True)
+            if version != "v1":
+                raise ValueError(version)
+            data = self._aead.decrypt(raw[:12], raw[12:], job_id.encode())
+        except (ValueError, binascii.Error, InvalidTag):
+            message = f"job {job_id}: the stored job does not open with this store key"
+            raise SealError(message) from None
+        return json.loads(data)
+
+
+# ------------------------------------------------------------------------------------ store
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What `POST /Job` stores."""
+
+    job_id: str
+    tenant_id: str
+    external: tuple[str, str, str]
+    document: Any  # the job JSON as accepted (sealed before it is written)
+    summary: dict[str, Any]
+    key_ids: list[dict[str, str | None]]
+    report: dict[str, Any]
+
+
+class CancelOutcome:
+    """What `request_cancel` found: `unknown`, `finished`, `queued` (cancelled now, never
+    started) or `running` (the flag is set; the worker stops it)."""
+
+    UNKNOWN, FINISHED, QUEUED, RUNNING = "unknown", "finished", "queued", "running"
+
+
+class Store:
+    """Access to the job store. Thread-safe: each method is its own short transaction."""
+
+    def __init__(self, url: str, sealer: JobSealer, *, echo: bool = False):
+        self.url = url
+        self.sealer = sealer
+        self.is_sqlite = url.startswith("sqlite")
+        options: dict[str, Any] = {"echo": echo, "future": True}
+        if self.is_sqlite:
+            options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            options.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+        self.engine: Engine = create_engine(url, **options)
+        if self.is_sqlite:
+            _sqlite_pragmas(self.engine)
+        # Writes on SQLite start with BEGIN IMMEDIATE: two deferred transactions that both
+        # upgrade to a write lock would otherwise fail at once with "database is locked".
+        writer = self.engine.execution_options(vipe_immediate=True)
+        self._write_lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(writer, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (Alembic, `engine/migrations/`)."""
+        from engine.migrations import upgrade
+
+        upgrade(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        # SQLite has one writer at a time; queueing this process's writers on a lock is
+        # fairer and faster than SQLite's busy handler, which sleeps and retries.
+        with self._write_lock, self._write() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self._read() as session, session.begin():
+            yield session
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def create_job(self, new: NewJob) -> None:
+        """Store a job in state Queued with its first reporting entry; committed on return."""
+        now = utcnow()
+        with self.writing() as session:
+            session.add(
+                JobRow(
+                    id=new.job_id,
+                    tenant_id=new.tenant_id,
+                    state=QUEUED,
+                    phase=None,
+                    progress=0,
+                    external_id=new.external[0],
+                    external_type=new.external[1],
+                    external_provider=new.external[2],
+                    job_sealed=self.sealer.seal(new.job_id, new.document),
+                    summary=json.dumps(new.summary),
+                    key_ids=json.dumps(new.key_ids),
+                    created_at=now,
+                    updated_at=now,
+                    attempts=0,
+                    cancel_requested=False,
+                )
+            )
+            session.flush()  # the job row first: the report refers to it
+            session.add(
+                ReportRow(
+                    job_id=new.job_id,
+                    tenant_id=new.tenant_id,
+                    period_at=now,
+                    entry=json.dumps(new.report),
+                )
+            )
+        log.info("job %s: stored for tenant %s", new.job_id, new.tenant_id)
+
+    def get_job(self, job_id: str, tenant_id: str | None = None) -> JobRow | None:
+        """The job, or None when unknown or of another tenant (`tenant_id` given)."""
+        with self.reading() as session:
+            row = session.get(JobRow, job_id)
+            if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+                return None
+            return row
+
+    def job_document(self, row: JobRow) -> Any:
+        """The accepted job JSON, secrets and all (for the worker only)."""
+        return self.sealer.unseal(row.id, row.job_sealed)
+
+    def claim_next(self, owner: str) -> JobRow | None:
+        """Take the oldest Queued job for `owner` (state Running), or None.
+
+        The conditional UPDATE makes the claim atomic across threads and processes: of two
+        workers racing for one job, one changes the row and the other sees no row changed.
+        """
+        for _ in range(5):
+            with self.reading() as session:
+                job_id = session.scalar(
+                    select(JobRow.id)
+                    .where(JobRow.state == QUEUED)
+                    .order_by(JobRow.created_at, JobRow.id)
+                    .limit(1)
+                )
+            if job_id is None:
+                return None
+            row = self.claim(job_id, owner)
+            if row is not None:
+                return row
+        return None
+
+    def claim(self, job_id: str, owner: str) -> JobRow | None:
+        """Take one Queued job (used by `claim_next`, and by queue workers that get job ids)."""
+        now = utcnow()
+        with self.writing() as session:
+            changed = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == QUEUED)
+                .values(
+                    state=RUNNING,
+                    owner=owner,
+                    heartbeat_at=now,
+                    updated_at=now,
+                    started_at=func.coalesce(JobRow.started_at, literal(now, UTCDateTime)),
+                    attempts=JobRow.attempts + 1,
+                )
+            ).rowcount
+            if changed != 1:
+                return None
+            row = session.get(JobRow, job_id)
+            assert row is not None
+            report = session.get(ReportRow, job_id)
+            if report is not None:
+                entry = json.loads(report.entry)
+                entry.update(State=RUNNING, JobStartTime=iso(row.started_at))
+                report.entry = json.dumps(entry)
+                report.period_at = row.started_at or report.period_at
+            return row
+
+    def heartbeat(self, job_id: str, owner: str) -> bool:
+        """Renew the lease of a running job; False when this owner no longer holds it."""
+        now = utcnow()
+        with self.writing() as session:
+            changed = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.owner == owner, JobRow.state == RUNNING)
+                .values(heartbeat_at=now)
+            ).rowcount
+        return changed == 1
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self.reading() as session:
+            return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
+
+    def request_cancel(self, job_id: str, tenant_id: str) -> str:
+        """Cancel a job of `tenant_id`: a Queued one is Cancelled at once (it never starts);
+        a Running one gets the flag its worker watches. Returns a `CancelOutcome` value."""
+        now = utcnow()
+        with self.writing() as session:
+            row = session.get(JobRow, job_id)
+            if row is None or row.tenant_id != tenant_id:
+                return CancelOutcome.UNKNOWN
+            if row.state in FINISHED:
+                return CancelOutcome.FINISHED
+            row.cancel_requested = True
+            row.updated_at = now
+            if row.state == QUEUED:
+                row.state = CANCELLED
+                row.finished_at = now
+                row.error_code = 5001
+                row.error_message = "the job was cancelled before it started"
+                report = session.get(ReportRow, job_id)
+                if report is not None:
+                    entry = json.loads(report.entry)
+                    entry.update(
+                        State=CANCELLED,
+                        Success=False,
+                        ErrorCode=5001,
+                        JobFinishedTime=iso(now),
+                    )
+                    report.entry = json.dumps(entry)
+                return CancelOutcome.QUEUED
+            return CancelOutcome.RUNNING
+
+    def finish_job(
+        self,
+        job_id: str,
+        state: str,
+        report: dict[str, Any] | None,
+        *,
+        error_code: int | None = None,
+        error_message: str | None = None,
+        owner: str | None = None,
+    ) -> bool:
+        """Record the end of a job and its final reporting entry (JobStartTime kept from the
+        first start, so a resumed job stays in the month it started in).
+
+        With `owner`, only a Running job held by that owner is finished (a worker whose job
+        was taken over must not overwrite the new run); returns whether the job was finished.
+        """
+        now = utcnow()
+        with self.writing() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                return False
+            if owner is not None and (row.owner != owner or row.state != RUNNING):
+                return False
+            row.state = state
+            row.finished_at = now
+            row.updated_at = now
+            row.owner = None
+            row.error_code = error_code
+            row.error_message = error_message
+            if state == SUCCEEDED:
+                row.progress = 100
+            stored = session.get(ReportRow, job_id)
+            if stored is not None:
+                entry = dict(report) if report else json.loads(stored.entry)
+                entry.update(
+                    State=state,
+                    Success=state == SUCCEEDED,
+                    JobStartTime=iso(row.started_at) or entry.get("JobStartTime") or None,
+                    JobFinishedTime=iso(now),
+                )
+                if error_code is not None:
+                    entry["ErrorCode"] = error_code
+                stored.entry = json.dumps(entry)
+        log.info("job %s: %s%s", job_id, state, f" ({error_code})" if error_code else "")
+        return True
+
+    def requeue(self, job_id: str, owner: str | None) -> bool:
+        """Put a job that `owner` was running back in the queue (its worker stopped)."""
+        with self.writing() as session:
+            changed = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == RUNNING, JobRow.owner == owner)
+                .values(state=QUEUED, owner=None, heartbeat_at=None, updated_at=utcnow())
+            ).rowcount
+        return changed == 1
+
+    def running_jobs(self) -> list[JobRow]:
+        with self.reading() as session:
+            return list(session.scalars(select(JobRow).where(JobRow.state == RUNNING)))
+
+    def update_progress(
+        self, job_id: str, phase: str | None, progress: int | None, encoder: str | None
+    ) -> None:
+        values: dict[str, Any] = {"updated_at": utcnow()}
+        if phase is not None:
+            values["phase"] = phase
+        if progress is not None:
+            values["progress"] = progress
+        if encoder is not None:
+            values["encoder"] = encoder
+        with self.writing() as session:
+            session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+
+    # -- events -----------------------------------------------------------------------------
+
+    def add_event(self, job_id: str, body: dict[str, Any]) -> None:
+        with self.writing() as session:
+            session.add(
+                EventRow(
+                    job_id=job_id,
+                    message_type=str(body.get("MessageType", "")),
+                    created_at=utcnow(),
+                    body=json.dumps(body),
+                )
+            )
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        with self.reading() as session:
+            bodies = session.scalars(
+                select(EventRow.body).where(EventRow.job_id == job_id).order_by(EventRow.id)
+            )
+            return [json.loads(body) for body in bodies]
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def report(self, job_id: str, tenant_id: str) -> dict[str, Any] | None:
+        with self.reading() as session:
+            row = session.get(ReportRow, job_id)
+            if row is None or row.tenant_id != tenant_id:
+                return None
+            return json.loads(row.entry)
+
+    def reports(
+        self, tenant_id: str, year: int | None = None, month: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The tenant's entries, oldest first; of one month (UTC) when `year`/`month` given."""
+        query = select(ReportRow.entry).where(ReportRow.tenant_id == tenant_id)
+        if year is not None and month is not None:
+            start = datetime.datetime(year, month, 1, tzinfo=datetime.UTC)
+            end = datetime.datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=datetime.UTC)
+            query = query.where(ReportRow.period_at >= start, ReportRow.period_at < end)
+        query = query.order_by(ReportRow.period_at, ReportRow.job_id)
+        with self.reading() as session:
+            return [json.loads(entry) for entry in session.scalars(query)]
+
+    # -- figures ----------------------------------------------------------------------------
+
+    def count_by_state(self) -> dict[str, int]:
+        with self.reading() as session:
+            rows = session.execute(select(JobRow.state, func.count()).group_by(JobRow.state))
+            counts = dict.fromkeys(STATES, 0)
+            counts.update({state: count for state, count in rows})
+            return counts
+
+    def count_jobs(self, tenant_id: str | None = None) -> int:
+        query = select(func.count()).select_from(JobRow)
+        if tenant_id is not None:
+            query = query.where(JobRow.tenant_id == tenant_id)
+        with self.reading() as session:
+            return int(session.scalar(query) or 0)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:
+        # Let SQLAlchemy's "begin" hook below issue BEGIN itself (pysqlite's own is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+        cursor.execute("PRAGMA synchronous=FULL")  # a 201 answer means the job survives a crash
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:
+        immediate = connection.get_execution_options().get("vipe_immediate")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+__all__ = [
+    "CANCELLED",
+    "FAILED",
+    "FINISHED",
+    "QUEUED",
+    "RUNNING",
+    "STATES",
+    "SUCCEEDED",
+    "CancelOutcome",
+    "EventRow",
+    "JobRow",
+    "JobSealer",
+    "NewJob",
+    "ReportRow",
+    "SealError",
+    "Store",
+    "database_url",
+]
