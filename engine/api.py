@@ -226,11 +226,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
             "Axinom Encoding service. Authenticate with `Authorization: Bearer <JWT>` or "
             "`Authorization: Tenant-Auth <management key>`."
         ),
-        docs_url="/api/help",
+        docs_url=None,  # served below from local files: nothing is fetched from a CDN
         openapi_url="/api/help/openapi.json",
         redoc_url=None,
         lifespan=lifespan,
     )
+    _interactive_docs(app)
     app.state.store = store
     app.state.service = service
     app.state.queue = queue
@@ -354,6 +355,29 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
 def _not_found() -> JSONResponse:
     return _message(404, "Job not found")
+
+
+def _interactive_docs(app: FastAPI) -> None:
+    """Swagger UI at `/api/help`, its script and style from the `swagger-ui-bundle` wheel."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(
+        "/api/help/static",
+        StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)),
+        name="swagger-ui",
+    )
+
+    @app.get("/api/help", include_in_schema=False)
+    def docs() -> Any:
+        return get_swagger_ui_html(
+            openapi_url="/api/help/openapi.json",
+            title="vipe Encoding API",
+            swagger_js_url="/api/help/static/swagger-ui-bundle.js",
+            swagger_css_url="/api/help/static/swagger-ui.css",
+            swagger_favicon_url="/api/help/static/favicon-32x32.png",
+        )
 
 
 def _exception_handlers(app: FastAPI, max_body: int) -> None:

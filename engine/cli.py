@@ -130,7 +130,12 @@ def run_job_file(
     from engine.pipeline import run_job
 
     token = CancelToken()
-    previous = signal.signal(signal.SIGINT, lambda *_: token.cancel("cancelled by Ctrl-C (SIGINT)"))
+    # Ctrl-C, and a service manager or container runtime stopping the process (SIGTERM): the
+    # job ends with 5001 and leaves no partial output, instead of dying mid-publish.
+    handlers = {
+        number: signal.signal(number, lambda *_, why=why: token.cancel(f"cancelled by {why}"))
+        for number, why in ((signal.SIGINT, "Ctrl-C (SIGINT)"), (signal.SIGTERM, "SIGTERM"))
+    }
     events_out = open(events_file, "w", encoding="utf-8") if events_file else None  # noqa: SIM115
     display = _Display()
     try:
@@ -155,7 +160,8 @@ def run_job_file(
         _print_problems(error.errors, "error")
         return EXIT_INVALID
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, previous in handlers.items():
+            signal.signal(number, previous)
         if events_out:
             events_out.close()
     if report_file:

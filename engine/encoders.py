@@ -150,8 +150,9 @@ def _cpu_choice(
         options["forced-idr"] = "1"
         return EncoderChoice(encoder, options, "yuv420p", bitrate_kbps * 1000, warning=warning)
     params = [
-        f"keyint={gop + 1}",
-        "min-keyint=1",
+        # Infinite GOP: every IDR is a forced one. With a finite keyint x265 under VBV places
+        # its own IDR on the frame after a forced one (it does not restart its count there).
+        "keyint=-1",
         "scenecut=0",
         "open-gop=0",
         "repeat-headers=0",

@@ -79,6 +79,7 @@ def prepare_renditions(runner: JobRunner, media: MediaMap) -> Encoded:
             segment_seconds=processing.segment_length_in_seconds,
             duration=duration,
             normalize_audio=processing.normalize_audio,
+            audio_length=duration,  # encoded audio ends with the renditions
         )
         encoded += transcode(plan, cancel=runner.cancel.check)
     runner.context.facts.bitrates_kbps = [r.bitrate_kbps for r in renditions]

@@ -135,6 +135,7 @@ class JobRunner:
         self.processing = self.job.content_processing
         self.workdir = context.workdir
         self._service_key: ServiceKey | None = None
+        self._average_rate: Fraction | None = None  # a VFR source's measured average
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -159,12 +160,16 @@ class JobRunner:
             phase = "Publishing"
             self._timed(phase, self.publishing, prepared, acquired, packaged)
             facts.state = "Succeeded"
+            # After the publishing phase's own timing, so that it is among the durations.
+            self.events.emit("JobSuccess", PhaseDurationsInSeconds=dict(self.context.phase_seconds))
         except Cancelled as cancelled:
             facts.state, facts.error_code = "Cancelled", Cancelled.code
             self._final_error(Cancelled.code, cancelled.message, phase)
         except EngineError as error:
             facts.state, facts.error_code = "Failed", error.code
-            self._final_error(error.code, error.message, error.phase or phase)
+            # The phase it happened in (contract §10 names): a SourceError may come from
+            # Encoding, a PackagingError from a packaging-only job's Encoding.
+            self._final_error(error.code, error.message, phase)
         except Exception as error:
             log.exception("job %s: internal error in %s", self.context.job_id, phase)
             facts.state, facts.error_code = "Failed", 5000
@@ -182,7 +187,8 @@ class JobRunner:
         started = time.monotonic()
         result = method(*args)
         self.context.phase_seconds[phase] = round(time.monotonic() - started, 3)
-        self.cancel.check()
+        # No cancellation check here: the next phase checks first, and a job whose publishing
+        # has finished is done (cancelling it then would report a failure for a full output).
         return result
 
     def _final_error(self, code: int, message: str, phase: str) -> None:
@@ -266,6 +272,8 @@ class JobRunner:
         source = media.sources.get(media.video) if media.video else None
         duration = source.duration if source else _audio_duration(media)
         self.context.facts.source_duration = duration
+        if video is not None and media.video and not video.constant_frame_rate:
+            self._average_rate = measured_frame_rate(media.video, video, self.cancel.check)
         self.events.emit(
             "ContentPreProcessed",
             AudioLanguages=media.audio_languages,
@@ -274,7 +282,7 @@ class JobRunner:
             DurationInSeconds=round(duration, 3),
             Width=video.display_width if video else None,
             Height=video.display_height if video else None,
-            FrameRate=_rate_text(video.frame_rate) if video else None,
+            FrameRate=_rate_text(self._average_rate or video.frame_rate) if video else None,
         )
         return media
 
@@ -292,7 +300,7 @@ class JobRunner:
         audio = ladder.plan_audio(list(media.audio), self.processing)
         if not renditions and not audio:
             raise MappingError("nothing to encode: no video and no audio rendition planned")
-        frame_rate = output_frame_rate(video) if video else Fraction(25)
+        frame_rate = output_frame_rate(video, self._average_rate) if video else Fraction(25)
         hdr = self._hdr_metadata(video)
         outputs = []
         for rendition in renditions:
@@ -525,10 +533,6 @@ class JobRunner:
         )
         if self.processing.delete_files_from_source_when_done:
             self._delete_sources(prepared, acquired)
-        self.events.emit(
-            "JobSuccess",
-            PhaseDurationsInSeconds=dict(self.context.phase_seconds),
-        )
 
     def _archived(self, packaged: Packaged) -> Path:
         """The folder to publish: the package itself, or tar archives of it."""
@@ -604,10 +608,12 @@ def possible_quality_groups(job: Job) -> set[str]:
     return groups
 
 
-def output_frame_rate(video: VideoTrackInfo) -> Fraction:
-    """The constant output rate: the source's, or for VFR sources its average, snapped to a
-    common rate when within 1%."""
+def output_frame_rate(video: VideoTrackInfo, average: Fraction | None = None) -> Fraction:
+    """The constant output rate: the source's, or for VFR sources their average (`average`,
+    measured, else the probe's), snapped to a common rate when within 1%."""
     rate = Fraction(video.frame_rate) if video.frame_rate else Fraction(25)
+    if average and not video.constant_frame_rate:
+        rate = average
     if video.constant_frame_rate:
         return rate
     for common in (
@@ -623,6 +629,38 @@ def output_frame_rate(video: VideoTrackInfo) -> Fraction:
         if abs(rate - common) / common < Fraction(1, 100):
             return Fraction(common)
     return rate.limit_denominator(1001)
+
+
+def measured_frame_rate(
+    path: Path, video: VideoTrackInfo, cancel: Callable[[], None] | None = None
+) -> Fraction | None:
+    """A track's true average rate: its frames counted over its time span (demuxing only, no
+    decoding). For VFR sources: containers such as Matroska state a nominal rate (the default
+    frame duration) that variable-rate content does not keep."""
+    import av
+
+    count, first, end, last_duration = 0, None, None, 0
+    try:
+        with av.open(str(path)) as container:
+            stream = next(s for s in container.streams if s.index == video.index)
+            for packet in container.demux(stream):
+                if packet.pts is None:
+                    continue
+                if cancel and count % 1000 == 0:
+                    cancel()
+                count += 1
+                first = packet.pts if first is None else min(first, packet.pts)
+                if end is None or packet.pts >= end:
+                    end, last_duration = packet.pts, packet.duration or 0
+            time_base = stream.time_base
+    except (av.FFmpegError, StopIteration):
+        return None  # the transcoder reports what is wrong with the file
+    if count < 2 or first is None or end is None or end <= first:
+        return None
+    span = Fraction(end - first) * time_base
+    # The last frame lasts its own duration, else an average interval.
+    span += Fraction(last_duration) * time_base if last_duration else span / (count - 1)
+    return (count / span).limit_denominator(1001)
 
 
 def _expected_duration(source_duration: float, frame_rate: Fraction) -> float:

@@ -8,7 +8,7 @@ one-track fragmented MP4 (the packager's input). Nothing is buffered beyond a fe
 memory stays flat whatever the source length.
 
 Timestamps: video leaves at a constant frame rate with pts = output frame index, starting at 0.
-IDR frames are forced on the first frame at or after each multiple of the segment length, the
+IDR frames are forced on the frame nearest to each multiple of the segment length, the
 same frame indices in every rendition. Audio is aligned to the video's first frame (silence
 added or samples dropped at the start), and padded or trimmed to the video's duration so that
 every track of the package ends together.
@@ -77,6 +77,9 @@ class TranscodePlan:
     duration: float  # expected output duration (seconds), for progress and audio length
     watermarks: Watermarker | None = None
     normalize_audio: bool = False
+    # Audio length (seconds) of passes without video (packaging-only: the renditions' length);
+    # with video in the plan, audio always ends with the encoded video.
+    audio_length: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,15 @@ class EncodedTrack:
 
 
 def boundary_frames(frame_count_hint: int, frame_rate: Fraction, segment_seconds: float):
-    """Frame indices that start a segment: the first frame at or after each multiple of the
-    segment length (exact rational arithmetic, so every rendition agrees)."""
+    """Frame indices that start a segment: the frame nearest to each multiple of the segment
+    length (exact rational arithmetic, so every rendition agrees). Nearest, not the first at or
+    after: the packager cuts at the key frame within half a frame of each boundary, which for a
+    rate that does not divide the segment length (a VFR source's average) the first frame after
+    it may miss."""
     step = Fraction(segment_seconds).limit_denominator(1000)
     n = 0
     while True:
-        index = math.ceil(n * step * frame_rate)
+        index = math.floor(n * step * frame_rate + Fraction(1, 2))
         if frame_count_hint and index > frame_count_hint * 2 + 1000:
             return
         yield index
@@ -124,8 +130,13 @@ def transcode(
             plan, plan.video_file, plan.video, in_file_audio, tracker, cancel, None
         )
         results += video_results + audio_results
+    # Separate audio files end with the video (or, packaging-only, with the copied renditions).
+    video_seconds = next((t.duration for t in results if t.kind == "video"), plan.audio_length)
+    target = round(video_seconds * AUDIO_RATE) if video_seconds is not None else None
     for path, outputs in audio_by_file.items():
-        _, audio_results = _transcode_file(plan, path, (), outputs, tracker, cancel, 0.0)
+        _, audio_results = _transcode_file(
+            plan, path, (), outputs, tracker, cancel, 0.0, audio_target=target
+        )
         results += audio_results
     tracker.finish()
     return results
@@ -166,8 +177,15 @@ def _transcode_file(
     tracker: _ProgressTracker,
     cancel: CancelCheck | None,
     start_override: float | None,
+    *,
+    audio_target: int | None = None,
 ):
-    """One demux/decode pass over `path`, feeding the given video and audio outputs."""
+    """One demux/decode pass over `path`, feeding the given video and audio outputs.
+
+    Audio follows the video this pass encodes: it is released up to the video's end so far and
+    padded or trimmed to the video's final length (the container's duration may count a longer
+    audio track). A pass without video pads or trims to `audio_target` samples, if given.
+    """
     try:
         container = av.open(str(path), options={"ignore_editlist": "0"})
     except av.FFmpegError as error:
@@ -206,16 +224,23 @@ def _transcode_file(
         frame_index = 0
         video_start: float | None = start_override
         pending_audio: list[tuple[av.AudioFrame, int]] = []
-        target_samples = round(plan.duration * AUDIO_RATE) if plan.video_file is not None else None
+
+        def audio_limit() -> int | None:
+            if video_stream is None:
+                return audio_target
+            return round(frame_index * AUDIO_RATE / plan.frame_rate)
 
         def feed_audio(frame: av.AudioFrame, stream_index: int) -> None:
             for pipe in audio_pipes:
                 if stream_index in pipe.stream_indices:
-                    pipe.push(stream_index, frame, video_start or 0.0, target_samples)
+                    pipe.push(stream_index, frame, video_start or 0.0, audio_limit())
 
+        video_packets = 0
         for packet in _demux(container, wanted, path):
             if cancel:
                 cancel()
+            if packet.size and packet.stream.type == "video":
+                video_packets += 1
             for frame in _decode(packet, path):
                 if packet.stream.type == "video":
                     if video_start is None:
@@ -253,11 +278,19 @@ def _transcode_file(
             feed_audio(audio_frame, index)
         if video_outputs and frame_index == 0:
             raise SourceError(f"{path.name}: no video frame could be decoded")
+        # A file cut short after its index (MP4 with the moov first) demuxes without an error;
+        # its sample count says what is missing.
+        declared = video_stream.frames if video_stream is not None else 0
+        if declared and video_packets < declared:
+            raise SourceError(
+                f"{path.name}: the file is truncated: {video_packets} of its {declared} video "
+                "frames are there"
+            )
         video_results = [e.close(frame_index) for e in encoders]
         encoders = []
         audio_results = []
         for pipe in audio_pipes:
-            audio_results += pipe.close(target_samples)
+            audio_results += pipe.close(audio_limit())
         audio_pipes = []
         tracker.next_pass()
         return video_results, audio_results

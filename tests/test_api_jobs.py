@@ -320,6 +320,10 @@ def test_open_endpoints_and_json_errors(server, alice):
             assert path in spec["paths"]
         docs = anonymous.get("/api/help")
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        # the page's script and style come from this server, not from a CDN
+        assert "cdn." not in docs.text and "/api/help/static/swagger-ui-bundle.js" in docs.text
+        script = anonymous.get("/api/help/static/swagger-ui-bundle.js")
+        assert script.status_code == 200 and len(script.content) > 100_000
         missing = anonymous.get("/no/such/thing")
         assert missing.status_code == 404 and missing.json()["Message"]
     # paths match case-insensitively, as the hosted service's do
