@@ -251,22 +251,23 @@ def make_offset_media(
         container.mux(audio.encode(None))
 
 
-def onsets(data: bytes, threshold: float = 0.4) -> list[float]:
-    """Presentation times (s) where decoded audio first rises above `threshold` after at least
-    0.2 s below it: the bursts of `make_offset_media`."""
-    times: list[float] = []
-    last_loud = -1.0
+def onsets(data: bytes, threshold: float = 0.5) -> list[float]:
+    """Presentation times (s) where decoded audio first rises above `threshold` × its peak after
+    at least 0.2 s below it: the bursts of `make_offset_media`."""
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         rate = stream.codec_context.sample_rate
-        for frame in container.decode(stream):
-            level = np.abs(frame.to_ndarray()).max(axis=0)
-            start = float(frame.time or 0.0)
-            for index in np.nonzero(level > threshold)[0]:
-                time = start + index / rate
-                if time - last_loud > 0.2:
-                    times.append(time)
-                last_loud = time
+        frames = [(float(f.time or 0.0), f.to_ndarray()) for f in container.decode(stream)]
+    peak = max(float(np.abs(samples).max()) for _, samples in frames)
+    times: list[float] = []
+    last_loud = -1.0
+    for start, samples in frames:
+        level = np.abs(samples).max(axis=0)
+        for index in np.nonzero(level > threshold * peak)[0]:
+            time = start + index / rate
+            if time - last_loud > 0.2:
+                times.append(time)
+            last_loud = time
     return times
 
 
@@ -531,7 +532,11 @@ def read_dash(mpd_path: Path) -> tuple[Any, list[Track]]:
             template = (rep.segment_templates or adaptation.segment_templates)[0]
             timescale = int(template.timescale or 1)
             durations: list[float] = []
-            for entry in template.segment_timelines[0].Ss:
+            entries = template.segment_timelines[0].Ss
+            attributes["timeline_start"] = (entries[0].t or 0) - (
+                template.presentation_time_offset or 0
+            )
+            for entry in entries:
                 durations += [entry.d / timescale] * (1 + (entry.r or 0))
             first_number = int(template.start_number if template.start_number is not None else 1)
             init_name = template.initialization.replace("$RepresentationID$", rep.id)
@@ -816,6 +821,8 @@ def check_package(
         key_times: dict[str, list[Fraction]] = {}
         for track in tracks:
             referenced |= track.files
+            # audio and video both start at zero on the presentation timeline
+            assert track.attributes.get("timeline_start", 0) == 0, (key, track.name)
             if track.kind == "video":
                 plan = planned[track.name]
                 seen = see_video(track.data(), numbers=numbers and cfr)

@@ -27,6 +27,8 @@ CASES = {
     "audio-early-and-long": (0.2, 0.0, 4.7),
     # video from 0; audio from 0.3 s to 3.6 s: silence leads it, silence pads it to 4 s
     "audio-late-and-short": (0.0, 0.3, 3.6),
+    # the same as the first, through EBU R128 loudness normalisation (a filter with delay)
+    "normalized": (0.2, 0.0, 4.7),
 }
 
 
@@ -34,7 +36,8 @@ CASES = {
 def test_bursts_with_their_frames(e2e_media, tmp_path, case):  # noqa: F811
     video_start, audio_start, audio_end = CASES[case]
     source = e2e_media.offset(video_start, audio_start, audio_end)
-    job_run = run_simple(tmp_path, source, formats=["Dash", "HlsTs"])
+    options = {"NormalizeAudio": True} if case == "normalized" else {}
+    job_run = run_simple(tmp_path, source, formats=["Dash", "HlsTs"], **options)
     check = check_package(job_run, source_frames=100)
     check_events(job_run)
     for audio in check.audio.values():
