@@ -181,6 +181,29 @@ class MediaLibrary:
             name, lambda p: make_offset_media(p, video_start, audio_start, audio_end, 4.0)
         )
 
+    def ntsc(self) -> Path:
+        """29.97 fps: a segment of 2 s is 59.94 frames."""
+        return self.get(
+            "ntsc.mp4", lambda p: make_media(p, duration=4.0, fps=Fraction(30000, 1001))
+        )
+
+    def rotated(self) -> Path:
+        """A phone video: stored 320×180 with its audio, shown turned 90° clockwise."""
+
+        def make(path: Path) -> None:
+            with av.open(str(self.cfr())) as reader, av.open(str(path), "w") as writer:
+                streams = {}
+                for stream in reader.streams:
+                    streams[stream.index] = writer.add_stream_from_template(stream)
+                    if stream.type == "video":
+                        streams[stream.index].set_display_rotation(-90)  # FFmpeg: anticlockwise
+                for packet in reader.demux():
+                    if packet.dts is not None:
+                        packet.stream = streams[packet.stream.index]
+                        writer.mux(packet)
+
+        return self.get("rotated.mp4", make)
+
     def medium(self) -> Path:
         """10 s, for jobs that must still be encoding a moment after they start."""
         return self.get("medium.mp4", lambda p: make_media(p, duration=10.0))

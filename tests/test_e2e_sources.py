@@ -21,6 +21,7 @@ from e2e_helpers import (
     read_hls,
     run_simple,
 )
+from mediagen import read_frame_number
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +49,38 @@ def test_aspect_ratio_kept(e2e_media, tmp_path, source, ratio):  # noqa: F811
     assert {(v.width, v.height) for v in check.video.values()} == {
         (r["Width"], r["Height"]) for r in job_run.planned_video
     }
+
+
+def test_ntsc_frame_rate(e2e_media, tmp_path):  # noqa: F811
+    """29.97 fps: segment boundaries fall between frames; every rendition cuts at the same
+    frame nearest to each, and the rate is kept exactly."""
+    job_run = run_simple(tmp_path, e2e_media.ntsc(), formats=["Dash", "Hls"])
+    check_package(job_run, frame_rate=Fraction(30000, 1001))
+    check_events(job_run)
+    _, tracks = read_dash(job_run.output_dir / "dash" / "manifest.mpd")
+    rates = {t.attributes["frame_rate"] for t in tracks if t.kind == "video"}
+    assert rates == {"30000/1001"}, rates
+
+
+def test_rotated_phone_video(e2e_media, tmp_path):  # noqa: F811
+    """Stored landscape with a 90° display rotation: portrait renditions, pictures upright."""
+    ladder = [{"Height": 320, "BitrateInKbps": 300}, {"Height": 160, "BitrateInKbps": 150}]
+    job_run = run_simple(
+        tmp_path, e2e_media.rotated(), formats=["Dash"], VideoRepresentations=ladder
+    )
+    check = check_package(job_run, numbers=False)
+    assert sorted((v.width, v.height) for v in check.video.values()) == [(90, 160), (180, 320)]
+    _, tracks = read_dash(job_run.output_dir / "manifest.mpd")
+    for track in tracks:
+        if track.kind != "video":
+            continue
+        with av.open(io.BytesIO(track.data())) as container:
+            # turned back anticlockwise, each picture is the stored frame: its number readable
+            numbers = [
+                read_frame_number(np.rot90(f.to_ndarray(format="rgb24")))
+                for f in container.decode(video=0)
+            ]
+        assert numbers == list(range(100)), track.name
 
 
 def test_jittery_frame_rate_becomes_constant(e2e_media, tmp_path):  # noqa: F811
