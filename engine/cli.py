@@ -4,6 +4,7 @@ vipe run job.json        run one job here (exit 0 success, 1 failed, 2 invalid j
 vipe validate job.json   check a job (exit 0 valid, 2 invalid)
 vipe demo [DIR]          make a sample source and run a CMAF job on it
 vipe certificate         print the certificate that protects secrets in jobs
+vipe doctor              what this node can encode and decode (exit 1: it cannot encode H.264)
 vipe serve               the HTTPS Encoding API with its job store and worker pool
 vipe tenant add NAME     add a tenant and print its new management key (once)
 vipe tenant list         list the tenants
@@ -73,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     certificate.add_argument("--data-dir", type=Path)
     certificate.set_defaults(command=_certificate)
+
+    doctor = commands.add_parser(
+        "doctor", help="probe this node: versions, encoders, GPU, NVENC sessions, NVDEC codecs"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the probe as JSON")
+    doctor.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print nothing, exit status only; skips counting NVENC sessions (health checks)",
+    )
+    doctor.add_argument(
+        "--require-nvenc", action="store_true", help="also exit 1 when NVENC does not work"
+    )
+    doctor.set_defaults(command=_doctor)
     _add_server_commands(commands)
     return parser
 
@@ -254,6 +269,66 @@ def _certificate(args) -> int:
 
     print(ServiceKey.load_or_create(data_dir(args.data_dir)).certificate_base64)
     return EXIT_OK
+
+
+def _doctor(args) -> int:
+    from engine.capabilities import probe
+    from engine.encoders import CPU_ENCODERS, NVENC_ENCODERS
+
+    # A health check runs often, next to running jobs: it must not take their NVENC sessions.
+    node = probe(count_sessions=not args.quiet, refresh=args.quiet)
+    healthy = node.can_encode_h264 and (
+        not args.require_nvenc or bool(node.capabilities.nvenc_encoders)
+    )
+    if args.quiet:
+        return EXIT_OK if healthy else EXIT_FAILED
+    out = Console()
+    if args.json:
+        out.print_json(json.dumps(node.as_json()))
+        return EXIT_OK if healthy else EXIT_FAILED
+    caps = node.capabilities
+    summary = Table(title="vipe doctor", show_header=False)
+    summary.add_row("PyAV", node.pyav_version)
+    summary.add_row("FFmpeg", node.ffmpeg_version)
+    summary.add_row("libraries", ", ".join(f"{k} {v}" for k, v in node.libraries.items()))
+    summary.add_row("encoders built in", ", ".join(node.encoders_built))
+    summary.add_row("hardware devices built in", ", ".join(node.hw_devices) or "none")
+    for gpu in node.gpus:
+        memory = f", {gpu.memory_mib} MiB" if gpu.memory_mib else ""
+        summary.add_row(
+            f"GPU {gpu.index}", f"{gpu.name}, driver {gpu.driver or '?'}{memory} ({gpu.source})"
+        )
+    if not node.gpus:
+        summary.add_row("GPU", "none found (no NVML, no nvidia-smi)")
+    summary.add_row("CUDA", node.cuda.detail)
+    summary.add_row("NVENC sessions at once", str(caps.nvenc_sessions))
+    summary.add_row("probe time", f"{node.seconds:.2f} s")
+    for note in node.notes:
+        summary.add_row("note", note)
+    out.print(summary)
+    checks = Table(title="what was tried")
+    for column in ("kind", "name", "works", "detail"):
+        checks.add_column(column)
+    for kind, items in (
+        ("CPU encoder", node.cpu_checks),
+        ("NVENC", node.nvenc_checks),
+        ("NVDEC", node.nvdec_checks),
+    ):
+        for check in items:
+            mark = "[green]yes[/green]" if check.ok else "[red]no[/red]"
+            checks.add_row(kind, check.name, mark, check.detail)
+    out.print(checks)
+    for codec in ("H264", "H265"):
+        ways = [n for n in (NVENC_ENCODERS[codec],) if n in caps.nvenc_encoders]
+        ways += [n for n in (CPU_ENCODERS[codec],) if n in caps.cpu_encoders]
+        out.print(f"{codec}: {', '.join(ways) if ways else '[red]no encoder[/red]'}")
+    decode = ", ".join(sorted(caps.nvdec_codecs)) or "none (CPU decoding)"
+    out.print(f"NVDEC decodes: {decode}")
+    if not node.can_encode_h264:
+        out.print("[red]this node cannot encode H.264 at all[/red]")
+    elif args.require_nvenc and not caps.nvenc_encoders:
+        out.print(f"[red]NVENC required: {caps.no_nvenc_reason()}[/red]")
+    return EXIT_OK if healthy else EXIT_FAILED
 
 
 # ------------------------------------------------------------------- server and tenants

@@ -23,8 +23,9 @@ from typing import Any
 from drm.credentials import ServiceKey
 from engine import ladder
 from engine.cancel import CancelToken
+from engine.capabilities import NVENC_SESSIONS, node_capabilities
 from engine.config import data_dir as default_data_dir
-from engine.encoders import NodeCapabilities, choose_encoder, cpu_capabilities
+from engine.encoders import NodeCapabilities, assign_encoders
 from engine.errors import (
     Cancelled,
     DrmError,
@@ -38,6 +39,7 @@ from engine.job import (
     Archiving,
     DrmProtection,
     EncodingMode,
+    HardwareAcceleration,
     Job,
     Protection,
 )
@@ -302,21 +304,41 @@ class JobRunner:
             raise MappingError("nothing to encode: no video and no audio rendition planned")
         frame_rate = output_frame_rate(video, self._average_rate) if video else Fraction(25)
         hdr = self._hdr_metadata(video)
-        outputs = []
-        for rendition in renditions:
-            choice = choose_encoder(
-                rendition.codec,
+        watermarks = self._watermarker(media, video)
+        capabilities = self.context.capabilities
+        hardware = self.processing.hardware_acceleration
+        # This job's share of the node's NVENC sessions (the largest rungs get them, see
+        # engine.encoders); what it does not use goes back now, the rest after the transcode.
+        sessions = NVENC_SESSIONS.acquire(capabilities.nvenc_sessions, len(renditions))
+        try:
+            assignment = assign_encoders(
+                renditions,
                 self.processing.optimize_for,
-                self.processing.hardware_acceleration,
-                self.context.capabilities,
-                bitrate_kbps=rendition.bitrate_kbps,
+                hardware,
+                capabilities,
                 frame_rate=float(frame_rate),
                 segment_seconds=self.processing.segment_length_in_seconds,
-                hdr=hdr if rendition.codec == "H265" else None,
+                hdr=hdr,
+                sessions=sessions,
             )
-            if choice.warning and not outputs:
-                self.events.warning("HardwareFallback", choice.warning)
-            outputs.append(VideoOutput(rendition, choice, folder / f"{rendition.name}.mp4"))
+        except BaseException:
+            NVENC_SESSIONS.release(sessions)
+            raise
+        NVENC_SESSIONS.release(sessions - assignment.nvenc_sessions)
+        sessions = assignment.nvenc_sessions
+        for message in assignment.warnings:
+            self.events.warning("HardwareFallback", message)
+        outputs = [
+            VideoOutput(rendition, choice, folder / f"{rendition.name}.mp4", fallback)
+            for rendition, choice, fallback in zip(
+                renditions, assignment.choices, assignment.fallbacks, strict=True
+            )
+        ]
+        hw_decode = (
+            hardware != HardwareAcceleration.Off
+            and video is not None
+            and video.codec in capabilities.nvdec_codecs
+        )
         audio_outputs = tuple(AudioOutput(r, folder / f"{r.name}.mp4") for r in audio)
         source = media.sources.get(media.video) if media.video else None
         duration = (
@@ -330,8 +352,9 @@ class JobRunner:
             audio=audio_outputs,
             segment_seconds=self.processing.segment_length_in_seconds,
             duration=duration,
-            watermarks=self._watermarker(media, video),
+            watermarks=watermarks,
             normalize_audio=self.processing.normalize_audio,
+            hw_decode=hw_decode,
         )
         encoders = list(dict.fromkeys(o.encoder.name for o in outputs)) or ["aac"]
         self.events.emit(
@@ -343,8 +366,9 @@ class JobRunner:
                     "Height": r.height,
                     "BitrateInKbps": r.bitrate_kbps,
                     "Codec": r.codec,
+                    "Encoder": o.encoder.name,
                 }
-                for r in renditions
+                for r, o in zip(renditions, outputs, strict=True)
             ]
             + [
                 {
@@ -357,15 +381,22 @@ class JobRunner:
                 for r in audio
             ],
             Encoder=",".join(encoders),
+            HardwareDecoding=hw_decode,
         )
         self.context.facts.encoders = encoders
-        tracks = transcode(
-            plan,
-            progress=lambda f: self.events.progress("EncodingProgress", 100 * f),
-            cancel=self.cancel.check,
-        )
+        try:
+            tracks = transcode(
+                plan,
+                progress=lambda f: self.events.progress("EncodingProgress", 100 * f),
+                cancel=self.cancel.check,
+                warn=self.events.warning,
+            )
+        finally:
+            NVENC_SESSIONS.release(sessions)
         self.context.facts.bitrates_kbps = [r.bitrate_kbps for r in renditions]
         video_tracks = [t for t in tracks if t.kind == "video"]
+        if video_tracks:  # the encoders that wrote the outputs, CPU fallbacks included
+            self.context.facts.encoders = list(dict.fromkeys(t.encoder for t in video_tracks))
         self.context.facts.encoded_duration = video_tracks[0].duration if video_tracks else duration
         return Encoded(tuple(tracks), tuple(renditions), tuple(audio), None, duration)
 
@@ -425,7 +456,11 @@ class JobRunner:
             result = package(tracks, texts, spec, folder)
         except PackagerError as error:
             raise PackagingError(str(error)) from None
-        self.events.emit("EncodingFinished", Streams=[_stream_json(s) for s in result.streams])
+        encoders = {t.name: t.encoder for t in encoded.tracks}
+        self.events.emit(
+            "EncodingFinished",
+            Streams=[_stream_json(s, encoders.get(s.name)) for s in result.streams],
+        )
         return Packaged(folder, result)
 
     def _track_inputs(self, prepared: Prepared, encoded: Encoded) -> list[TrackInput]:
@@ -688,8 +723,8 @@ def _text_origin(source: TextSource) -> str:
     return f"{source.path.name}#{source.track_index}"
 
 
-def _stream_json(stream) -> dict[str, Any]:
-    return {
+def _stream_json(stream, encoder: str | None = None) -> dict[str, Any]:
+    fields = {
         "Type": stream.type.capitalize(),
         "Label": stream.quality_group or stream.type.upper(),
         "Name": stream.name,
@@ -705,6 +740,9 @@ def _stream_json(stream) -> dict[str, Any]:
         "InitFile": stream.init_file,
         "FileTemplate": stream.file_template,
     }
+    if encoder:  # the encoder that wrote this rendition (a CPU fallback shows here)
+        fields["Encoder"] = encoder
+    return fields
 
 
 def job_created_fields(job: Job, warnings) -> dict[str, Any]:
@@ -804,7 +842,9 @@ def run_job(
         workdir=folder,
         events=events,
         cancel=cancel or CancelToken(),
-        capabilities=capabilities or cpu_capabilities(),
+        # Probed once per process; a job with HardwareAcceleration None probes no GPU.
+        capabilities=capabilities
+        or node_capabilities(checked.job.content_processing.hardware_acceleration),
         data_dir=default_data_dir(data_dir),
     )
     try:

@@ -12,6 +12,17 @@ IDR frames are forced on the frame nearest to each multiple of the segment lengt
 same frame indices in every rendition. Audio is aligned to the video's first frame (silence
 added or samples dropped at the start), and padded or trimmed to the video's duration so that
 every track of the package ends together.
+
+GPU (see `engine.encoders` for the choice): with `plan.hw_decode` the source is decoded on NVDEC
+and every frame is downloaded once to system memory (NV12, or P010 for 10-bit), where the
+frame preparation and the per-rung scalers work as for a CPU-decoded frame; NVENC renditions
+take the scaled NV12/P010 frames (the driver uploads them). Scaling on the GPU (scale_cuda,
+frames kept on the device) is not done: the CPU scalers stay the one path for every encoder.
+Fallbacks, each reported through `warn`: an NVENC encoder that does not open is replaced by its
+CPU fallback before the first frame; one that fails later (session limit, driver reset) is
+dropped from the pass, its partial file deleted, and that rendition encoded again from the
+start on the CPU in a second pass over the source; a GPU decode that fails restarts the pass
+with CPU decoding. An output is therefore whole from one encoder, or the job fails.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -49,6 +60,7 @@ LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 
 Progress = Callable[[float], None]  # fraction 0..1
 CancelCheck = Callable[[], None]  # raises Cancelled
+Warn = Callable[[str, str], None]  # (Warning event code, message)
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,7 @@ class VideoOutput:
     rendition: VideoRendition
     encoder: EncoderChoice
     path: Path
+    fallback: EncoderChoice | None = None  # CPU encoder if the hardware one fails
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class TranscodePlan:
     duration: float  # expected output duration (seconds), for progress and audio length
     watermarks: Watermarker | None = None
     normalize_audio: bool = False
+    hw_decode: bool = False  # decode the video file on NVDEC (CUDA)
     # Audio length (seconds) of passes without video (packaging-only: the renditions' length);
     # with video in the plan, audio always ends with the encoded video.
     audio_length: float | None = None
@@ -116,8 +130,13 @@ def transcode(
     *,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
+    warn: Warn | None = None,
 ) -> list[EncodedTrack]:
-    """Encode every rendition of the plan; returns the written tracks (video first)."""
+    """Encode every rendition of the plan; returns the written tracks (video first).
+
+    `warn(code, message)` hears of every hardware fallback (module docs).
+    """
+    warn = warn or _log_warning
     tracker = _ProgressTracker(plan, progress)
     audio_by_file: dict[Path, list[AudioOutput]] = {}
     for output in plan.audio:
@@ -126,19 +145,66 @@ def transcode(
     results: list[EncodedTrack] = []
     if plan.video_file is not None:
         in_file_audio = audio_by_file.pop(plan.video_file, [])
-        video_results, audio_results = _transcode_file(
-            plan, plan.video_file, plan.video, in_file_audio, tracker, cancel, None
+        video_results, audio_results, failed = _video_pass(
+            plan, in_file_audio, tracker, cancel, warn
         )
+        if failed:  # hardware encoders that failed mid-way: those renditions again, on the CPU
+            video_results += _cpu_pass(plan, failed, tracker, cancel, warn)
+            order = {o.rendition.name: i for i, o in enumerate(plan.video)}
+            video_results.sort(key=lambda track: order[track.name])
         results += video_results + audio_results
     # Separate audio files end with the video (or, packaging-only, with the copied renditions).
     video_seconds = next((t.duration for t in results if t.kind == "video"), plan.audio_length)
     target = round(video_seconds * AUDIO_RATE) if video_seconds is not None else None
     for path, outputs in audio_by_file.items():
-        _, audio_results = _transcode_file(
+        _, audio_results, _ = _transcode_file(
             plan, path, (), outputs, tracker, cancel, 0.0, audio_target=target
         )
         results += audio_results
     tracker.finish()
+    return results
+
+
+def _log_warning(code: str, message: str) -> None:
+    log.warning("%s: %s", code, message)
+
+
+class _GpuDecodeError(Exception):
+    """Decoding on the GPU failed; the pass is run again with CPU decoding."""
+
+
+def _video_pass(plan, audio_outputs, tracker, cancel, warn: Warn):
+    """The pass over the video file, on NVDEC when planned, on the CPU when that fails."""
+    assert plan.video_file is not None
+    if plan.hw_decode:
+        try:
+            return _transcode_file(
+                plan,
+                plan.video_file,
+                plan.video,
+                audio_outputs,
+                tracker,
+                cancel,
+                None,
+                hw_decode=True,
+                warn=warn,
+            )
+        except _GpuDecodeError as error:
+            warn("HardwareFallback", f"decoding on the GPU failed ({error}); decoding on the CPU")
+    return _transcode_file(
+        plan, plan.video_file, plan.video, audio_outputs, tracker, cancel, None, warn=warn
+    )
+
+
+def _cpu_pass(plan, failed: list[VideoOutput], tracker, cancel, warn: Warn) -> list[EncodedTrack]:
+    """Encode the renditions whose hardware encoder failed again, from the first frame, with
+    their CPU fallback (CPU decoding too: the GPU may be what failed)."""
+    assert plan.video_file is not None
+    outputs = tuple(replace(o, encoder=o.fallback, fallback=None) for o in failed)
+    tracker.add_pass()
+    results, _, _ = _transcode_file(
+        plan, plan.video_file, outputs, [], tracker, cancel, None, warn=warn
+    )
     return results
 
 
@@ -152,14 +218,21 @@ class _ProgressTracker:
         self.total = max(plan.duration, 0.001) * max(passes, 1)
         self.done_passes = 0.0
         self.duration = max(plan.duration, 0.001)
+        self.reported = 0.0
 
     def update(self, seconds: float) -> None:
         if self.report:
             fraction = (self.done_passes + min(seconds, self.duration)) / self.total
-            self.report(min(fraction, 1.0))
+            # Never backwards, also when a pass restarts or one is added after a failure.
+            self.reported = max(self.reported, min(fraction, 1.0))
+            self.report(self.reported)
 
     def next_pass(self) -> None:
         self.done_passes += self.duration
+
+    def add_pass(self) -> None:
+        """One more pass than planned (a CPU re-encode after a hardware failure)."""
+        self.total += self.duration
 
     def finish(self) -> None:
         if self.report:
@@ -178,6 +251,8 @@ def _transcode_file(
     cancel: CancelCheck | None,
     start_override: float | None,
     *,
+    hw_decode: bool = False,
+    warn: Warn = _log_warning,
     audio_target: int | None = None,
 ):
     """One demux/decode pass over `path`, feeding the given video and audio outputs.
@@ -185,12 +260,23 @@ def _transcode_file(
     Audio follows the video this pass encodes: it is released up to the video's end so far and
     padded or trimmed to the video's final length (the container's duration may count a longer
     audio track). A pass without video pads or trims to `audio_target` samples, if given.
+
+    Returns (video tracks, audio tracks, video outputs whose hardware encoder failed).
     """
+    hwaccel = None
+    if hw_decode and video_outputs:
+        from av.codec.hwaccel import HWAccel
+
+        # Software fallback allowed: a profile NVDEC lacks (4:2:2, …) decodes on the CPU.
+        hwaccel = HWAccel(device_type="cuda", allow_software_fallback=True)
     try:
-        container = av.open(str(path), options={"ignore_editlist": "0"})
+        container = av.open(str(path), options={"ignore_editlist": "0"}, hwaccel=hwaccel)
     except av.FFmpegError as error:
+        if hwaccel is not None:
+            raise _GpuDecodeError(f"cannot open {path.name} for CUDA decoding: {error}") from None
         raise SourceError(f"{path.name}: cannot open: {error}") from None
     encoders: list[_VideoEncoder] = []
+    failed: list[VideoOutput] = []
     audio_pipes: list[_AudioSourcePipe] = []
     try:
         video_stream = None
@@ -201,9 +287,13 @@ def _transcode_file(
                 if plan.video_track is None
                 else next(s for s in container.streams if s.index == plan.video_track.index)
             )
-            video_stream.thread_type = "AUTO"
+            if video_stream.codec_context.is_hwaccel:
+                log.info("%s: decoding %s on NVDEC", path.name, video_stream.codec_context.name)
+            else:
+                video_stream.thread_type = "AUTO"  # (frame threads with CUDA: not worth it)
             preparer = _FramePreparer(video_stream, plan)
-            encoders = [_VideoEncoder(o, plan.frame_rate) for o in video_outputs]
+            for output in video_outputs:
+                encoders.append(_open_encoder(output, plan.frame_rate, warn))
         # Group audio outputs by their source (a track, or mono tracks grouped together).
         by_source: dict[tuple, list[AudioOutput]] = {}
         for output in audio_outputs:
@@ -254,8 +344,7 @@ def _transcode_file(
                             next_boundary = next(boundaries)
                         prepared.pts = frame_index
                         prepared.time_base = 1 / plan.frame_rate
-                        for encoder in encoders:
-                            encoder.encode(prepared, keyframe)
+                        _encode_all(encoders, prepared, keyframe, failed, warn)
                         frame_index += 1
                     tracker.update(frame_index / plan.frame_rate)
                 elif video_start is None and video_stream is not None:
@@ -271,8 +360,7 @@ def _transcode_file(
                     next_boundary = next(boundaries)
                 prepared.pts = frame_index
                 prepared.time_base = 1 / plan.frame_rate
-                for encoder in encoders:
-                    encoder.encode(prepared, keyframe)
+                _encode_all(encoders, prepared, keyframe, failed, warn)
                 frame_index += 1
         for audio_frame, index in pending_audio:  # a video file whose video never decoded
             feed_audio(audio_frame, index)
@@ -286,20 +374,76 @@ def _transcode_file(
                 f"{path.name}: the file is truncated: {video_packets} of its {declared} video "
                 "frames are there"
             )
-        video_results = [e.close(frame_index) for e in encoders]
+        video_results = _close_all(encoders, frame_index, failed, warn)
         encoders = []
         audio_results = []
         for pipe in audio_pipes:
             audio_results += pipe.close(audio_limit())
         audio_pipes = []
         tracker.next_pass()
-        return video_results, audio_results
+        return video_results, audio_results, failed
+    except SourceError as error:
+        if hwaccel is not None:  # maybe the GPU, not the file: the caller decodes on the CPU
+            raise _GpuDecodeError(error.message) from None
+        raise
     finally:
         for encoder in encoders:
             encoder.abort()
         for pipe in audio_pipes:
             pipe.abort()
         container.close()
+
+
+def _open_encoder(output: VideoOutput, frame_rate: Fraction, warn: Warn) -> _VideoEncoder:
+    """The rendition's encoder; a hardware one that does not open (no free session, no
+    driver) is replaced by its CPU fallback before the first frame."""
+    try:
+        return _VideoEncoder(output, frame_rate)
+    except EncodingError as error:
+        if not output.encoder.hardware or output.fallback is None:
+            raise
+        warn(
+            "HardwareFallback",
+            f"{output.rendition.name}: {error.message}; encoding it on the CPU with "
+            f"{output.fallback.name}",
+        )
+        fallback = replace(output, encoder=output.fallback, fallback=None)
+        return _VideoEncoder(fallback, frame_rate)
+
+
+def _encode_all(encoders: list[_VideoEncoder], frame, keyframe: bool, failed, warn: Warn) -> None:
+    for encoder in list(encoders):
+        try:
+            encoder.encode(frame, keyframe)
+        except EncodingError as error:
+            _drop_failed(encoder, error, failed, warn)
+            encoders.remove(encoder)
+
+
+def _close_all(encoders: list[_VideoEncoder], frame_count: int, failed, warn: Warn):
+    results = []
+    for encoder in encoders:
+        try:
+            results.append(encoder.close(frame_count))
+        except EncodingError as error:
+            _drop_failed(encoder, error, failed, warn)
+    return results
+
+
+def _drop_failed(encoder: _VideoEncoder, error: EncodingError, failed, warn: Warn) -> None:
+    """A hardware encoder failed mid-way: delete its partial output and queue the rendition
+    for the CPU pass; a CPU encoder's failure (or one without fallback) fails the job."""
+    output = encoder.output
+    if not output.encoder.hardware or output.fallback is None:
+        raise error
+    encoder.abort()
+    output.path.unlink(missing_ok=True)  # never leave a partial rendition behind
+    warn(
+        "HardwareFallback",
+        f"{error.message} after {encoder.frames} frames; encoding "
+        f"{output.rendition.name} again from the start on the CPU with {output.fallback.name}",
+    )
+    failed.append(output)
 
 
 def _stream_by_index(container, index: int, path: Path):
@@ -351,20 +495,26 @@ class _FramePreparer:
         if track is not None and not track.constant_frame_rate:
             rate = plan.frame_rate
             filters.append(("fps", f"fps={rate.numerator}/{rate.denominator}"))
-        self.graph = None
-        if filters:
-            graph = av.filter.Graph()
-            nodes = [graph.add_buffer(template=stream)]
-            for name, args in filters:
-                nodes.append(graph.add(name, args))
-            nodes.append(graph.add("buffersink"))
-            graph.link_nodes(*nodes).configure()
-            self.graph = graph
+        self.stream = stream
+        self.filters = filters
+        self.graph = None  # built from the first frame (module docs)
+
+    def _build(self, frame: av.VideoFrame):
+        # The first frame's format, not the stream's: NVDEC frames arrive as NV12/P010.
+        graph = av.filter.Graph()
+        nodes = [graph.add_buffer(template=self.stream, format=frame.format.name)]
+        for name, args in self.filters:
+            nodes.append(graph.add(name, args))
+        nodes.append(graph.add("buffersink"))
+        graph.link_nodes(*nodes).configure()
+        return graph
 
     def prepare(self, frame: av.VideoFrame):
-        if self.graph is None:
+        if not self.filters:
             yield self._finish(frame)
             return
+        if self.graph is None:
+            self.graph = self._build(frame)
         self.graph.vpush(frame)
         yield from self._pull()
 
@@ -397,23 +547,15 @@ class _VideoEncoder:
 
     def __init__(self, output: VideoOutput, frame_rate: Fraction):
         self.output = output
-        rendition, choice = output.rendition, output.encoder
         self.container = av.open(
             str(output.path), "w", format="mp4", options={"movflags": FRAGMENTED}
         )
-        stream = self.container.add_stream(choice.name, rate=frame_rate)
-        stream.width, stream.height = rendition.width, rendition.height
-        stream.pix_fmt = choice.pix_fmt
-        stream.time_base = 1 / frame_rate
-        stream.codec_context.time_base = 1 / frame_rate
-        stream.bit_rate = choice.bit_rate
-        options = {k: v for k, v in choice.options.items() if k != "b"}
-        stream.codec_context.options = options
-        if choice.codec_tag:
-            stream.codec_tag = choice.codec_tag
-        if rendition.sample_aspect_ratio != 1:
-            stream.codec_context.sample_aspect_ratio = rendition.sample_aspect_ratio
-        self.stream = stream
+        try:
+            self.stream = _open_stream(self.container, output, frame_rate)
+        except av.FFmpegError as error:
+            self.abort()
+            reason = getattr(error, "strerror", None) or error  # without the options dump
+            raise EncodingError(f"{output.encoder.name} does not open: {reason}") from None
         self.scaler = VideoReformatter()  # one per rung: a shared scaler re-initialises per size
         self.frames = 0
 
@@ -461,6 +603,30 @@ class _VideoEncoder:
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.container.close()
+
+
+def _open_stream(container, output: VideoOutput, frame_rate: Fraction):
+    """Add the rendition's video stream and open its encoder now, so that an encoder that
+    cannot open (NVENC without a free session) is known before the first frame.
+    (Tests replace this function to simulate NVENC on machines without a GPU.)"""
+    rendition, choice = output.rendition, output.encoder
+    stream = container.add_stream(choice.name, rate=frame_rate)
+    stream.width, stream.height = rendition.width, rendition.height
+    stream.pix_fmt = choice.pix_fmt
+    stream.time_base = 1 / frame_rate
+    stream.codec_context.time_base = 1 / frame_rate
+    stream.bit_rate = choice.bit_rate
+    options = {k: v for k, v in choice.options.items() if k != "b"}
+    stream.codec_context.options = options
+    if choice.codec_tag:
+        stream.codec_tag = choice.codec_tag
+    if rendition.sample_aspect_ratio != 1:
+        stream.codec_context.sample_aspect_ratio = rendition.sample_aspect_ratio
+    if choice.color is not None:
+        context = stream.codec_context
+        context.color_primaries, context.color_trc, context.colorspace = choice.color
+    stream.codec_context.open()
+    return stream
 
 
 # -------------------------------------------------------------------------------------- audio
