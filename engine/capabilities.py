@@ -432,7 +432,9 @@ def try_encode(
         packets += context.encode(None)
     except Exception as error:  # FFmpegError and friends: the encoder does not work here
         return _error(error)
-    if len(packets) != frames:
+    # At least one packet proves the encoder works; an exact count would wrongly fail an
+    # encoder whose lookahead holds frames back in a way this short probe cannot flush.
+    if not packets or len(packets) > frames:
         return f"{len(packets)} packets for {frames} frames"
     return None
 
