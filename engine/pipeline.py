@@ -64,6 +64,7 @@ from engine.transcode import (
 from engine.validation import CheckedJob, FieldError, load_job_json, validate_job
 from engine.watermark import Watermarker, WatermarkSpec
 from packagers.errors import PackagingError as PackagerError
+from packagers.hooks import ImageInput
 from packagers.model import PackageResult, PackageSpec, TextInput, TrackInput
 from packagers.packager import package
 from packagers.subtitles import SubtitleError, convert_to_webvtt
@@ -452,10 +453,12 @@ class JobRunner:
             hls_manifest=names[1],
             boundaries=encoded.boundaries,
         )
+        images = self._thumbnail_images(media, encoded)
         try:
-            result = package(tracks, texts, spec, folder)
+            result = package(tracks, texts, spec, folder, images=images)
         except PackagerError as error:
             raise PackagingError(str(error)) from None
+        _write_thumbnail_tracks(folder, result, images)
         encoders = {t.name: t.encoder for t in encoded.tracks}
         self.events.emit(
             "EncodingFinished",
@@ -535,13 +538,86 @@ class JobRunner:
     # -- Image Extraction -------------------------------------------------------------------
 
     def image_extraction(self, media: MediaMap, packaged: Packaged) -> None:
-        """Still images and thumbnails come with their own issue; nothing to do without them."""
-        if self.job.image_extraction is not None or (
-            self.job.thumbnails is not None and self.job.thumbnails.generate
-        ):
-            self.events.warning(
-                "ImagesNotAvailable", "ImageExtraction and Thumbnails are not available yet"
-            )
+        """Still images (`ImageExtraction`) to their own storage, then `ImagesExtracted`.
+
+        Thumbnails are not made here but while packaging (`_thumbnail_images`): the manifests
+        list them. Any failure here is FinalError 4201, before anything is published."""
+        spec = self.job.image_extraction
+        if spec is None:
+            return
+        from engine.errors import ImageExtractionError
+        from engine.images import extract_images
+
+        source = self._image_source(media)
+        if source is None:
+            raise ImageExtractionError("ImageExtraction needs a video track; this job has none")
+        path, track = source
+        folder = self.workdir / "images"
+        images = extract_images(
+            path,
+            track,
+            spec.intervals,
+            _video_seconds(packaged, media),
+            quality=spec.quality,
+            pattern=spec.pattern,
+            folder=folder,
+            cancel=self.cancel.check,
+        )
+        field = "ImageExtraction.Location"
+        try:
+            storage = open_storage(location_from_spec(spec.location, self.service_key, field))
+        except StorageError as error:
+            raise ImageExtractionError(f"{field}: {error}") from None
+        try:
+            storage.upload_folder(folder, None, self.cancel.check)
+        except StorageError as error:
+            raise ImageExtractionError(f"{field}: {error}", retryable=error.retryable) from None
+        except OSError as error:  # a provider that let one through is still this phase's fault
+            raise ImageExtractionError(f"{field}: cannot write: {error.strerror}") from None
+        finally:
+            storage.close()
+        self.events.emit(
+            "ImagesExtracted", Path=spec.location.uri_path, Images=[p.name for p in images]
+        )
+
+    def _thumbnail_images(self, media: MediaMap, encoded: Encoded) -> list[ImageInput]:
+        """The thumbnail tiles of `Thumbnails` (Generate), made before packaging so that the
+        DASH and HLS manifests can list them; failures are FinalError 4201."""
+        spec = self.job.thumbnails
+        if spec is None or not spec.generate:
+            return []
+        from engine.images import make_thumbnails, plan_thumbnails
+
+        source = self._image_source(media)
+        if source is None:
+            self.events.warning("ThumbnailsSkipped", "Thumbnails need a video track: none here")
+            return []
+        path, track = source
+        plan = plan_thumbnails(
+            encoded.duration,
+            track.display_aspect_ratio,
+            width=spec.width,
+            height=spec.height,
+            interval=spec.duration_in_seconds,
+            columns=spec.tile_columns,
+            rows=spec.tile_rows,
+        )
+        folder = self.workdir / "thumbnails"
+        return [make_thumbnails(path, track, plan, folder, self.cancel.check)]
+
+    @staticmethod
+    def _image_source(media: MediaMap) -> tuple[Path, VideoTrackInfo] | None:
+        """The video that stills and thumbnails come from: the source in the work folder, or
+        in packaging-only mode the rendition with the most pixels."""
+        best: tuple[Path, VideoTrackInfo] | None = None
+        for path in list(media.renditions) or ([media.video] if media.video else []):
+            source = media.sources.get(path)
+            track = source.main_video if source else None
+            if track is None:
+                continue
+            if best is None or track.width * track.height > best[1].width * best[1].height:
+                best = (path, track)
+        return best
 
     # -- Publishing -------------------------------------------------------------------------
 
@@ -596,6 +672,29 @@ class JobRunner:
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+def _write_thumbnail_tracks(folder: Path, result: PackageResult, images: list[ImageInput]) -> None:
+    """`thumbnails.vtt` (cues pointing at tile regions) beside the tiles in every package
+    folder that holds them."""
+    from packagers.thumbnails import WEBVTT_NAME, webvtt
+
+    for image in images:
+        first = f"{image.name}_1.jpg"
+        for name in list(result.files):
+            if name == first or name.endswith(f"/{first}"):
+                vtt = name.removesuffix(first) + WEBVTT_NAME
+                (folder / vtt).write_text(webvtt(image), encoding="utf-8")
+                result.files.append(vtt)
+
+
+def _video_seconds(packaged: Packaged, media: MediaMap) -> float:
+    """The video's duration as packaged (what percent positions refer to)."""
+    videos = [s.duration for s in packaged.result.streams if s.type == "video"]
+    if videos:
+        return max(videos)
+    source = media.sources.get(media.video) if media.video else None
+    return source.duration if source else 0.0
 
 
 def _tar(folder: Path, target: Path) -> None:
