@@ -61,14 +61,21 @@ def test_manifests_where_the_contract_puts_them(packaged):
     assert published["FilesCount"] == len(output_files(job_run.output_dir))
 
 
-def test_single_files_for_byte_ranges(packaged):
+def test_segment_files_or_single_files(packaged):
+    """ByteRange and DashOnDemand: one file per rendition; otherwise one file per segment."""
     case, job_run = packaged
-    if case not in ("dash-on-demand", "dash-byte-range", "hls-byte-range"):
-        pytest.skip("segment files")
     names = {p.name for p in output_files(job_run.output_dir)}
+    single = case in ("dash-on-demand", "dash-byte-range", "hls-byte-range")
+    extension = ".ts" if case == "hls-ts" else ".m4s"
     for rendition in job_run.planned_video:
-        assert f"{rendition['Name']}.mp4" in names
-    assert not [n for n in names if n.endswith(".m4s")]
+        name = rendition["Name"]
+        if single:
+            assert f"{name}.mp4" in names, name
+        else:
+            assert {f"{name}_1{extension}", f"{name}_3{extension}"} <= names, name
+            assert f"{name}_4{extension}" not in names  # 5 s in 2 s segments: three
+    if single:
+        assert not [n for n in names if n.endswith((".m4s", ".ts"))]
 
 
 def test_events_and_report(packaged):
