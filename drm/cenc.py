@@ -63,8 +63,9 @@ class SampleEncryptor:
     `ec-3`. Video samples are length-prefixed NAL units (`nal_length_size`, else the one in
     the avcC/hvcC `parameter_sets`, else 4); `parameter_sets` is the decoder configuration
     (avcC/hvcC record or Annex B SPS/PPS), and parameter sets found in samples update it.
-    `iv` overrides the starting IV (cenc) or the constant IV (cbcs); else the key's IV, else
-    a random one (8 bytes for cenc, 16 for cbcs).
+    `iv` sets the starting IV (cenc) or the constant IV (cbcs). Without it, cbcs uses the
+    key's IV, else a random 16-byte one; cenc a random 8-byte one, never the key's: two
+    AES-CTR tracks under one key starting at one IV would share keystream.
     """
 
     def __init__(
@@ -87,7 +88,7 @@ class SampleEncryptor:
         self.key_id = key.key_id
         self._key = key.key
         self.is_video = codec in VIDEO_CODECS
-        start_iv = iv if iv is not None else key.iv
+        start_iv = iv if iv is not None else (key.iv if scheme == "cbcs" else None)
         if start_iv is not None and len(start_iv) not in (8, 16):
             raise CencError(f"an IV must be 8 or 16 bytes, not {len(start_iv)}")
         if scheme == "cenc":

@@ -71,7 +71,8 @@ class SystemSignalling:
 class ContentKey:
     """One AES-128 content key and its key id.
 
-    `iv`: an IV given with the key (CPIX `explicitIV`), else None and the encryptor picks one.
+    `iv`: an IV given with the key (CPIX `explicitIV`): the constant IV of its cbcs tracks
+    (cenc tracks start at IVs of their own, see `drm.track`); None: the encryptor picks.
     `quality_group`: the group the key is for (`AUDIO`, `SD`, …) in multi-key mode, else None.
     `signalling`: per DRM system id, what the Key Service returned (empty for job keys).
     """

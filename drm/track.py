@@ -30,8 +30,11 @@ class TrackEncryption:
     """Encrypts one track with `key` under `scheme` and signals it.
 
     `presentation_keys`: every key of the presentation, for the master playlist's session
-    keys (default: this track's key). `iv`: the starting (cenc) or constant (cbcs) IV; else
-    the key's, else random (one per track).
+    keys (default: this track's key). `iv`: the starting (cenc) or constant (cbcs) IV. Without
+    it, cbcs uses the key's IV (a Key Service's `explicitIV`: the constant IV of every track
+    under that key), else a random one; cenc always starts at a random IV of its own, never at
+    the key's: AES-CTR tracks sharing a key and a starting IV would reuse keystream (the
+    players read each sample's IV from `senc`, so nothing needs the key's IV).
     """
 
     def __init__(
@@ -49,8 +52,9 @@ class TrackEncryption:
         self.presentation_keys = list(presentation_keys) or [key]
         self.system_ids = tuple(system_ids)
         self.playready_la_url = playready_la_url
-        default_size = 16 if self.scheme == "cbcs" else 8
-        self._iv = iv if iv is not None else key.iv or os.urandom(default_size)
+        if iv is None:  # cenc: one per track, never the key's (see above)
+            iv = (key.iv or os.urandom(16)) if self.scheme == "cbcs" else os.urandom(8)
+        self._iv = iv
         self.key_id: str | None = str(key.key_id)
         # Reported in StreamInfo: the constant IV only (cenc's per-sample IVs are in senc).
         self.iv: str | None = self._iv.hex() if self.scheme == "cbcs" else None

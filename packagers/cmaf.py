@@ -304,12 +304,19 @@ def fragment(track: TimedTrack, segment: Segment) -> Fragment:
     samples = track.file.samples
     data = track.file.read_samples(first, end)
     auxiliary: list[ProtectedSample] | None = None
+    count_only_senc = False
     protection = track.input.protection
     if protection is not None:
         protected = [protection.protect_sample(sample, track.file.entry) for sample in data]
         data = [p.data for p in protected]
         if any(p.iv or p.subsamples for p in protected):
             auxiliary = protected
+        elif protection.sinf(track.file.entry):
+            # Encrypted, but nothing per sample (cbcs audio: constant IV, whole samples): a
+            # senc with only its sample count, no saiz/saio, as Shaka Packager writes it.
+            # CMAF would allow no senc at all, but readers such as Bento4 (Kodi's
+            # inputstream.adaptive) refuse an encrypted fragment without one.
+            count_only_senc = True
     count = end - first
     sizes = np.fromiter((len(d) for d in data), dtype=np.int64, count=count)
     durations = samples.duration[first:end]
@@ -338,6 +345,8 @@ def fragment(track: TimedTrack, segment: Segment) -> Fragment:
     entries = _senc_entries(auxiliary) if auxiliary is not None else []
 
     def auxiliary_boxes(saio_offset: int) -> bytes:
+        if count_only_senc:
+            return mp4.senc([b""] * count, False)
         if auxiliary is None:
             return b""
         subsamples = any(sample.subsamples for sample in auxiliary)

@@ -10,9 +10,10 @@ points, in this order, for each track:
 3. `protect_sample(data, entry)` for every sample, in decode order, segment by segment. It
    returns a `ProtectedSample`: the bytes to write in `mdat` and the auxiliary information
    (per-sample IV, subsample map). The packager writes that information as `senc`, `saiz` and
-   `saio` in the sample's `traf` (`saio` pointing into `senc`, default-base-is-moof); no
-   auxiliary boxes are written when no sample has an IV or subsamples (cbcs with a constant IV
-   and whole-sample encryption).
+   `saio` in the sample's `traf` (`saio` pointing into `senc`, default-base-is-moof). When no
+   sample has an IV or subsamples (cbcs with a constant IV and whole-sample encryption) but the
+   track is encrypted (`sinf` gave a box), only a `senc` holding the sample count is written,
+   as Shaka Packager does.
 4. `dash_elements()` while writing the MPD: elements added to the track's AdaptationSet
    (`ContentProtection`). Tracks whose elements differ (a key per quality group) are put in
    separate AdaptationSets, linked by `urn:mpeg:dash:adaptation-set-switching:2016`.
