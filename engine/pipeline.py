@@ -212,7 +212,14 @@ class JobRunner:
         source = self._storage(job.content_acquisition, "ContentAcquisition")
         target = self._storage(job.content_publishing, "ContentPublishing")
         keys = self.given_keys if self.given_keys is not None else self.resolve_keys()
-        self.events.emit("JobCreated", **job_created_fields(job, self.checked.warnings))
+        created = job_created_fields(job, self.checked.warnings)
+        if keys is not None:  # the key ids, as `POST /Job` answers them (contract §1)
+            ids = [str(kid) for kid in keys.key_ids]
+            if len(ids) == 1:
+                created["KeyId"] = ids[0]
+            else:
+                created["KeyIds"] = ids
+        self.events.emit("JobCreated", **created)
         for warning in self.checked.warnings:
             self.events.warning("UnknownProperty", f"{warning.field}: {warning.message}")
         if self.processing.encoding_mode == EncodingMode.PerScene:
@@ -232,6 +239,7 @@ class JobRunner:
         """Content keys for an encrypted job (None in clear)."""
         if self.processing.drm_protection == DrmProtection.Off:
             return None
+        from drm.cpix import KeyServiceError
         from drm.keys import DrmKeyError, keys_from_job
 
         try:
@@ -241,7 +249,13 @@ class JobRunner:
                 possible_quality_groups(self.job),
                 content_id=self.context.job_id,
             )
+        except KeyServiceError as error:  # down, refused or nonsense: a DRM failure (4001)
+            raise DrmError(str(error), retryable=error.transient) from None
         except DrmKeyError as error:
+            if error.source.startswith("ContentProcessing."):
+                # Key material of the job itself (a ContentKey that does not decrypt): an
+                # invalid job naming the field (1001), as `POST /Job` answers 400.
+                raise JobValidationError([FieldError(error.source, error.reason)]) from None
             raise DrmError(str(error)) from None
 
     # -- Acquisition ------------------------------------------------------------------------
