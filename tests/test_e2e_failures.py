@@ -1,4 +1,8 @@
-"""End to end, failures and cancellation through `vipe run` and `run_job`.
+"""End to end, `vipe run` exit codes, failures and cancellation (through `vipe run` and
+`run_job`).
+
+A successful `vipe run` exits 0 and writes the events (JSON lines) and the report it was asked
+for.
 
 Each failing job must end with the right `FinalError` code as its last event, a report with
 `Success: false` and that `ErrorCode`, exit code 1 from `vipe run`, and nothing in the
@@ -22,6 +26,7 @@ import pytest
 from e2e_helpers import (
     JobRun,
     check_events,
+    check_package,
     e2e_media,  # noqa: F401 (fixture)
     input_folder,
     make_job,
@@ -97,6 +102,16 @@ def test_failure_codes(e2e_media, tmp_path, case):  # noqa: F811
     assert job_run.report["State"] == "Failed"
     check_events(job_run, success=False)
     assert output_files(output) == []
+
+
+def test_success_exits_0(e2e_media, tmp_path):  # noqa: F811
+    job = make_job(input_folder(tmp_path, e2e_media.cfr()), tmp_path / "out", formats=["Cmaf"])
+    code, job_run = vipe_run(tmp_path, job)
+    assert code == 0
+    assert job_run.report["Success"] is True and job_run.report["State"] == "Succeeded"
+    assert job_run.events[-1]["MessageType"] == "JobSuccess"
+    check_events(job_run)
+    check_package(job_run)
 
 
 def test_invalid_job_exits_2(tmp_path):
