@@ -4,6 +4,7 @@ vipe run job.json        run one job here (exit 0 success, 1 failed, 2 invalid j
 vipe validate job.json   check a job (exit 0 valid, 2 invalid)
 vipe demo [DIR]          make a sample source and run a CMAF job on it
 vipe certificate         print the certificate that protects secrets in jobs
+vipe report FILE         a job report's quality table; --plot PNG draws its rate–quality chart
 vipe doctor              what this node can encode and decode (exit 1: it cannot encode H.264)
 vipe serve               the HTTPS Encoding API with its job store and worker pool
 vipe tenant add NAME     add a tenant and print its new management key (once)
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "--require-nvenc", action="store_true", help="also exit 1 when NVENC does not work"
     )
     doctor.set_defaults(command=_doctor)
+    _add_report_command(commands)
     _add_server_commands(commands)
     return parser
 
@@ -261,6 +263,70 @@ def _demo(args) -> int:
     if code == EXIT_OK:
         console.print(f"[green]done[/green]: the package is in {args.folder.resolve() / 'out'}")
     return code
+
+
+def _add_report_command(commands) -> None:
+    report = commands.add_parser(
+        "report", help="quality table of a job report (QualityMetrics), or its chart"
+    )
+    report.add_argument("report", type=Path, help="the reporting entry (vipe run --report FILE)")
+    report.add_argument(
+        "--plot", type=Path, metavar="PNG", help="draw bitrate vs PSNR/SSIM/VMAF into this PNG"
+    )
+    report.set_defaults(command=_report)
+
+
+def _report(args) -> int:
+    """`vipe report`: the rungs' metrics as a table, or a rate–quality chart with --plot."""
+    from engine.quality import plot_rate_quality, quality_rows
+
+    try:
+        entry = json.loads(args.report.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        console.print(f"[red]error[/red]: {args.report}: {error}", highlight=False)
+        return EXIT_INVALID
+    rows = quality_rows(entry) if isinstance(entry, dict) else []
+    if not rows:
+        console.print(
+            f"[red]error[/red]: {args.report} has no QualityMetrics "
+            "(run the job with ContentProcessing.QualityMetrics: true)",
+            highlight=False,
+        )
+        return EXIT_FAILED
+    if args.plot:
+        try:
+            points = plot_rate_quality(entry, args.plot)
+        except RuntimeError as error:
+            console.print(f"[red]error[/red]: {error}", highlight=False)
+            return EXIT_FAILED
+        console.print(f"{len(points)} points ({len(rows)} renditions) drawn into {args.plot}")
+        return EXIT_OK
+    table = Table(title=f"quality of {entry.get('ExternalId') or entry.get('JobId') or 'the job'}")
+    columns = ("rendition", "size", "kbps", "encoded kbps", "PSNR Y", "PSNR", "SSIM", "VMAF")
+    for column in (*columns, "frames"):
+        table.add_column(column, justify="left" if column == "rendition" else "right")
+
+    def number(value, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for row in rows:
+        step = row.get("QualityFrameStep") or 1
+        table.add_row(
+            str(row.get("Name")),
+            f"{row.get('Width')}×{row.get('Height')}",
+            str(row.get("BitrateInKbps")),
+            number(row.get("EncodedBitrateInKbps"), 1),
+            number(row.get("PsnrY"), 2),
+            number(row.get("Psnr"), 2),
+            number(row.get("Ssim"), 4),
+            number(row.get("Vmaf"), 2),
+            f"{row.get('QualityFrames')}" + (f" (every {step})" if step > 1 else ""),
+        )
+    out = Console()
+    if not out.is_terminal:  # piped or redirected: full names rather than 80 columns
+        out = Console(width=200)
+    out.print(table)
+    return EXIT_OK
 
 
 def _certificate(args) -> int:

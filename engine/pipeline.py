@@ -53,6 +53,7 @@ from engine.media import (
     VideoRendition,
     VideoTrackInfo,
 )
+from engine.quality import QualitySettings, quality_settings, vmaf_support
 from engine.report import ReportFacts, reporting_entry
 from engine.transcode import (
     AudioOutput,
@@ -309,6 +310,10 @@ class JobRunner:
         if self.processing.packaging_only:
             from engine.passthrough import prepare_renditions
 
+            if self.processing.quality_metrics:
+                self.events.warning(
+                    "QualityMetricsSkipped", "QualityMetrics: packaging-only mode encodes nothing"
+                )
             return prepare_renditions(self, media)
         folder = self.workdir / "encode"
         folder.mkdir(parents=True, exist_ok=True)
@@ -370,6 +375,7 @@ class JobRunner:
             watermarks=watermarks,
             normalize_audio=self.processing.normalize_audio,
             hw_decode=hw_decode,
+            quality=self._quality_settings(renditions, duration * frame_rate),
         )
         encoders = list(dict.fromkeys(o.encoder.name for o in outputs)) or ["aac"]
         self.events.emit(
@@ -409,11 +415,41 @@ class JobRunner:
         finally:
             NVENC_SESSIONS.release(sessions)
         self.context.facts.bitrates_kbps = [r.bitrate_kbps for r in renditions]
+        self._report_quality(renditions, tracks)
         video_tracks = [t for t in tracks if t.kind == "video"]
         if video_tracks:  # the encoders that wrote the outputs, CPU fallbacks included
             self.context.facts.encoders = list(dict.fromkeys(t.encoder for t in video_tracks))
         self.context.facts.encoded_duration = video_tracks[0].duration if video_tracks else duration
         return Encoded(tuple(tracks), tuple(renditions), tuple(audio), None, duration)
+
+    def _quality_settings(self, renditions, frames: float) -> QualitySettings | None:
+        """QualityMetrics: how the transcoder measures (engine.quality); a Warning when VMAF
+        cannot be computed on this node (the streams then carry `"Vmaf": null`)."""
+        if not self.processing.quality_metrics or not renditions:
+            return None
+        ffmpeg, reason = vmaf_support()
+        if ffmpeg is None:
+            self.events.warning("VmafUnavailable", f"VMAF unavailable: {reason}")
+        return quality_settings(round(frames), ffmpeg)
+
+    def _report_quality(self, renditions, tracks: list[EncodedTrack]) -> None:
+        """The measured renditions into the report's `QualityMetrics`, in ladder order."""
+        measured = {t.name: t.quality for t in tracks if t.quality is not None}
+        entries = []
+        for rendition in renditions:
+            metrics = measured.get(rendition.name)
+            if metrics is None:
+                continue
+            if metrics.vmaf_error:
+                self.events.warning(
+                    "VmafUnavailable", f"VMAF unavailable: {rendition.name}: {metrics.vmaf_error}"
+                )
+            entries.append(
+                metrics.report_entry(
+                    rendition.name, rendition.bitrate_kbps, rendition.width, rendition.height
+                )
+            )
+        self.context.facts.quality = entries
 
     def _hdr_metadata(self, video: VideoTrackInfo | None):
         if not self.processing.extract_and_apply_hdr or video is None:
@@ -474,9 +510,12 @@ class JobRunner:
             raise PackagingError(str(error)) from None
         _write_thumbnail_tracks(folder, result, images)
         encoders = {t.name: t.encoder for t in encoded.tracks}
+        metrics = {t.name: t.quality for t in encoded.tracks if t.quality is not None}
         self.events.emit(
             "EncodingFinished",
-            Streams=[_stream_json(s, encoders.get(s.name)) for s in result.streams],
+            Streams=[
+                _stream_json(s, encoders.get(s.name), metrics.get(s.name)) for s in result.streams
+            ],
         )
         return Packaged(folder, result)
 
@@ -836,7 +875,7 @@ def _text_origin(source: TextSource) -> str:
     return f"{source.path.name}#{source.track_index}"
 
 
-def _stream_json(stream, encoder: str | None = None) -> dict[str, Any]:
+def _stream_json(stream, encoder: str | None = None, metrics=None) -> dict[str, Any]:
     fields = {
         "Type": stream.type.capitalize(),
         "Label": stream.quality_group or stream.type.upper(),
@@ -855,6 +894,8 @@ def _stream_json(stream, encoder: str | None = None) -> dict[str, Any]:
     }
     if encoder:  # the encoder that wrote this rendition (a CPU fallback shows here)
         fields["Encoder"] = encoder
+    if metrics is not None:  # QualityMetrics: Psnr, PsnrY, Ssim, Vmaf (engine.quality)
+        fields.update(metrics.stream_fields())
     return fields
 
 

@@ -43,6 +43,7 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from engine.encoders import EncoderChoice
 from engine.errors import EncodingError, SourceError
 from engine.media import AudioRendition, VideoRendition, VideoTrackInfo
+from engine.quality import QualityMeter, QualitySettings, RenditionQuality
 from engine.watermark import Watermarker
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class TranscodePlan:
     # Audio length (seconds) of passes without video (packaging-only: the renditions' length);
     # with video in the plan, audio always ends with the encoded video.
     audio_length: float | None = None
+    # Measure PSNR/SSIM (and VMAF) of every video rendition in the pass (engine.quality).
+    quality: QualitySettings | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class EncodedTrack:
     frames: int  # video frames, or audio samples
     duration: float
     priming: int = 0  # audio samples of encoder delay at the start
+    quality: RenditionQuality | None = None  # video, when the plan asks for metrics
 
 
 def boundary_frames(frame_count_hint: int, frame_rate: Fraction, segment_seconds: float):
@@ -293,7 +297,7 @@ def _transcode_file(
                 video_stream.thread_type = "AUTO"  # (frame threads with CUDA: not worth it)
             preparer = _FramePreparer(video_stream, plan)
             for output in video_outputs:
-                encoders.append(_open_encoder(output, plan.frame_rate, warn))
+                encoders.append(_open_encoder(output, plan.frame_rate, warn, plan.quality))
         # Group audio outputs by their source (a track, or mono tracks grouped together).
         by_source: dict[tuple, list[AudioOutput]] = {}
         for output in audio_outputs:
@@ -394,11 +398,13 @@ def _transcode_file(
         container.close()
 
 
-def _open_encoder(output: VideoOutput, frame_rate: Fraction, warn: Warn) -> _VideoEncoder:
+def _open_encoder(
+    output: VideoOutput, frame_rate: Fraction, warn: Warn, quality: QualitySettings | None = None
+) -> _VideoEncoder:
     """The rendition's encoder; a hardware one that does not open (no free session, no
     driver) is replaced by its CPU fallback before the first frame."""
     try:
-        return _VideoEncoder(output, frame_rate)
+        return _VideoEncoder(output, frame_rate, quality)
     except EncodingError as error:
         if not output.encoder.hardware or output.fallback is None:
             raise
@@ -408,7 +414,7 @@ def _open_encoder(output: VideoOutput, frame_rate: Fraction, warn: Warn) -> _Vid
             f"{output.fallback.name}",
         )
         fallback = replace(output, encoder=output.fallback, fallback=None)
-        return _VideoEncoder(fallback, frame_rate)
+        return _VideoEncoder(fallback, frame_rate, quality)
 
 
 def _encode_all(encoders: list[_VideoEncoder], frame, keyframe: bool, failed, warn: Warn) -> None:
@@ -545,8 +551,11 @@ class _FramePreparer:
 class _VideoEncoder:
     """Scale and encode one rung into its own fragmented MP4."""
 
-    def __init__(self, output: VideoOutput, frame_rate: Fraction):
+    def __init__(
+        self, output: VideoOutput, frame_rate: Fraction, quality: QualitySettings | None = None
+    ):
         self.output = output
+        self.meter: QualityMeter | None = None
         self.container = av.open(
             str(output.path), "w", format="mp4", options={"movflags": FRAGMENTED}
         )
@@ -558,6 +567,8 @@ class _VideoEncoder:
             raise EncodingError(f"{output.encoder.name} does not open: {reason}") from None
         self.scaler = VideoReformatter()  # one per rung: a shared scaler re-initialises per size
         self.frames = 0
+        if quality is not None:  # decodes this rung's packets and compares (engine.quality)
+            self.meter = QualityMeter(self.stream.codec_context, quality, output.rendition.name)
 
     def encode(self, frame: av.VideoFrame, keyframe: bool) -> None:
         rendition = self.output.rendition
@@ -572,8 +583,12 @@ class _VideoEncoder:
             scaled = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name)
         scaled.pts, scaled.time_base = frame.pts, frame.time_base
         scaled.pict_type = PictureType.I if keyframe else PictureType.NONE
+        if self.meter is not None:
+            self.meter.reference(scaled)
         try:
             for packet in self.stream.encode(scaled):
+                if self.meter is not None:  # before muxing, which rebases the timestamps
+                    self.meter.packet(packet)
                 self.container.mux(packet)
         except av.FFmpegError as error:
             message = f"{rendition.name}: {self.output.encoder.name} failed: {error}"
@@ -583,8 +598,11 @@ class _VideoEncoder:
     def close(self, frame_count: int) -> EncodedTrack:
         try:
             for packet in self.stream.encode(None):
+                if self.meter is not None:
+                    self.meter.packet(packet)
                 self.container.mux(packet)
             self.container.close()
+            quality = self.meter.finish() if self.meter is not None else None
         except av.FFmpegError as error:
             raise EncodingError(
                 f"{self.output.rendition.name}: finishing {self.output.encoder.name}: {error}"
@@ -598,9 +616,12 @@ class _VideoEncoder:
             float(frame_count / self.stream.codec_context.framerate)
             if self.stream.codec_context.framerate
             else 0.0,
+            quality=quality,
         )
 
     def abort(self) -> None:
+        if self.meter is not None:
+            self.meter.abort()
         with contextlib.suppress(Exception):
             self.container.close()
 
