@@ -139,6 +139,7 @@ class JobRunner:
         self.processing = self.job.content_processing
         self.workdir = context.workdir
         self._service_key: ServiceKey | None = None
+        self.hub = None  # the job's message publishers (contract §8), opened in Pre-Validation
         self._average_rate: Fraction | None = None  # a VFR source's measured average
 
     # -- the whole run ----------------------------------------------------------------------
@@ -182,6 +183,8 @@ class JobRunner:
             if prepared is not None:
                 prepared.input_storage.close()
                 prepared.output_storage.close()
+            if self.hub is not None:  # deliver what is queued (JobSuccess/FinalError included)
+                self.hub.close(timeout=30)
         facts.finished_time = utc_now()
         return reporting_entry(self.context.job_id, self.context.tenant_id, self.job, facts)
 
@@ -209,6 +212,12 @@ class JobRunner:
         return self._service_key
 
     def pre_validation(self) -> Prepared:
+        from engine.publishers import open_hub
+
+        # First, so that a bad publisher secret fails before any work and JobCreated reaches
+        # the publishers too.
+        self.hub = open_hub(self.job, self.service_key, job_id=self.context.job_id)
+        self.events.sinks.append(self.hub)
         job = self.job
         source = self._storage(job.content_acquisition, "ContentAcquisition")
         target = self._storage(job.content_publishing, "ContentPublishing")

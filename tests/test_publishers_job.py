@@ -31,6 +31,7 @@ from publisher_helpers import (
     service_bus_connection,
 )
 
+import engine.publishers
 from drm.credentials import ServiceKey, encrypt_for_certificate
 from engine.errors import JobValidationError
 from engine.pipeline import run_job
@@ -141,18 +142,22 @@ def destinations(rabbitmq, moto_server, sqs_endpoint, ftp_plain, webhook) -> Des
 
 
 def run_with_hub(job: dict, root: Path, service_key: ServiceKey | None):
-    """run_job with the hub as its event sink (recording what was emitted, to compare)."""
+    """run_job, whose runner opens the job's own publisher hub (captured here, with short
+    retries, to read its stats); `emitted` records what the job emitted, to compare."""
     job_id = str(uuid.uuid4())
-    hub = open_hub(validate_job(job).job, service_key, job_id=job_id, policy=FAST)
+    hubs = []
+
+    def open_fast_hub(*args, **options):
+        hubs.append(open_hub(*args, **{**options, "policy": FAST}))
+        return hubs[-1]
+
     emitted: list[dict] = []
-
-    def sink(event: dict) -> None:
-        emitted.append(event)
-        hub(event)
-
-    report = run_job(job, on_event=sink, job_id=job_id, data_dir=root / "data")
-    delivered_all = hub.close(timeout=30)
-    return report, emitted, hub, delivered_all
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine.publishers, "open_hub", open_fast_hub)
+        report = run_job(job, on_event=emitted.append, job_id=job_id, data_dir=root / "data")
+    assert len(hubs) == 1, "the runner opens exactly one hub per job"
+    delivered_all = hubs[0].close(timeout=30)  # closed by the runner already: only reports
+    return report, emitted, hubs[0], delivered_all
 
 
 def test_a_real_job_reaches_every_publisher_and_a_dead_one_fails_nothing(
