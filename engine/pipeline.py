@@ -514,7 +514,7 @@ class JobRunner:
         )
         images = self._thumbnail_images(media, encoded)
         try:
-            result = package(tracks, texts, spec, folder, images=images)
+            result = package(tracks, texts, spec, folder, images=images, cancel=self.cancel.check)
         except PackagerError as error:
             raise PackagingError(str(error)) from None
         _write_thumbnail_tracks(folder, result, images)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
@@ -389,7 +390,9 @@ def _senc_entries(samples: list[ProtectedSample]) -> list[bytes]:
     return entries
 
 
-def write_segment_files(track: TimedTrack, folder: Path) -> TrackLayout:
+def write_segment_files(
+    track: TimedTrack, folder: Path, cancel: Callable[[], None] | None = None
+) -> TrackLayout:
     """`<name>_init.mp4` and `<name>_<n>.m4s` (each `styp` + `moof` + `mdat`)."""
     name = track.name
     init_name = f"{name}_init.mp4"
@@ -398,6 +401,8 @@ def write_segment_files(track: TimedTrack, folder: Path) -> TrackLayout:
     refs = []
     styp = segment_type()
     for segment in track.segments:
+        if cancel:
+            cancel()
         written = fragment(track, segment)
         uri = f"{name}_{segment.number}.m4s"
         (folder / uri).write_bytes(styp + written.data)
@@ -415,7 +420,9 @@ def write_segment_files(track: TimedTrack, folder: Path) -> TrackLayout:
     return TrackLayout(track, refs, files, init_name, media_template=f"{name}_$Number$.m4s")
 
 
-def write_single_file(track: TimedTrack, folder: Path) -> TrackLayout:
+def write_single_file(
+    track: TimedTrack, folder: Path, cancel: Callable[[], None] | None = None
+) -> TrackLayout:
     """`<name>.mp4`: the CMAF header, a `sidx` indexing every segment, then the fragments.
 
     Fragments are streamed to the file; the `sidx` is written with zeros first and filled in
@@ -432,6 +439,8 @@ def write_single_file(track: TimedTrack, folder: Path) -> TrackLayout:
         handle.write(bytes(index_size))
         position = len(init) + index_size
         for segment in track.segments:
+            if cancel:
+                cancel()
             written = fragment(track, segment)
             handle.write(written.data)
             size = len(written.data)

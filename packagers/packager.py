@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -44,8 +45,10 @@ class PackageContext:
         spec: PackageSpec,
         output_dir: Path,
         duration: Fraction,
+        cancel: Callable[[], None] | None = None,
     ) -> None:
         self.tracks = tracks
+        self.cancel = cancel or _never
         self.texts = texts
         self.images = images
         self.spec = spec
@@ -68,6 +71,7 @@ class PackageContext:
         if layout in self._written:
             source, layouts = self._written[layout]
             for item in layouts:
+                self.cancel()
                 for name in item.files:
                     shutil.copyfile(source / name, target / name)
                 self._record(folder, item.files)
@@ -75,11 +79,12 @@ class PackageContext:
         layouts = []
         for track in self.tracks:
             if layout == "segments":
-                item = cmaf.write_segment_files(track, target)
+                item = cmaf.write_segment_files(track, target, self.cancel)
             elif layout == "single":
-                item = cmaf.write_single_file(track, target)
+                item = cmaf.write_single_file(track, target, self.cancel)
             else:
-                item = ts.write_ts_segments(track, target, single_file=layout == "ts-single")
+                single = layout == "ts-single"
+                item = ts.write_ts_segments(track, target, single_file=single, cancel=self.cancel)
             self._record(folder, item.files)
             layouts.append(item)
         self._written[layout] = (target, layouts)
@@ -120,6 +125,10 @@ class PackageContext:
             bandwidth = max(1, round(largest * 8 / tile_seconds))
             refs.append(ImageRef(image, tuple(uris), bandwidth))
         return refs
+
+
+def _never() -> None:
+    """The default cancel check: packaging is never cancelled."""
 
 
 def _with_timestamp_map(content: bytes, mpegts: int) -> bytes:
@@ -299,11 +308,13 @@ def package(
     spec: PackageSpec,
     output_dir: Path,
     images: list[ImageInput] | tuple[ImageInput, ...] = (),
+    cancel: Callable[[], None] | None = None,
 ) -> PackageResult:
     """Package the renditions in every format of `spec` into `output_dir`.
 
     Raises `PackagingError` for inputs that cannot be packaged as asked (nothing is promised
-    about files already written then).
+    about files already written then). `cancel` is called before every segment is written;
+    whatever it raises stops the packaging.
     """
     output_dir = Path(output_dir)
     formats = _normalise_formats(spec.formats)
@@ -327,7 +338,7 @@ def package(
     )  # fmt: skip
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    context = PackageContext(timed, texts, images, spec, output_dir, duration)
+    context = PackageContext(timed, texts, images, spec, output_dir, duration, cancel)
     outputs = []
     for name in formats:
         packager = PACKAGERS[name]()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -30,7 +31,12 @@ TIME_OFFSET = 10  # seconds added to every TS timestamp
 TS_PACKET = 188
 
 
-def write_ts_segments(track: TimedTrack, folder: Path, single_file: bool) -> TrackLayout:
+def write_ts_segments(
+    track: TimedTrack,
+    folder: Path,
+    single_file: bool,
+    cancel: Callable[[], None] | None = None,
+) -> TrackLayout:
     """`<name>_<n>.ts` per segment, or one `<name>.ts` addressed by byte ranges."""
     timescale = track.timescale
     offset = TIME_OFFSET * timescale
@@ -49,6 +55,8 @@ def write_ts_segments(track: TimedTrack, folder: Path, single_file: bool) -> Tra
         template = stack.enter_context(av.open(str(track.file.path))).streams[0]
         single = stack.enter_context(open(folder / single_uri, "wb")) if single_file else None
         for segment in track.segments:
+            if cancel:
+                cancel()
             data = _mux_segment(template, track, segment.first, segment.end, pts, dts, sync)
             key_frame = (0, _first_pes_end(data)) if track.kind == "video" else None
             if single is not None:

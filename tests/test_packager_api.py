@@ -111,6 +111,25 @@ def test_explicit_boundaries(packager_inputs, tmp_path):  # noqa: F811
     assert result.streams[0].segment_count == 2
 
 
+@pytest.mark.parametrize("formats", [["Dash"], ["DashOnDemand"], ["HlsTs"], ["Dash", "Hls"]])
+def test_cancel_stops_before_the_next_segment(packager_inputs, tmp_path, formats):  # noqa: F811
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def cancel() -> None:
+        calls.append(1)
+        if len(calls) == 2:  # let one segment through, stop at the second
+            raise Stop
+
+    spec = PackageSpec(formats, segment_seconds=2)  # the inputs' keyframes: every 2 s
+    with pytest.raises(Stop):
+        package([_video(packager_inputs)], [], spec, tmp_path, cancel=cancel)
+    assert len(calls) == 2
+    assert not list(tmp_path.rglob("*.mpd")) and not list(tmp_path.rglob("*.m3u8"))
+
+
 def test_audio_only_package(packager_inputs, tmp_path):  # noqa: F811
     tracks = [
         TrackInput(packager_inputs.audio_en, "audio", "audio-en", language="en",
