@@ -63,10 +63,20 @@ class LocalStorage(Storage):
             raise self._error(f"cannot write {name}", error) from None
 
     def delete_file(self, name: str) -> None:
+        path = self.root / safe_relative_path(name)
         try:
-            (self.root / safe_relative_path(name)).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         except OSError as error:
             raise self._error(f"cannot delete {name}", error) from None
+        # Folders that upload_file created for this name go too once empty (a rolled-back
+        # publish leaves nothing behind); the root folder itself stays.
+        for folder in path.parents:
+            if folder == self.root or self.root not in folder.parents:
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or already gone): stop here
+                break
 
     def _error(self, what: str, error: OSError) -> StorageError:
         kind = {

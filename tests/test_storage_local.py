@@ -1,0 +1,42 @@
+"""Local storage specifics: a rolled-back publish leaves neither files nor the folders it made."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.base import StorageLocation
+from storage.local import LocalStorage
+
+
+class Stop(Exception):
+    pass
+
+
+def test_rolled_back_publish_leaves_no_empty_folders(tmp_path):
+    package = tmp_path / "package"
+    for name in ("dash/video_1.m4s", "dash/video_2.m4s", "hls/video_1.m4s", "manifest.mpd"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_bytes(b"x" * 10)
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "kept").mkdir()  # something that was there before stays
+    storage = LocalStorage(StorageLocation("Local", f"file://{root}/"))
+    uploads = []
+
+    def cancel() -> None:
+        uploads.append(1)
+        if len(uploads) == 3:  # after two uploads, in two folders
+            raise Stop
+
+    with pytest.raises(Stop):
+        storage.upload_folder(package, cancel=cancel)
+    assert sorted(p.name for p in root.iterdir()) == ["kept"]
+
+
+def test_unsafe_names_are_refused_on_delete(tmp_path):
+    storage = LocalStorage(StorageLocation("Local", f"file://{tmp_path}/"))
+    victim = tmp_path.parent / "victim.txt"
+    victim.write_text("keep me")
+    with pytest.raises(Exception, match="refusing"):
+        storage.delete_file("../victim.txt")
+    assert victim.exists()
