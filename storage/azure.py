@@ -274,6 +274,9 @@ def _parse(uri: str) -> tuple[str, str, str, str]:
 def _classify(error: BaseException) -> tuple[ErrorKind, bool, str]:
     """(kind, retryable, reason) for an exception out of the Azure SDK."""
     code = getattr(error, "error_code", None) or ""
+    # The SDK hands a StorageErrorCode (a str enum): its value reads "AuthorizationFailure",
+    # its format() "StorageErrorCode.AUTHORIZATION_FAILURE".
+    code = str(getattr(code, "value", code))
     status = getattr(error, "status_code", None) or 0
     label = f"{code or type(error).__name__}" + (f" (HTTP {status})" if status else "")
     if isinstance(error, ClientAuthenticationError) or code in _DENIED_CODES or status == 403:
