@@ -221,6 +221,7 @@ class JobRunner:
         job = self.job
         source = self._storage(job.content_acquisition, "ContentAcquisition")
         target = self._storage(job.content_publishing, "ContentPublishing")
+        _check_output_access(target)
         keys = self.given_keys if self.given_keys is not None else self.resolve_keys()
         created = job_created_fields(job, self.checked.warnings)
         if keys is not None:  # the key ids, as `POST /Job` answers them (contract §1)
@@ -757,6 +758,16 @@ def _video_seconds(packaged: Packaged, media: MediaMap) -> float:
         return max(videos)
     source = media.sources.get(media.video) if media.video else None
     return source.duration if source else 0.0
+
+
+def _check_output_access(storage: Storage) -> None:
+    """Fail before the encode, not after it, when the output storage refuses or cannot be
+    reached; a folder that does not exist yet is fine (publishing creates it)."""
+    try:
+        storage.list_files()
+    except StorageError as error:
+        if error.kind in ("denied", "unreachable"):
+            raise storage_error_to_engine(error, publishing=True) from None
 
 
 def _tar(folder: Path, target: Path) -> None:

@@ -449,3 +449,27 @@ def test_missing_bucket_container_and_empty_folders(
         if case.startswith("missing"):
             assert missing in error["ErrorMessage"], (case, error)
         assert target.location.credentials_secret not in json.dumps(events), case
+
+
+def test_wrong_output_credentials_fail_before_the_encode(
+    moto_server, s3_bucket, ftp_explicit, source, tmp_path
+):
+    """4302 in Pre-Validation for an output that refuses the credentials: the job stops
+    before acquiring and encoding anything, and the secret shows nowhere."""
+    root = tmp_path / "job"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "movie.mp4").write_bytes(source.read_bytes())
+    for provider, target in {
+        "S3Compatible": s3_target(moto_server, s3_bucket, secret=SECRET_LIKE),
+        "Ftps": ftp_target(ftp_explicit, password=SECRET_LIKE),
+    }.items():
+        job = make_job(local_object(root / "in"), storage_object(target))
+
+        report, events = run(job, root / provider)
+
+        error = final_error(events)
+        assert error["ErrorCode"] == 4302 and error["Phase"] == "Pre-Validation", error
+        assert error["ErrorMessage"].startswith(provider), error
+        names = [e["MessageType"] for e in events]
+        assert "ContentAcquired" not in names and "VideoEncodingStarted" not in names
+        assert SECRET_LIKE not in json.dumps(events) + json.dumps(report)
