@@ -14,7 +14,8 @@
 - `GET /reporting/{JobId}`, `/reporting/{year}/{month}`, `/reporting` (auth): §9 entries of the
   caller's tenant (a month by job start, UTC; a job that never started by its creation).
 - `GET /api/help`: interactive OpenAPI docs; the JSON at `/api/help/openapi.json`.
-- `GET /health`, `GET /metrics`: liveness (and store reachability); Prometheus text.
+- `GET /health`, `GET /metrics`: liveness (and store reachability; with a Celery queue the
+  queue and the workers alive, `Workers` then a list); Prometheus text.
 
 Every answer is JSON (except the docs page and the metrics), errors as `{"Message": ...}`, 400
 with `"Errors": [{"Field", "Message"}]`. Paths match case-insensitively (`/job` is `/Job`), as
@@ -279,8 +280,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             return _message(400, invalid.message, Errors=[e.as_json() for e in invalid.errors])
         except KeyServiceFailed as failed:
             return _message(failed.status, failed.message)
-        try:
-            queue.enqueue(answer["JobId"])
+        try:  # in a thread: a Celery queue publishes to its broker (network, retries)
+            await run_in_threadpool(queue.enqueue, answer["JobId"])
         except Exception:  # the job is stored: a queue sweep or the next start runs it
             log.exception("job %s: stored, but the queue did not take it now", answer["JobId"])
         return JSONResponse(answer, status_code=201)
@@ -344,7 +345,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
         except Exception as error:
             log.error("health: the job store cannot be read: %s", type(error).__name__)
             return JSONResponse({"Status": "Unhealthy", "Store": "unreachable"}, status_code=503)
-        return {"Status": "Healthy", "Store": "ok", "Workers": settings.workers}
+        answer: dict[str, Any] = {"Status": "Healthy", "Store": "ok", "Workers": settings.workers}
+        describe = getattr(queue, "health", None)
+        if describe is not None:  # a cluster queue: the broker and the workers alive
+            try:
+                answer.update(describe())
+            except Exception as error:
+                log.error("health: the queue cannot be described: %s", type(error).__name__)
+                answer.update(Status="Degraded", Queue="unreachable")
+        return answer
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
     def metrics():

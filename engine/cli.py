@@ -7,6 +7,7 @@ vipe certificate         print the certificate that protects secrets in jobs
 vipe report FILE         a job report's quality table; --plot PNG draws its rate–quality chart
 vipe doctor              what this node can encode and decode (exit 1: it cannot encode H.264)
 vipe serve               the HTTPS Encoding API with its job store and worker pool
+vipe worker              run jobs from a Celery broker (VIPE_BROKER_URL; see engine.cluster)
 vipe tenant add NAME     add a tenant and print its new management key (once)
 vipe tenant list         list the tenants
 vipe tenant remove NAME  remove a tenant
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -424,7 +426,24 @@ def _add_server_commands(commands) -> None:
         default=10.0,
         help="at stop, how long running jobs may finish before they are queued again",
     )
+    serve.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=60.0,
+        help="a running job whose heartbeat is older than this is taken over",
+    )
+    serve.add_argument(
+        "--max-attempts", type=int, default=3, help="starts of a job before it fails (5000)"
+    )
+    serve.add_argument(
+        "--gpu-wait-seconds",
+        type=float,
+        default=float(os.environ.get("VIPE_GPU_WAIT_SECONDS") or 0),
+        help="with VIPE_BROKER_URL: an Nvidia job fails (3102) after waiting this long while "
+        "no GPU worker is alive (0: it waits)",
+    )
     serve.set_defaults(command=_serve)
+    _add_worker_command(commands)
 
     tenant = commands.add_parser("tenant", help="manage tenants and their management keys")
     tenant.add_argument("--data-dir", type=Path)
@@ -458,21 +477,101 @@ def _serve(args) -> int:
         permission_claim=args.jwt_permission_claim,
         tenant_claim=args.jwt_tenant_claim,
     )
+    queue_factory = None
+    broker = os.environ.get("VIPE_BROKER_URL")
+    if broker:  # a cluster: this process stores and enqueues; `vipe worker`s run the jobs
+
+        def queue_factory(service):
+            from engine.cluster import CeleryQueue
+
+            return CeleryQueue(service, broker, gpu_wait_seconds=args.gpu_wait_seconds)
+
     serve(
         ServerSettings(
             data_dir=data_dir(args.data_dir),
             host=args.host,
             port=args.port,
-            workers=args.workers,
+            workers=0 if broker else args.workers,
             strict=args.strict,
             auth=auth,
             max_body=args.max_body,
             drain_seconds=args.drain_seconds,
             certificate=args.cert,
             key=args.key,
+            lease_seconds=args.lease_seconds,
+            max_attempts=args.max_attempts,
+            queue_factory=queue_factory,
         )
     )
     return EXIT_OK
+
+
+def _add_worker_command(commands) -> None:
+    worker = commands.add_parser(
+        "worker", help="run jobs from the Celery broker (VIPE_BROKER_URL, VIPE_DATABASE_URL)"
+    )
+    worker.add_argument("--broker", help="broker URL (default: VIPE_BROKER_URL)")
+    worker.add_argument(
+        "--queues", help="gpu, cpu or gpu,cpu (default: gpu,cpu with NVENC here, else cpu)"
+    )
+    worker.add_argument("--concurrency", type=int, default=1, help="jobs at once")
+    worker.add_argument(
+        "--burst", action="store_true", help="exit when the queues are empty and nothing runs"
+    )
+    worker.add_argument("--data-dir", type=Path, help="work folders (default: VIPE_DATA_DIR)")
+    worker.add_argument(
+        "--keys-dir",
+        type=Path,
+        help="the API's data folder (store key, service key) if not the data folder",
+    )
+    worker.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="at SIGTERM, how long running jobs may finish before they are handed back",
+    )
+    worker.add_argument("--lease-seconds", type=float, default=60.0, help="job lease")
+    worker.add_argument(
+        "--max-attempts", type=int, default=3, help="starts of a job before it fails (5000)"
+    )
+    worker.add_argument("--log-format", choices=("text", "json"), default="text")
+    worker.add_argument("--strict", action="store_true", help="unknown properties are errors")
+    worker.set_defaults(command=_worker)
+
+
+def _worker(args) -> int:
+    from engine.cluster import WorkerSettings, broker_url, configure_logging, run_worker
+    from engine.config import data_dir
+
+    configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    broker = broker_url(args.broker)
+    if not broker:
+        console.print("[red]error[/red]: no broker: set VIPE_BROKER_URL or give --broker")
+        return EXIT_INVALID
+    if args.concurrency < 1:
+        console.print("[red]error[/red]: --concurrency must be at least 1")
+        return EXIT_INVALID
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
+    try:
+        import celery  # noqa: F401
+    except ImportError:
+        console.print("[red]error[/red]: vipe worker needs `pip install vipe[cluster]`")
+        return EXIT_FAILED
+    return run_worker(
+        WorkerSettings(
+            data_dir=data_dir(args.data_dir),
+            broker=broker,
+            queues=queues,
+            concurrency=args.concurrency,
+            burst=args.burst,
+            grace_seconds=args.grace_seconds,
+            lease_seconds=args.lease_seconds,
+            max_attempts=args.max_attempts,
+            keys_dir=args.keys_dir,
+            strict=args.strict,
+            log_format=args.log_format,
+        )
+    )
 
 
 def _tenant_add(args) -> int:

@@ -121,6 +121,7 @@ class JobContext:
     data_dir: Path
     facts: ReportFacts = field(default_factory=ReportFacts)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    checkpoints: Any = None  # engine.checkpoints.Checkpoints: skip phases finished before
 
 
 # -------------------------------------------------------------------------------- the runner
@@ -153,13 +154,13 @@ class JobRunner:
         try:
             prepared = self._timed(phase, self.pre_validation)
             phase = "Acquisition"
-            acquired = self._timed(phase, self.acquisition, prepared)
+            acquired = self._resumable(phase, self.acquisition, prepared)
             phase = "Media Mapping"
             media = self._timed(phase, self.media_mapping, acquired)
             phase = "Encoding"
-            encoded = self._timed(phase, self.encoding, media)
+            encoded = self._resumable(phase, self.encoding, media)
             phase = "DRM + Packaging"
-            packaged = self._timed(phase, self.packaging, prepared, media, encoded)
+            packaged = self._resumable(phase, self.packaging, prepared, media, encoded)
             phase = "Image Extraction"
             self._timed(phase, self.image_extraction, media, packaged)
             phase = "Publishing"
@@ -187,6 +188,14 @@ class JobRunner:
                 self.hub.close(timeout=30)
         facts.finished_time = utc_now()
         return reporting_entry(self.context.job_id, self.context.tenant_id, self.job, facts)
+
+    def _resumable(self, phase: str, method: Callable, *args):
+        """`_timed`, or the result of an earlier attempt when the phase's checkpoint in the
+        work folder is complete (`engine.checkpoints`; only with `run_job(checkpoints=True)`)."""
+        checkpoints = self.context.checkpoints
+        if checkpoints is None:
+            return self._timed(phase, method, *args)
+        return checkpoints.run(phase, self, lambda: self._timed(phase, method, *args))
 
     def _timed(self, phase: str, method: Callable, *args):
         self.cancel.check()
@@ -989,6 +998,7 @@ def run_job(
     capabilities: NodeCapabilities | None = None,
     strict: bool = False,
     keys: Any = None,
+    checkpoints: bool = False,
 ) -> dict[str, Any]:
     """Run one job in this process and return its reporting entry (contract §9).
 
@@ -996,6 +1006,8 @@ def run_job(
     (each a dict, in order). `cancel` stops the job between frames and file transfers
     (FinalError 5001). An invalid job raises JobValidationError before anything runs; every
     other failure ends the job with a FinalError event and a report with `Success: false`.
+    `checkpoints`: phases finished by an earlier attempt in the same `workdir` are skipped
+    (`engine.checkpoints`); give a stable `workdir` and `keep_workdir=True` with it.
     """
     checked = validate_job(
         load_job_json(Path(job) if isinstance(job, Path) else job), strict=strict
@@ -1022,6 +1034,11 @@ def run_job(
         data_dir=default_data_dir(data_dir),
     )
     try:
+        if checkpoints:  # resume in a stable work folder (a worker's, per job id)
+            from engine.checkpoints import Checkpoints, job_digest
+
+            context.checkpoints = Checkpoints(folder, job_digest(checked.job), job_id)
+            context.checkpoints.prepare()
         return JobRunner(checked, context, keys).run()
     finally:
         if not keep_workdir:

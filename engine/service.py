@@ -9,6 +9,9 @@ decides where and when `execute` runs:
   Celery implementation fits it: the store is the source of truth and `enqueue` only dispatches.
 - `InProcessQueue` runs `--workers N` threads in this process that claim Queued jobs from the
   store (oldest first). `--workers 0` accepts and stores jobs without running them.
+- `engine.cluster.CeleryQueue` (with `VIPE_BROKER_URL`) routes and sends each job to a Celery
+  broker; `vipe worker` processes run them (`ServiceOptions.checkpoints`: a job that comes back
+  to the same worker skips its finished phases, see engine.checkpoints).
 
 Decisions:
 
@@ -189,6 +192,9 @@ class ServiceOptions:
     lease_seconds: float = 60.0
     max_attempts: int = 3
     capabilities: Any = None  # engine.encoders.NodeCapabilities; None: CPU encoders
+    # Keep a job's work folder across attempts and skip the phases whose checkpoints are
+    # complete (engine.checkpoints); `vipe worker` sets it, the embedded pool starts clean.
+    checkpoints: bool = False
 
 
 @dataclass
@@ -211,6 +217,9 @@ class JobService:
         self.options = options
         self.service_key = service_key
         self.metrics = ServiceMetrics(store)
+        # Called with the id of a job that `recover` queued again, so that a queue that
+        # dispatches (Celery) sends it anew; the in-process pool finds it in the store.
+        self.on_requeue: Callable[[str], None] | None = None
 
     # -- POST /Job --------------------------------------------------------------------------
 
@@ -342,7 +351,8 @@ class JobService:
         state, or RUNNING when the run was interrupted to be resumed later."""
         job_id = row.id
         workdir = self.options.data_dir / "work" / job_id
-        shutil.rmtree(workdir, ignore_errors=True)  # leftovers of an interrupted attempt
+        if not self.options.checkpoints:
+            shutil.rmtree(workdir, ignore_errors=True)  # leftovers of an interrupted attempt
         final: dict[str, Any] = {}
         self.metrics.running.inc()
         try:
@@ -351,12 +361,13 @@ class JobService:
             # stores. Events outside the run go out through `_emit_standalone`.
             sink = EventSink(self, job_id, run, final)
             if row.attempts > 1:
+                how = "from its checkpoints" if self.options.checkpoints else "from the start"
                 self._emit_standalone(
                     row,
                     "Warning",
                     document=document,
                     Code="JobResumed",
-                    Message=f"the job runs again from the start after its worker stopped "
+                    Message=f"the job runs again {how} after its worker stopped "
                     f"(attempt {row.attempts} of {self.options.max_attempts})",
                 )
             try:
@@ -377,6 +388,8 @@ class JobService:
                     capabilities=self._capabilities(document),
                     strict=self.options.strict,
                     keys=keys,
+                    keep_workdir=self.options.checkpoints,
+                    checkpoints=self.options.checkpoints,
                 )
             except JobValidationError as error:
                 return self._fail_outside_run(row, run, error.message, code=1001, document=document)
@@ -492,31 +505,34 @@ class JobService:
         very process id under an older instance, as in a restarted container). Always: jobs
         whose heartbeat is older than the lease.
         """
-        host, pid, instance = _owner_parts(owner)
-        lease = self.options.lease_seconds
-        now = utcnow()
         count = 0
         for row in self.store.running_jobs():
-            if row.owner == owner:
-                continue
-            gone = False
-            if at_start and row.owner:
-                their_host, their_pid, their_instance = _owner_parts(row.owner)
-                if their_host == host and (
-                    (their_pid == pid and their_instance != instance)
-                    or (their_pid != pid and not _process_alive(their_pid))
-                ):
-                    gone = True
-            if not gone and row.heartbeat_at is not None:
-                gone = (now - row.heartbeat_at).total_seconds() > lease
-            if not gone and row.owner is None:
-                gone = True
-            if gone:
-                self._take_over(row)
+            if row.owner != owner and self.orphaned(row, owner, at_start=at_start):
+                self.take_over(row)
                 count += 1
         return count
 
-    def _take_over(self, row: JobRow) -> None:
+    def orphaned(self, row: JobRow, owner: str, *, at_start: bool) -> bool:
+        """Whether the Running job `row` has lost its worker, as seen by `owner`: its lease
+        ran out, or (`at_start`, or a queue that got the job's message again) its owner was a
+        process of this host that no longer runs."""
+        if row.owner is None:
+            return True
+        if at_start:
+            host, pid, instance = _owner_parts(owner)
+            their_host, their_pid, their_instance = _owner_parts(row.owner)
+            if their_host == host and (
+                (their_pid == pid and their_instance != instance)
+                or (their_pid != pid and not _process_alive(their_pid))
+            ):
+                return True
+        if row.heartbeat_at is not None:
+            return (utcnow() - row.heartbeat_at).total_seconds() > self.options.lease_seconds
+        return False
+
+    def take_over(self, row: JobRow) -> None:
+        """A job whose worker is gone: Cancelled when that was asked, failed (5000) after
+        `max_attempts` starts, else queued again (and `on_requeue` told)."""
         previous = row.owner
         if row.cancel_requested:
             message = "the job was cancelled (its worker stopped meanwhile)"
@@ -537,8 +553,13 @@ class JobService:
                 )
             log.error("job %s: %s", row.id, message)
             return
-        self.store.requeue(row.id, owner=previous)
-        log.warning("job %s: its worker (%s) is gone; queued again", row.id, previous)
+        if self.store.requeue(row.id, owner=previous):
+            log.warning("job %s: its worker (%s) is gone; queued again", row.id, previous)
+            if self.on_requeue is not None:
+                try:
+                    self.on_requeue(row.id)
+                except Exception:  # the store has it Queued: a later sweep sends it again
+                    log.exception("job %s: queued again, but not dispatched", row.id)
 
 
 class _KeyFailure(Exception):
@@ -904,6 +925,8 @@ def job_view(store: Store, row: JobRow) -> dict[str, Any]:
         "FinishedTime": _iso(row.finished_at),
         "Attempts": row.attempts,
         "Encoder": row.encoder,
+        "Queue": row.queue,
+        "Worker": row.worker,
         "Job": json.loads(row.summary),
         "Events": events,
         "Outputs": outputs,

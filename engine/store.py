@@ -9,10 +9,15 @@ Tables:
 - `jobs`: one row per job: tenant, state (`Queued`, `Running`, `Succeeded`, `Failed`,
   `Cancelled`), phase, progress, the sealed job JSON, a public summary of the job (no secret),
   the External* values, the key ids resolved at creation (never the keys), timestamps, error
-  code and message, the worker that runs it (owner, heartbeat, attempts) and the cancel flag.
+  code and message, the worker that runs it (owner, heartbeat, attempts) and the cancel flag;
+  with a Celery queue also the queue it was routed to (`gpu`/`cpu`) and the worker that last
+  ran it (`worker`, kept after the job ends, unlike `owner`).
 - `events`: every event of a job, in order (the bodies of contract §8: never a secret).
 - `reports`: the reporting entry of a job (contract §9) and the instant that places it in a
   month (the job's first start, else its creation).
+- `workers`: the registry of `vipe worker` processes (engine.cluster): queues, concurrency,
+  capabilities (encoders that open, NVDEC codecs, CPU count), state and heartbeat. A worker
+  whose heartbeat is older than a few intervals is taken as gone.
 
 Secrets: the job JSON is stored sealed (AES-256-GCM, the job id as associated data) with the
 store key (`store.key` in the data folder, or `VIPE_STORE_KEY`, base64 of 32 bytes, for nodes
@@ -145,6 +150,25 @@ class JobRow(Base):
     error_code: Mapped[int | None] = mapped_column(Integer)
     error_message: Mapped[str | None] = mapped_column(Text)
     encoder: Mapped[str | None] = mapped_column(String(100))
+    queue: Mapped[str | None] = mapped_column(String(32))  # Celery route: gpu or cpu
+    worker: Mapped[str | None] = mapped_column(String(200))  # the last owner; kept at the end
+
+
+class WorkerRow(Base):
+    """One `vipe worker` process (engine.cluster). `id` is its owner string."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[str] = mapped_column(Text)  # JSON list: ["gpu", "cpu"]
+    concurrency: Mapped[int] = mapped_column(Integer)
+    capabilities: Mapped[str] = mapped_column(Text)  # JSON object
+    state: Mapped[str] = mapped_column(String(16))  # Running, Draining
+    running: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class EventRow(Base):
@@ -382,6 +406,7 @@ class Store:
                 .values(
                     state=RUNNING,
                     owner=owner,
+                    worker=owner,
                     heartbeat_at=now,
                     updated_at=now,
                     started_at=func.coalesce(JobRow.started_at, literal(now, UTCDateTime)),
@@ -491,15 +516,80 @@ class Store:
         log.info("job %s: %s%s", job_id, state, f" ({error_code})" if error_code else "")
         return True
 
-    def requeue(self, job_id: str, owner: str | None) -> bool:
-        """Put a job that `owner` was running back in the queue (its worker stopped)."""
+    def requeue(self, job_id: str, owner: str | None, *, refund_attempt: bool = False) -> bool:
+        """Put a job that `owner` was running back in the queue (its worker stopped).
+
+        `refund_attempt`: the run was handed back by a worker that stops gracefully, so it does
+        not count towards the job's bounded attempts (which are for crashes)."""
+        values: dict[str, Any] = {
+            "state": QUEUED,
+            "owner": None,
+            "heartbeat_at": None,
+            "updated_at": utcnow(),
+            "queue": None,  # not sent yet (engine.cluster sends it, then records the queue)
+        }
+        if refund_attempt:
+            values["attempts"] = func.greatest(JobRow.attempts - 1, 0)
+            if self.is_sqlite:  # SQLite spells it max()
+                values["attempts"] = func.max(JobRow.attempts - 1, 0)
         with self.writing() as session:
             changed = session.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.state == RUNNING, JobRow.owner == owner)
-                .values(state=QUEUED, owner=None, heartbeat_at=None, updated_at=utcnow())
+                .values(**values)
             ).rowcount
         return changed == 1
+
+    def set_queue(self, job_id: str, queue: str | None) -> None:
+        """Record the queue a job's message was sent to (engine.cluster); None: not sent."""
+        with self.writing() as session:
+            session.execute(update(JobRow).where(JobRow.id == job_id).values(queue=queue))
+
+    def queued_jobs(self, queue: str | None = None) -> list[JobRow]:
+        """Jobs waiting to run (of one queue), oldest first."""
+        query = select(JobRow).where(JobRow.state == QUEUED)
+        if queue is not None:
+            query = query.where(JobRow.queue == queue)
+        with self.reading() as session:
+            return list(session.scalars(query.order_by(JobRow.created_at, JobRow.id)))
+
+    def unsent_jobs(self, older_than: float) -> list[JobRow]:
+        """Queued jobs without a queue (no message sent: the broker was unreachable, or the
+        sender stopped in between) whose row has not changed for `older_than` seconds."""
+        since = utcnow() - datetime.timedelta(seconds=older_than)
+        query = select(JobRow).where(
+            JobRow.state == QUEUED, JobRow.queue.is_(None), JobRow.updated_at < since
+        )
+        with self.reading() as session:
+            return list(session.scalars(query.order_by(JobRow.created_at, JobRow.id)))
+
+    def fail_queued(self, job_id: str, error_code: int, error_message: str) -> bool:
+        """End a job that never started with `error_code` (e.g. 3102: no GPU worker took it);
+        False when it is no longer Queued (a worker claimed it meanwhile)."""
+        now = utcnow()
+        with self.writing() as session:
+            changed = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == QUEUED)
+                .values(
+                    state=FAILED,
+                    finished_at=now,
+                    updated_at=now,
+                    error_code=error_code,
+                    error_message=error_message,
+                )
+            ).rowcount
+            if changed != 1:
+                return False
+            report = session.get(ReportRow, job_id)
+            if report is not None:
+                entry = json.loads(report.entry)
+                entry.update(
+                    State=FAILED, Success=False, ErrorCode=error_code, JobFinishedTime=iso(now)
+                )
+                report.entry = json.dumps(entry)
+        log.info("job %s: %s (%d) before it started", job_id, FAILED, error_code)
+        return True
 
     def running_jobs(self) -> list[JobRow]:
         with self.reading() as session:
@@ -517,6 +607,62 @@ class Store:
             values["encoder"] = encoder
         with self.writing() as session:
             session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+
+    # -- workers (engine.cluster) -----------------------------------------------------------
+
+    def register_worker(
+        self,
+        worker_id: str,
+        *,
+        hostname: str,
+        pid: int,
+        queues: list[str],
+        concurrency: int,
+        capabilities: dict[str, Any],
+    ) -> None:
+        """Add (or replace) a worker's row in the registry."""
+        now = utcnow()
+        with self.writing() as session:
+            row = session.get(WorkerRow, worker_id) or WorkerRow(id=worker_id, started_at=now)
+            row.hostname, row.pid, row.concurrency = hostname, pid, concurrency
+            row.queues = json.dumps(queues)
+            row.capabilities = json.dumps(capabilities)
+            row.state, row.running, row.heartbeat_at = "Running", 0, now
+            session.add(row)
+
+    def worker_heartbeat(self, worker_id: str, state: str, running: int) -> bool:
+        """Renew a worker's row; False when it is gone (pruned): the caller registers again."""
+        with self.writing() as session:
+            changed = session.execute(
+                update(WorkerRow)
+                .where(WorkerRow.id == worker_id)
+                .values(state=state, running=running, heartbeat_at=utcnow())
+            ).rowcount
+        return changed == 1
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self.writing() as session:
+            row = session.get(WorkerRow, worker_id)
+            if row is not None:
+                session.delete(row)
+
+    def workers(self, alive_within: float | None = None) -> list[WorkerRow]:
+        """Registered workers (whose heartbeat is at most `alive_within` seconds old)."""
+        query = select(WorkerRow).order_by(WorkerRow.started_at, WorkerRow.id)
+        if alive_within is not None:
+            since = utcnow() - datetime.timedelta(seconds=alive_within)
+            query = query.where(WorkerRow.heartbeat_at >= since)
+        with self.reading() as session:
+            return list(session.scalars(query))
+
+    def prune_workers(self, older_than: float) -> int:
+        """Remove the rows of workers silent for `older_than` seconds (crashed, never stopped)."""
+        since = utcnow() - datetime.timedelta(seconds=older_than)
+        with self.writing() as session:
+            rows = list(session.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at < since)))
+            for row in rows:
+                session.delete(row)
+        return len(rows)
 
     # -- events -----------------------------------------------------------------------------
 
@@ -611,5 +757,6 @@ __all__ = [
     "ReportRow",
     "SealError",
     "Store",
+    "WorkerRow",
     "database_url",
 ]
