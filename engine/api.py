@@ -524,9 +524,11 @@ def serve(settings: ServerSettings, *, out=sys.stderr) -> None:
     app = create_app(settings)
     config = uvicorn_config(app, settings)
     fingerprint = certificate_fingerprint(Path(config.ssl_certfile))
+    runners = "jobs to the Celery broker" if settings.queue_factory else None
+    runners = runners or f"{settings.workers} worker(s)"
     print(
         f"vipe: HTTPS on https://{settings.host}:{settings.port}/ (data folder "
-        f"{settings.data_dir}, {settings.workers} worker(s))\n"
+        f"{settings.data_dir}, {runners})\n"
         f"vipe: TLS certificate {config.ssl_certfile}\n"
         f"vipe: SHA-256 fingerprint {fingerprint}",
         file=out,

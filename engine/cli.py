@@ -435,6 +435,7 @@ def _add_server_commands(commands) -> None:
     serve.add_argument(
         "--max-attempts", type=int, default=3, help="starts of a job before it fails (5000)"
     )
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
     serve.add_argument(
         "--gpu-wait-seconds",
         type=float,
@@ -477,6 +478,10 @@ def _serve(args) -> int:
         permission_claim=args.jwt_permission_claim,
         tenant_claim=args.jwt_tenant_claim,
     )
+    if args.log_format == "json":  # one JSON object per line, with the job id
+        from engine.cluster import configure_logging
+
+        configure_logging("json", logging.DEBUG if args.verbose else logging.INFO)
     queue_factory = None
     broker = os.environ.get("VIPE_BROKER_URL")
     if broker:  # a cluster: this process stores and enqueues; `vipe worker`s run the jobs

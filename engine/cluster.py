@@ -200,6 +200,9 @@ def make_celery(
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=10,
+        # A broker outage does not stop running jobs; copies of their messages delivered
+        # again meanwhile are dropped while the job's lease is held.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_send_task_events=False,

@@ -361,7 +361,11 @@ class JobService:
             # stores. Events outside the run go out through `_emit_standalone`.
             sink = EventSink(self, job_id, run, final)
             if row.attempts > 1:
-                how = "from its checkpoints" if self.options.checkpoints else "from the start"
+                how = (
+                    "(from the checkpoints this worker has of it, else from the start)"
+                    if self.options.checkpoints
+                    else "from the start"
+                )
                 self._emit_standalone(
                     row,
                     "Warning",

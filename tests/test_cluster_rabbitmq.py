@@ -10,13 +10,23 @@ the last one starts two workers and kills one mid-encode: RabbitMQ re-delivers a
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import time
 from pathlib import Path
 
 import pytest
-from api_helpers import TokenIssuer, event_types, job_state, wait_final, wait_for
+from api_helpers import (
+    ServeProcess,
+    TokenIssuer,
+    api_client,
+    event_types,
+    free_port,
+    job_state,
+    wait_final,
+    wait_for,
+)
 from cluster_helpers import (
     Cluster,
     cluster_sources,
@@ -58,6 +68,36 @@ def cluster(tmp_path_factory):
 def client(cluster):
     with cluster.client() as api:
         yield api
+
+
+def test_vipe_serve_with_a_broker_only_enqueues(cluster, sources, tmp_path, monkeypatch):
+    """`vipe serve` (a process, as deployed) with VIPE_BROKER_URL: no job runs in it; the
+    worker runs what it accepts. It shares the store and its key with the test's API."""
+    key = base64.b64encode((cluster.api.data_dir / "store.key").read_bytes()).decode()
+    environment = {
+        **cluster.broker.env(),
+        "VIPE_DATABASE_URL": cluster.database_url,
+        "VIPE_STORE_KEY": key,
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "serve").mkdir()
+    issuer = cluster.issuer
+    serve = ServeProcess(tmp_path / "serve", free_port(), issuer.public_pem, "--log-format=json")
+    serve.start()
+    try:
+        token = f"Bearer {issuer.token('tenant-a')}"
+        with api_client(serve.url, serve.cert, token) as client:
+            health = client.get("/health").json()
+            assert health["Queue"] == "celery"
+            assert [w["Id"] for w in health["Workers"]] == [cluster.workers[0].owner]
+            job = quick_job(sources["tiny"], tmp_path / "out")
+            view = wait_final(client, client.post("/Job", json=job).json()["JobId"], 60)
+        assert view["State"] == "Succeeded", view.get("ErrorMessage")
+        assert view["Worker"] == cluster.workers[0].owner
+    finally:
+        serve.stop()
+    assert '"job_id"' in serve.log.read_text()  # --log-format json
 
 
 def test_auto_job_runs_on_the_cpu_worker(cluster, client, sources, tmp_path):
