@@ -15,7 +15,9 @@ keyframe to the instant. Non-reference H.264 pictures (nal_ref_idc 0: no other p
 them) that cannot be an instant's frame are not decoded at all, which changes no pixel of the
 frames returned; FFmpeg's `skip_frame` is not used, as it cannot spare only those. A thumbnail
 then costs about the reference frames of half a GOP: thumbnails every 5 s of a 10-minute 720p
-source with 2 s GOPs decode 1142 of its 15000 frames (`benchmarks/thumbnails.py`).
+source with 2 s GOPs decode 1142 of its 15000 frames (`benchmarks/thumbnails.py`). The
+instants are shared out, in contiguous runs, among a few grabbers working side by side (one per
+CPU, at most `MAX_WORKERS`): each run is still one pass forward in time.
 
 Sources without a keyframe index (MPEG-TS) are sought by timestamp, stepping back until a
 keyframe at or before the instant is found; Matroska stores no decode times, so nothing there
@@ -43,9 +45,12 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -69,6 +74,7 @@ JPEG_MAX_SIDE = 65_535
 # A tile is composed in memory (RGB, 3 bytes a pixel): 2^27 pixels is 384 MiB, e.g. 10×10
 # thumbnails of 1152×1152. Larger sheets fail the job instead of the worker.
 MAX_TILE_PIXELS = 1 << 27
+MAX_WORKERS = 4  # grabbers side by side (each a decoder and its share of the instants)
 END = sys.maxsize  # "the last frame", as a stream timestamp
 
 
@@ -216,10 +222,17 @@ class FrameGrabber:
     thread_type = "AUTO"  # FFmpeg decoding threads: frame and slice threading
 
     def __init__(
-        self, path: Path, stream_index: int | None = None, cancel: CancelCheck | None = None
+        self,
+        path: Path,
+        stream_index: int | None = None,
+        cancel: CancelCheck | None = None,
+        *,
+        thread_type: str | None = None,
     ):
         self.path = Path(path)
         self.cancel = cancel
+        if thread_type is not None:
+            self.thread_type = thread_type
         self._open(stream_index)
         self.decoded = 0
         self.seeks = 0
@@ -630,6 +643,86 @@ def _save_jpeg(pixels: np.ndarray, path: Path, quality: int) -> None:
 # ------------------------------------------------------------------------------ the phases
 
 
+class _Stopped(ImageExtractionError):
+    """A worker stopped because another one failed."""
+
+
+@dataclass
+class GrabStats:
+    """The work `grab_frames` did, summed over its workers."""
+
+    decoded: int = 0
+    skipped: int = 0
+    seeks: int = 0
+    workers: int = 1
+
+
+def default_workers(instants: int) -> int:
+    """Grabbers to run side by side: one per CPU (at most 4), each with 8 instants or more."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_WORKERS, cpus or 1, instants // 8))
+
+
+def grab_frames(
+    source: Path,
+    stream_index: int | None,
+    times: Sequence[float],
+    consume: Callable[[int, av.VideoFrame], None],
+    *,
+    cancel: CancelCheck | None = None,
+    workers: int | None = None,
+) -> GrabStats:
+    """Call `consume(position in times, frame)` with the frame shown at each instant.
+
+    The instants, in time order, are cut into one contiguous run per worker; each worker is a
+    thread with its own `FrameGrabber` (single-threaded decoder: the workers are the
+    parallelism, without the decoder's frame threads waiting on each other at every seek). So
+    each part is still one pass forward, and `consume` is called from the workers' threads.
+    """
+    order = sorted(range(len(times)), key=lambda i: times[i])
+    count = max(1, min(workers or default_workers(len(order)), len(order)))
+    stats = GrabStats(workers=count)
+    failed = threading.Event()
+
+    def check() -> None:
+        if failed.is_set():  # another worker failed: stop too
+            raise _Stopped("stopped: another part failed")
+        if cancel:
+            cancel()
+
+    def work(part: list[int], thread_type: str | None) -> None:
+        try:
+            with FrameGrabber(source, stream_index, check, thread_type=thread_type) as grabber:
+                try:
+                    for step, frame in grabber.grab([times[i] for i in part]):
+                        consume(part[step], frame)
+                finally:
+                    with lock:
+                        stats.decoded += grabber.decoded
+                        stats.skipped += grabber.skipped
+                        stats.seeks += grabber.seeks
+        except BaseException:
+            failed.set()
+            raise
+
+    lock = threading.Lock()
+    parts = [order[i * len(order) // count : (i + 1) * len(order) // count] for i in range(count)]
+    if count == 1:
+        work(parts[0], None)
+        return stats
+    with ThreadPoolExecutor(count, thread_name_prefix="vipe-images") as pool:
+        futures = [pool.submit(work, part, "NONE") for part in parts]
+        errors = []
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as error:  # a cancellation too: re-raised below
+                errors.append(error)
+    if errors:  # the first real error, not the `_Stopped` of the other workers
+        raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
+    return stats
+
+
 def extract_images(
     source: Path,
     track: VideoTrackInfo | None,
@@ -640,6 +733,7 @@ def extract_images(
     pattern: str,
     folder: Path,
     cancel: CancelCheck | None = None,
+    workers: int | None = None,
 ) -> list[Path]:
     """One JPEG per entry of `percents` (ImageExtraction `Intervals`), at full display
     resolution with square pixels, named from `pattern`; returned in the order asked."""
@@ -647,17 +741,54 @@ def extract_images(
     folder.mkdir(parents=True, exist_ok=True)
     width, height = _display_size(source, track)
     maker = PictureMaker(track, width, height, fast=False)
-    paths: list[Path | None] = [None] * len(percents)
-    with FrameGrabber(source, track.index if track else None, cancel) as grabber:
-        for position, frame in grabber.grab(image_times(percents, duration)):
-            path = folder / names[position]
-            _save_jpeg(maker.picture(frame), path, quality)
-            paths[position] = path
-        log.info(
-            "%d images from %s: %d frames decoded, %d seeks",
-            len(paths), source.name, grabber.decoded, grabber.seeks,
-        )  # fmt: skip
-    return [p for p in paths if p is not None]
+    paths = [folder / name for name in names]
+
+    def save(position: int, frame: av.VideoFrame) -> None:
+        _save_jpeg(maker.picture(frame), paths[position], quality)
+
+    stats = grab_frames(
+        source, track.index if track else None, image_times(percents, duration), save,
+        cancel=cancel, workers=workers,
+    )  # fmt: skip
+    log.info(
+        "%d images from %s: %d frames decoded, %d seeks, %d workers",
+        len(paths), source.name, stats.decoded, stats.seeks, stats.workers,
+    )  # fmt: skip
+    return paths
+
+
+class _TileSheets:
+    """Tiles being filled, by tile number; each is written as soon as its last cell is in
+    (cells come from several workers)."""
+
+    def __init__(self, plan: ThumbnailPlan, folder: Path):
+        self.plan = plan
+        self.folder = folder
+        self.sheets: dict[int, np.ndarray] = {}
+        self.filled: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def put(self, index: int, picture: np.ndarray) -> None:
+        plan, cell = self.plan, self.plan.geometry
+        tile, place = divmod(index, plan.per_tile)
+        with self.lock:
+            sheet = self.sheets.get(tile)
+            if sheet is None:
+                width, height = plan.tile_size
+                sheet = self.sheets[tile] = np.zeros((height, width, 3), np.uint8)  # black
+        row, column = divmod(place, plan.columns)
+        top, left = row * cell.height + cell.y, column * cell.width + cell.x
+        sheet[top : top + cell.picture_height, left : left + cell.picture_width] = picture
+        with self.lock:
+            self.filled[tile] = self.filled.get(tile, 0) + 1
+            complete = self.filled[tile] == min(plan.per_tile, plan.count - tile * plan.per_tile)
+            if complete:
+                del self.sheets[tile]
+        if complete:
+            _save_jpeg(sheet, self.path(tile), THUMBNAIL_QUALITY)
+
+    def path(self, tile: int) -> Path:
+        return self.folder / f"{self.plan.name}_{tile + 1}.jpg"
 
 
 def make_thumbnails(
@@ -666,37 +797,28 @@ def make_thumbnails(
     plan: ThumbnailPlan,
     folder: Path,
     cancel: CancelCheck | None = None,
+    workers: int | None = None,
 ) -> ImageInput:
     """The thumbnail tiles of `plan` as JPEG files in `folder` (`<name>_<n>.jpg`), described
     for the packager."""
     folder.mkdir(parents=True, exist_ok=True)
     cell = plan.geometry
     maker = PictureMaker(track, cell.picture_width, cell.picture_height, fast=True)
-    tile_width, tile_height = plan.tile_size
-    tiles: list[Path] = []
-    sheet: np.ndarray | None = None
-    with FrameGrabber(source, track.index if track else None, cancel) as grabber:
-        for index, frame in grabber.grab(plan.times):  # in time order: index order
-            tile, place = divmod(index, plan.per_tile)
-            if sheet is None:
-                sheet = np.zeros((tile_height, tile_width, 3), np.uint8)  # black cells
-            row, column = divmod(place, plan.columns)
-            top, left = row * cell.height + cell.y, column * cell.width + cell.x
-            sheet[top : top + cell.picture_height, left : left + cell.picture_width] = (
-                maker.picture(frame)
-            )
-            if place == plan.per_tile - 1 or index == plan.count - 1:
-                path = folder / f"{plan.name}_{tile + 1}.jpg"
-                _save_jpeg(sheet, path, THUMBNAIL_QUALITY)
-                tiles.append(path)
-                sheet = None
-        log.info(
-            "%d thumbnails in %d tiles from %s: %d frames decoded, %d skipped, %d seeks",
-            plan.count, len(tiles), source.name, grabber.decoded, grabber.skipped, grabber.seeks,
-        )  # fmt: skip
+    sheets = _TileSheets(plan, folder)
+    stats = grab_frames(
+        source, track.index if track else None, plan.times,
+        lambda index, frame: sheets.put(index, maker.picture(frame)),
+        cancel=cancel, workers=workers,
+    )  # fmt: skip
+    tiles = tuple(sheets.path(tile) for tile in range(plan.tile_count))
+    log.info(
+        "%d thumbnails in %d tiles from %s: %d frames decoded, %d skipped, %d seeks, %d workers",
+        plan.count, len(tiles), source.name, stats.decoded, stats.skipped, stats.seeks,
+        stats.workers,
+    )  # fmt: skip
     return ImageInput(
         name=plan.name,
-        tiles=tuple(tiles),
+        tiles=tiles,
         thumbnail_width=cell.width,
         thumbnail_height=cell.height,
         columns=plan.columns,

@@ -18,7 +18,7 @@ import pytest
 from mediagen import make_media, read_frame_number
 from PIL import Image
 
-from engine.errors import ImageExtractionError
+from engine.errors import Cancelled, ImageExtractionError
 from engine.images import (
     FrameGrabber,
     ThumbnailGeometry,
@@ -360,6 +360,41 @@ def test_thumbnails_tiles_show_the_frames_at_their_instants(sources, tmp_path, n
     assert [p.name for p in image.tiles] == [f"thumbnails-128x72_{n}.jpg" for n in (1, 2, 3)]
     assert (image.columns, image.rows, image.interval, image.duration) == (3, 2, 0.6, SECONDS)
     check_tiles(image, plan)
+
+
+def test_workers_side_by_side_give_the_same_tiles(sources, tmp_path):
+    """Three grabbers, each with a contiguous part of the instants, filling shared tiles."""
+    source = sources["short.mp4"]
+    track = probe(source).main_video
+    plan = plan_thumbnails(SECONDS, track.display_aspect_ratio, width=96, interval=0.3,
+                           columns=4, rows=2)  # fmt: skip
+    assert (plan.count, plan.tile_count) == (27, 4)
+    image = make_thumbnails(source, track, plan, tmp_path, workers=3)
+    check_tiles(image, plan)
+    percents = [5 * n for n in range(21)]
+    paths = extract_images(
+        source, track, percents, SECONDS, quality=90, pattern="p_%.jpg",
+        folder=tmp_path / "stills", workers=2,
+    )  # fmt: skip
+    for path, percent in zip(paths, percents, strict=True):
+        assert number_in(path) == expected_frame(percent * SECONDS / 100), path.name
+
+
+def test_cancel_stops_every_worker(sources, tmp_path):
+    calls = 0
+
+    def cancel() -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 40:
+            raise Cancelled()
+
+    source = sources["long.mp4"]
+    track = probe(source).main_video
+    plan = plan_thumbnails(SECONDS, track.display_aspect_ratio, interval=0.1)
+    with pytest.raises(Cancelled):
+        make_thumbnails(source, track, plan, tmp_path, cancel=cancel, workers=2)
+    assert calls < 100
 
 
 def test_default_size_letterboxes_other_ratios(tmp_path):
