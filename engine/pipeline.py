@@ -8,6 +8,7 @@ into `FinalError`. `run_job` is the documented entry point for programs that emb
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tarfile
@@ -527,7 +528,6 @@ class JobRunner:
             result = package(tracks, texts, spec, folder, images=images, cancel=self.cancel.check)
         except PackagerError as error:
             raise PackagingError(str(error)) from None
-        _write_thumbnail_tracks(folder, result, images)
         encoders = {t.name: t.encoder for t in encoded.tracks}
         metrics = {t.name: t.quality for t in encoded.tracks if t.quality is not None}
         self.events.emit(
@@ -675,7 +675,10 @@ class JobRunner:
             rows=spec.tile_rows,
         )
         folder = self.workdir / "thumbnails"
-        return [make_thumbnails(path, track, plan, folder, self.cancel.check)]
+        image = make_thumbnails(path, track, plan, folder, self.cancel.check)
+        if spec.bandwidth_in_kbps:
+            image = dataclasses.replace(image, bandwidth=spec.bandwidth_in_kbps * 1000)
+        return [image]
 
     @staticmethod
     def _image_source(media: MediaMap) -> tuple[Path, VideoTrackInfo] | None:
@@ -744,20 +747,6 @@ class JobRunner:
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _write_thumbnail_tracks(folder: Path, result: PackageResult, images: list[ImageInput]) -> None:
-    """`thumbnails.vtt` (cues pointing at tile regions) beside the tiles in every package
-    folder that holds them."""
-    from packagers.thumbnails import WEBVTT_NAME, webvtt
-
-    for image in images:
-        first = f"{image.name}_1.jpg"
-        for name in list(result.files):
-            if name == first or name.endswith(f"/{first}"):
-                vtt = name.removesuffix(first) + WEBVTT_NAME
-                (folder / vtt).write_text(webvtt(image), encoding="utf-8")
-                result.files.append(vtt)
 
 
 def _video_seconds(packaged: Packaged, media: MediaMap) -> float:

@@ -99,3 +99,4 @@ class ImageInput:
     rows: int
     interval: float  # seconds shown per thumbnail
     duration: float  # seconds covered by all thumbnails (the video duration)
+    bandwidth: int | None = None  # bits/s for the manifests; None: measured from the tiles

@@ -19,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from packagers import cmaf, dash, hls, mp4, ts
+from packagers import cmaf, dash, hls, mp4, thumbnails, ts
 from packagers.cmaf import TimedTrack
 from packagers.errors import PackagingError
 from packagers.hooks import ImageInput
@@ -120,9 +120,13 @@ class PackageContext:
                 shutil.copyfile(tile, target / uri)
                 largest = max(largest, (target / uri).stat().st_size)
                 uris.append(uri)
-            self._record(folder, uris)
+            # the WebVTT thumbnail track beside the tiles, for players without image tracks
+            (target / thumbnails.WEBVTT_NAME).write_text(
+                thumbnails.webvtt(image, uris), encoding="utf-8"
+            )
+            self._record(folder, [*uris, thumbnails.WEBVTT_NAME])
             tile_seconds = image.columns * image.rows * image.interval
-            bandwidth = max(1, round(largest * 8 / tile_seconds))
+            bandwidth = image.bandwidth or max(1, round(largest * 8 / tile_seconds))
             refs.append(ImageRef(image, tuple(uris), bandwidth))
         return refs
 

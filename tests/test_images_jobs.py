@@ -109,6 +109,7 @@ def dash_hls(source, tmp_path_factory) -> Finished:
             "DurationInSeconds": 1,
             "TileColumns": 2,
             "TileRows": 2,
+            "BandwidthInKbps": 37,
         },
         ImageExtraction={
             "Quality": 85,
@@ -145,7 +146,7 @@ def test_dash_image_adaptation_set(dash_hls):
     )
     assert [(p.scheme_id_uri, p.value) for p in properties] == [(THUMBNAIL_SCHEME, "2x2")]
     assert (representation.width, representation.height) == (320, 180)  # the whole tile
-    assert representation.bandwidth > 0
+    assert representation.bandwidth == 37_000  # Thumbnails.BandwidthInKbps
     assert template.duration / (template.timescale or 1) == 4.0  # columns × rows × interval
     first = template.start_number or 1
     tiles = math.ceil(SECONDS / 4.0)
@@ -176,7 +177,8 @@ def test_hls_image_playlists(dash_hls):
         )
     )
     assert info["RESOLUTION"] == "160x90" and info["CODECS"] == "jpeg"
-    assert int(info["BANDWIDTH"]) > 0 and info["URI"] == image.uri == "thumbnails-160x90.m3u8"
+    assert int(info["BANDWIDTH"]) == 37_000  # Thumbnails.BandwidthInKbps
+    assert info["URI"] == image.uri == "thumbnails-160x90.m3u8"
 
     text = (folder / image.uri).read_text()
     playlist = m3u8.loads(text)
