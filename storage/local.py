@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -59,7 +60,8 @@ class LocalStorage(Storage):
             _copy(source, partial, progress)
             os.replace(partial, target)  # readers never see a half-written file
         except OSError as error:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. the parent is a file: nothing to remove
+                partial.unlink(missing_ok=True)
             raise self._error(f"cannot write {name}", error) from None
 
     def delete_file(self, name: str) -> None:

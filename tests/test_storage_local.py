@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from storage.base import StorageLocation
+from storage.base import StorageError, StorageLocation
 from storage.local import LocalStorage
 
 
@@ -40,3 +40,14 @@ def test_unsafe_names_are_refused_on_delete(tmp_path):
     with pytest.raises(Exception, match="refusing"):
         storage.delete_file("../victim.txt")
     assert victim.exists()
+
+
+def test_upload_under_a_regular_file_is_a_storage_error(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    storage = LocalStorage(StorageLocation("Local", f"file://{blocker}/"))
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"x")
+    with pytest.raises(StorageError) as caught:
+        storage.upload_file(source, "image_1.jpg")
+    assert "cannot write image_1.jpg" in str(caught.value)
