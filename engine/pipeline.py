@@ -232,6 +232,8 @@ class JobRunner:
         source = self._storage(job.content_acquisition, "ContentAcquisition")
         target = self._storage(job.content_publishing, "ContentPublishing")
         _check_output_access(target)
+        if job.image_extraction is not None:
+            self._check_image_location(job.image_extraction.location)
         keys = self.given_keys if self.given_keys is not None else self.resolve_keys()
         created = job_created_fields(job, self.checked.warnings)
         if keys is not None:  # the key ids, as `POST /Job` answers them (contract §1)
@@ -255,6 +257,18 @@ class JobRunner:
             return open_storage(location_from_spec(spec, self.service_key, field))
         except StorageError as error:
             raise JobValidationError([FieldError(f"{field}.UriPath", str(error))]) from None
+
+    def _check_image_location(self, spec) -> None:
+        """The stills' own storage, checked before the encode as ContentPublishing is."""
+        from engine.errors import ImageExtractionError
+
+        storage = self._storage(spec, "ImageExtraction.Location")
+        try:
+            _check_output_access(storage)
+        except EngineError as error:
+            raise ImageExtractionError(f"ImageExtraction.Location: {error.message}") from None
+        finally:
+            storage.close()
 
     def resolve_keys(self):
         """Content keys for an encrypted job (None in clear)."""

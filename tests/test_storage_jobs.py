@@ -473,3 +473,24 @@ def test_wrong_output_credentials_fail_before_the_encode(
         names = [e["MessageType"] for e in events]
         assert "ContentAcquired" not in names and "VideoEncodingStarted" not in names
         assert SECRET_LIKE not in json.dumps(events) + json.dumps(report)
+
+
+def test_refused_image_location_fails_before_the_encode(ftp_explicit, source, tmp_path):
+    """4201 in Pre-Validation when ImageExtraction.Location refuses the credentials."""
+    root = tmp_path / "job"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "movie.mp4").write_bytes(source.read_bytes())
+    job = make_job(local_object(root / "in"), local_object(root / "out"))
+    job["ImageExtraction"] = {
+        "Intervals": [50],
+        "Pattern": "still_%.jpg",
+        "Location": storage_object(ftp_target(ftp_explicit, password=SECRET_LIKE)),
+    }
+
+    report, events = run(job, root)
+
+    error = final_error(events)
+    assert error["ErrorCode"] == 4201 and error["Phase"] == "Pre-Validation", error
+    assert "VideoEncodingStarted" not in [e["MessageType"] for e in events]
+    assert SECRET_LIKE not in json.dumps(events) + json.dumps(report)
+    assert not (root / "out").exists() or not any((root / "out").iterdir())
