@@ -30,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -58,6 +60,10 @@ FRAME_SIZES = {"aac": 1024, "ac3": 1536, "eac3": 1536}  # samples per coded audi
 # skips it, so the packager is told (and writes the edit list into the init segment).
 PRIMING = {"aac": 1024, "ac3": 256, "eac3": 256}
 LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
+
+# Frames waiting per rung: enough to keep every rung's encoder busy while the decoder runs
+# ahead, few enough that memory stays flat (the rungs share each queued frame).
+QUEUED_FRAMES = 4
 
 Progress = Callable[[float], None]  # fraction 0..1
 CancelCheck = Callable[[], None]  # raises Cancelled
@@ -279,7 +285,7 @@ def _transcode_file(
         if hwaccel is not None:
             raise _GpuDecodeError(f"cannot open {path.name} for CUDA decoding: {error}") from None
         raise SourceError(f"{path.name}: cannot open: {error}") from None
-    encoders: list[_VideoEncoder] = []
+    rungs: list[_RungThread] = []
     failed: list[VideoOutput] = []
     audio_pipes: list[_AudioSourcePipe] = []
     try:
@@ -297,7 +303,8 @@ def _transcode_file(
                 video_stream.thread_type = "AUTO"  # (frame threads with CUDA: not worth it)
             preparer = _FramePreparer(video_stream, plan)
             for output in video_outputs:
-                encoders.append(_open_encoder(output, plan.frame_rate, warn, plan.quality))
+                encoder = _open_encoder(output, plan.frame_rate, warn, plan.quality)
+                rungs.append(_RungThread(encoder))
         # Group audio outputs by their source (a track, or mono tracks grouped together).
         by_source: dict[tuple, list[AudioOutput]] = {}
         for output in audio_outputs:
@@ -348,7 +355,7 @@ def _transcode_file(
                             next_boundary = next(boundaries)
                         prepared.pts = frame_index
                         prepared.time_base = 1 / plan.frame_rate
-                        _encode_all(encoders, prepared, keyframe, failed, warn)
+                        _encode_all(rungs, prepared, keyframe, failed, warn)
                         frame_index += 1
                     tracker.update(frame_index / plan.frame_rate)
                 elif video_start is None and video_stream is not None:
@@ -364,7 +371,7 @@ def _transcode_file(
                     next_boundary = next(boundaries)
                 prepared.pts = frame_index
                 prepared.time_base = 1 / plan.frame_rate
-                _encode_all(encoders, prepared, keyframe, failed, warn)
+                _encode_all(rungs, prepared, keyframe, failed, warn)
                 frame_index += 1
         for audio_frame, index in pending_audio:  # a video file whose video never decoded
             feed_audio(audio_frame, index)
@@ -378,8 +385,8 @@ def _transcode_file(
                 f"{path.name}: the file is truncated: {video_packets} of its {declared} video "
                 "frames are there"
             )
-        video_results = _close_all(encoders, frame_index, failed, warn)
-        encoders = []
+        video_results = _close_all(rungs, frame_index, failed, warn)
+        rungs = []
         audio_results = []
         for pipe in audio_pipes:
             audio_results += pipe.close(audio_limit())
@@ -391,8 +398,8 @@ def _transcode_file(
             raise _GpuDecodeError(error.message) from None
         raise
     finally:
-        for encoder in encoders:
-            encoder.abort()
+        for rung in rungs:
+            rung.abort()
         for pipe in audio_pipes:
             pipe.abort()
         container.close()
@@ -417,23 +424,87 @@ def _open_encoder(
         return _VideoEncoder(fallback, frame_rate, quality)
 
 
-def _encode_all(encoders: list[_VideoEncoder], frame, keyframe: bool, failed, warn: Warn) -> None:
-    for encoder in list(encoders):
-        try:
-            encoder.encode(frame, keyframe)
-        except EncodingError as error:
-            _drop_failed(encoder, error, failed, warn)
-            encoders.remove(encoder)
+class _RungThread:
+    """One rung's scaler and encoder on a thread of its own, fed through a short queue, so
+    that the rungs scale and encode in parallel (PyAV releases the GIL in swscale and in the
+    encoders). An error stays with the rung until the decoding thread collects it."""
+
+    _STOP = object()
+
+    def __init__(self, encoder: _VideoEncoder):
+        self.encoder = encoder
+        self.queue: queue.Queue = queue.Queue(maxsize=QUEUED_FRAMES)
+        self.error: BaseException | None = None
+        self.result: EncodedTrack | None = None
+        self.finished = False
+        self.thread = threading.Thread(
+            target=self._run, name=f"vipe-{encoder.output.rendition.name}", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is self._STOP:
+                return
+            if self.error is not None:
+                continue  # keep taking frames so that the producer never blocks
+            try:
+                if isinstance(item, int):  # the frame count: flush and close the rendition
+                    self.result = self.encoder.close(item)
+                else:
+                    self.encoder.encode(*item)
+            except BaseException as error:  # handed over to the decoding thread
+                self.error = error
+
+    def put(self, frame: av.VideoFrame, keyframe: bool) -> None:
+        self.queue.put((frame, keyframe))
+
+    def close(self, frame_count: int) -> None:
+        """Flush and close the rendition after the frames queued so far (on the thread)."""
+        self.queue.put(frame_count)
+
+    def finish(self) -> None:
+        """Let the thread work through its queue, then end it."""
+        if not self.finished:
+            self.finished = True
+            self.queue.put(self._STOP)
+            self.thread.join()
+
+    def abort(self) -> None:
+        self.finish()
+        self.encoder.abort()
 
 
-def _close_all(encoders: list[_VideoEncoder], frame_count: int, failed, warn: Warn):
+def _encode_all(rungs: list[_RungThread], frame, keyframe: bool, failed, warn: Warn) -> None:
+    for rung in list(rungs):
+        if rung.error is not None:
+            rung.finish()
+            _rung_failed(rung, failed, warn)
+            rungs.remove(rung)
+        else:
+            rung.put(frame, keyframe)
+
+
+def _close_all(rungs: list[_RungThread], frame_count: int, failed, warn: Warn):
+    for rung in rungs:  # every rung flushes at once, each on its thread
+        rung.close(frame_count)
     results = []
-    for encoder in encoders:
-        try:
-            results.append(encoder.close(frame_count))
-        except EncodingError as error:
-            _drop_failed(encoder, error, failed, warn)
+    for rung in rungs:
+        rung.finish()
+        if rung.error is not None:
+            _rung_failed(rung, failed, warn)
+        elif rung.result is not None:
+            results.append(rung.result)
     return results
+
+
+def _rung_failed(rung: _RungThread, failed, warn: Warn) -> None:
+    error = rung.error
+    if isinstance(error, EncodingError):
+        _drop_failed(rung.encoder, error, failed, warn)
+    else:
+        raise error
 
 
 def _drop_failed(encoder: _VideoEncoder, error: EncodingError, failed, warn: Warn) -> None:
@@ -579,8 +650,8 @@ class _VideoEncoder:
             format=self.output.encoder.pix_fmt,
             interpolation=Interpolation.BICUBIC,
         )
-        if scaled is frame:  # same size and format: never mutate the shared frame
-            scaled = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name)
+        # A rung at the source's own size and format gets the shared frame itself (no copy):
+        # its pts is set already, and the picture type below is read by this encoder only.
         scaled.pts, scaled.time_base = frame.pts, frame.time_base
         scaled.pict_type = PictureType.I if keyframe else PictureType.NONE
         if self.meter is not None:
@@ -637,6 +708,10 @@ def _open_stream(container, output: VideoOutput, frame_rate: Fraction):
     stream.time_base = 1 / frame_rate
     stream.codec_context.time_base = 1 / frame_rate
     stream.bit_rate = choice.bit_rate
+    # Frame threads, as the ffmpeg CLI gives x264/x265: PyAV's default is slice threads,
+    # which use the cores less well and cost quality.
+    stream.codec_context.thread_type = "FRAME"
+    stream.codec_context.thread_count = 0
     options = {k: v for k, v in choice.options.items() if k != "b"}
     stream.codec_context.options = options
     if choice.codec_tag:
