@@ -37,11 +37,13 @@ from azure.storage.blob import BlobPrefix, ContainerClient, ContentSettings, Exp
 from storage.base import (
     ErrorKind,
     Progress,
+    ProgressRelay,
     RemoteFile,
     Storage,
     StorageError,
     StorageLocation,
     content_type,
+    env_int,
     safe_name,
     safe_relative_path,
 )
@@ -61,48 +63,12 @@ _DENIED_CODES = {
 }
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
-class _Stop(Exception):
-    """Raised inside a transfer thread to abort it when the progress callback raised."""
-
-
-class _ProgressRelay:
-    """The SDK's progress hook (current, total) may run in worker threads; this forwards to the
-    caller's callback under a lock and keeps an exception it raised (a cancellation) to re-raise
-    it in the calling thread."""
-
-    def __init__(self, total: int, progress: Progress | None):
-        self.total = total
-        self.progress = progress
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self, current: int, _total: int | None) -> None:
-        with self._lock:
-            if self.error is not None:
-                raise _Stop()
-            if self.progress:
-                try:
-                    self.progress(min(current, self.total), self.total)
-                except BaseException as error:  # re-raised in the caller by reraise()
-                    self.error = error
-                    raise _Stop() from None
-
-    def reraise(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
 class AzureBlobStorage(Storage):
     """A folder (name prefix) of an Azure Blob Storage container."""
 
     provider = "AzureBlob"
-    max_single_put_size: ClassVar[int] = _env_int("VIPE_AZURE_SINGLE_PUT_SIZE", 64 * MiB)
-    max_block_size: ClassVar[int] = _env_int("VIPE_AZURE_BLOCK_SIZE", 8 * MiB)
+    max_single_put_size: ClassVar[int] = env_int("VIPE_AZURE_SINGLE_PUT_SIZE", 64 * MiB)
+    max_block_size: ClassVar[int] = env_int("VIPE_AZURE_BLOCK_SIZE", 8 * MiB)
     max_concurrency: ClassVar[int] = 4
     # Attempts per request made by the SDK's retry policy (1 = no SDK retry), and its backoff.
     sdk_attempts: ClassVar[int] = 3
@@ -180,12 +146,12 @@ class AzureBlobStorage(Storage):
     def download_file(self, name: str, target: Path, progress: Progress | None = None) -> None:
         blob = self.client().get_blob_client(self.blob_name(safe_name(name)))
         partial = target.with_name(f".{target.name}.partial")
-        relay = _ProgressRelay(0, progress)
+        relay = ProgressRelay(0, progress)
         try:
             with open(partial, "wb") as file:
                 # Ranged chunks in parallel; a chunk whose stream breaks is fetched again.
                 stream = blob.download_blob(
-                    max_concurrency=self.max_concurrency, progress_hook=relay
+                    max_concurrency=self.max_concurrency, progress_hook=relay.report
                 )
                 relay.total = stream.size
                 stream.readinto(file)
@@ -203,7 +169,7 @@ class AzureBlobStorage(Storage):
     def upload_file(self, source: Path, name: str, progress: Progress | None = None) -> None:
         blob = self.client().get_blob_client(self.blob_name(safe_relative_path(name)))
         size = source.stat().st_size
-        relay = _ProgressRelay(size, progress)
+        relay = ProgressRelay(size, progress)
         try:
             with open(source, "rb") as file:
                 # Above max_single_put_size: staged blocks in parallel, committed at the end, so
@@ -214,7 +180,7 @@ class AzureBlobStorage(Storage):
                     overwrite=True,
                     max_concurrency=self.max_concurrency,
                     content_settings=ContentSettings(content_type=content_type(name)),
-                    progress_hook=relay,
+                    progress_hook=relay.report,
                 )
         except Exception as error:
             relay.reraise()
@@ -234,12 +200,7 @@ class AzureBlobStorage(Storage):
     # -- errors ------------------------------------------------------------------------------
 
     def _error(self, what: str, error: BaseException) -> StorageError:
-        kind, retryable, reason = _classify(error)
-        message = f"{self.describe()}: {what}: {reason}"
-        secret = self.location.credentials_secret
-        if secret and secret in message:  # belt and braces: never echo the secret
-            message = message.replace(secret, "***")
-        return StorageError(message, kind, retryable=retryable)
+        return self.failure(what, *_classify(error))
 
 
 def _parse(uri: str) -> tuple[str, str, str, str]:

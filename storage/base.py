@@ -9,7 +9,9 @@ file operations each provider implements.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -94,6 +96,53 @@ def safe_relative_path(path: str) -> str:
     return path
 
 
+def env_int(name: str, default: int) -> int:
+    """An integer setting from the environment (e.g. a multipart threshold)."""
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+class TransferStopped(Exception):
+    """Raised inside an SDK's transfer thread to abort it when the progress callback raised."""
+
+
+class ProgressRelay:
+    """A progress hook for SDKs that report from their worker threads: forwards (done, total)
+    to the caller's callback under a lock, and keeps an exception it raised (a cancellation)
+    so that `reraise()` raises it again in the calling thread."""
+
+    def __init__(self, total: int, progress: Progress | None):
+        self.total = total
+        self.progress = progress
+        self.done = 0
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def report(self, done: int, _total: int | None = None) -> None:
+        """Bytes done so far (absolute); the shape of Azure's `progress_hook`."""
+        self._advance(lambda _: done)
+
+    def add(self, increment: int) -> None:
+        """Bytes done since the last call (negative when a part is sent again)."""
+        self._advance(lambda done: done + increment)
+
+    def _advance(self, to: Callable[[int], int]) -> None:
+        with self._lock:
+            if self.error is not None:
+                raise TransferStopped()
+            self.done = max(0, min(self.total, to(self.done)))
+            if self.progress:
+                try:
+                    self.progress(self.done, self.total)
+                except BaseException as error:  # re-raised in the caller by reraise()
+                    self.error = error
+                    raise TransferStopped() from None
+
+    def reraise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 class Storage(ABC):
     """One folder of one storage provider."""
 
@@ -107,6 +156,15 @@ class Storage(ABC):
 
     def describe(self) -> str:
         return f"{self.provider} {self.location.uri}"
+
+    def failure(self, what: str, kind: ErrorKind, retryable: bool, reason: str) -> StorageError:
+        """A StorageError naming the provider, the location and what failed; the secret is
+        masked should a library ever have put it into the reason."""
+        message = f"{self.describe()}: {what}: {reason}"
+        secret = self.location.credentials_secret
+        if secret and secret in message:
+            message = message.replace(secret, "***")
+        return StorageError(message, kind, retryable=retryable)
 
     # -- the four operations every provider implements -------------------------------------
 

@@ -365,12 +365,7 @@ class FtpsStorage(Storage):
     # -- errors ------------------------------------------------------------------------------
 
     def _error(self, what: str, error: BaseException, *, perm: ErrorKind) -> StorageError:
-        kind, retryable, reason = _classify(error, perm)
-        message = f"{self.describe()}: {what}: {reason}"
-        secret = self.location.credentials_secret
-        if secret and secret in message:  # belt and braces: never echo the secret
-            message = message.replace(secret, "***")
-        return StorageError(message, kind, retryable=retryable)
+        return self.failure(what, *_classify(error, perm))
 
 
 def _classify(error: BaseException, perm: ErrorKind) -> tuple[ErrorKind, bool, str]:

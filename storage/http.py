@@ -186,12 +186,7 @@ class HttpStorage(Storage):
     # -- errors ------------------------------------------------------------------------------
 
     def _error(self, what: str, error: BaseException) -> StorageError:
-        kind, retryable, reason = _classify(error)
-        message = f"{self.describe()}: {what}: {reason}"
-        secret = self.location.credentials_secret
-        if secret and secret in message:  # belt and braces: never echo the secret
-            message = message.replace(secret, "***")
-        return StorageError(message, kind, retryable=retryable)
+        return self.failure(what, *_classify(error))
 
 
 def _total_size(answer: http.client.HTTPResponse) -> int | None:

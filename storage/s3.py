@@ -42,11 +42,13 @@ from botocore.config import Config
 from storage.base import (
     ErrorKind,
     Progress,
+    ProgressRelay,
     RemoteFile,
     Storage,
     StorageError,
     StorageLocation,
     content_type,
+    env_int,
     safe_name,
     safe_relative_path,
 )
@@ -94,51 +96,13 @@ _TRANSIENT_CODES = {
 }
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
-class _Stop(Exception):
-    """Raised inside a transfer thread to abort it when the progress callback raised."""
-
-
-class _ProgressRelay:
-    """boto3's transfer callbacks come from worker threads with byte increments (negative when a
-    part is retried); this sums them and forwards (done, total) under a lock. An exception from
-    the caller's callback (a cancellation) is kept and re-raised in the calling thread."""
-
-    def __init__(self, total: int, progress: Progress | None):
-        self.total = total
-        self.progress = progress
-        self.done = 0
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self, increment: int) -> None:
-        with self._lock:
-            if self.error is not None:
-                raise _Stop()
-            self.done = max(0, min(self.total, self.done + increment))
-            if self.progress:
-                try:
-                    self.progress(self.done, self.total)
-                except BaseException as error:  # re-raised in the caller by reraise()
-                    self.error = error
-                    raise _Stop() from None
-
-    def reraise(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
 class S3Storage(Storage):
     """A folder (key prefix) of an Amazon S3 bucket."""
 
     provider = "AmazonS3"
     # Managed-transfer settings; S3 itself requires parts of at least 5 MiB (boto3 enforces it).
-    multipart_threshold: ClassVar[int] = _env_int("VIPE_S3_MULTIPART_THRESHOLD", 64 * MiB)
-    multipart_chunksize: ClassVar[int] = _env_int("VIPE_S3_MULTIPART_CHUNKSIZE", 16 * MiB)
+    multipart_threshold: ClassVar[int] = env_int("VIPE_S3_MULTIPART_THRESHOLD", 64 * MiB)
+    multipart_chunksize: ClassVar[int] = env_int("VIPE_S3_MULTIPART_CHUNKSIZE", 16 * MiB)
     max_concurrency: ClassVar[int] = 4
     # botocore standard retry mode: attempts in total for one request (1 = no SDK retry).
     sdk_attempts: ClassVar[int] = 3
@@ -294,12 +258,12 @@ class S3Storage(Storage):
             size = int(client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
         except Exception as error:
             raise self._error(f"cannot read {name}", error) from None
-        relay = _ProgressRelay(size, progress)
+        relay = ProgressRelay(size, progress)
         try:
             # Ranged, parallel GETs written to a temporary file that is renamed at the end;
             # a part whose stream breaks is fetched again.
             client.download_file(
-                self.bucket, key, str(target), Callback=relay, Config=self._transfer_config()
+                self.bucket, key, str(target), Callback=relay.add, Config=self._transfer_config()
             )
         except Exception as error:
             relay.reraise()
@@ -312,7 +276,7 @@ class S3Storage(Storage):
         key = self.key(safe_relative_path(name))
         client = self.client()
         size = source.stat().st_size
-        relay = _ProgressRelay(size, progress)
+        relay = ProgressRelay(size, progress)
         try:
             # Multipart above the threshold, parts in parallel; a failed multipart upload is
             # aborted by boto3 so no orphaned parts are billed.
@@ -321,7 +285,7 @@ class S3Storage(Storage):
                 self.bucket,
                 key,
                 ExtraArgs={"ContentType": content_type(name)},
-                Callback=relay,
+                Callback=relay.add,
                 Config=self._transfer_config(),
             )
         except Exception as error:
@@ -341,12 +305,7 @@ class S3Storage(Storage):
     # -- errors ------------------------------------------------------------------------------
 
     def _error(self, what: str, error: BaseException) -> StorageError:
-        kind, retryable, reason = _classify(error)
-        message = f"{self.describe()}: {what}: {reason}"
-        secret = self.location.credentials_secret
-        if secret and secret in message:  # belt and braces: never echo the secret
-            message = message.replace(secret, "***")
-        return StorageError(message, kind, retryable=retryable)
+        return self.failure(what, *_classify(error))
 
 
 class S3CompatibleStorage(S3Storage):
