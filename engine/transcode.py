@@ -119,7 +119,7 @@ class EncodedTrack:
     quality: RenditionQuality | None = None  # video, when the plan asks for metrics
 
 
-def boundary_frames(frame_count_hint: int, frame_rate: Fraction, segment_seconds: float):
+def boundary_frames(frame_rate: Fraction, segment_seconds: float):
     """Frame indices that start a segment: the frame nearest to each multiple of the segment
     length (exact rational arithmetic, so every rendition agrees). Nearest, not the first at or
     after: the packager cuts at the key frame within half a frame of each boundary, which for a
@@ -128,11 +128,28 @@ def boundary_frames(frame_count_hint: int, frame_rate: Fraction, segment_seconds
     step = Fraction(segment_seconds).limit_denominator(1000)
     n = 0
     while True:
-        index = math.floor(n * step * frame_rate + Fraction(1, 2))
-        if frame_count_hint and index > frame_count_hint * 2 + 1000:
-            return
-        yield index
+        yield math.floor(n * step * frame_rate + Fraction(1, 2))
         n += 1
+
+
+class _OutputClock:
+    """Numbers the output frames (pts = index at the constant output rate) and says which
+    start a segment (those become IDR frames in every rung)."""
+
+    def __init__(self, frame_rate: Fraction, segment_seconds: float):
+        self.frame_rate = frame_rate
+        self.index = 0
+        self._boundaries = boundary_frames(frame_rate, segment_seconds)
+        self._next = next(self._boundaries)
+
+    def stamp(self, frame: av.VideoFrame) -> bool:
+        """Give `frame` the next output timestamp; True when it must be a key frame."""
+        keyframe = self.index == self._next
+        if keyframe:
+            self._next = next(self._boundaries)
+        frame.pts, frame.time_base = self.index, 1 / self.frame_rate
+        self.index += 1
+        return keyframe
 
 
 def transcode(
@@ -320,16 +337,14 @@ def _transcode_file(
             if stream.type == "audio":
                 stream.thread_type = "AUTO"
 
-        boundaries = boundary_frames(0, plan.frame_rate, plan.segment_seconds)
-        next_boundary = next(boundaries)
-        frame_index = 0
+        clock = _OutputClock(plan.frame_rate, plan.segment_seconds)
         video_start: float | None = start_override
         pending_audio: list[tuple[av.AudioFrame, int]] = []
 
         def audio_limit() -> int | None:
             if video_stream is None:
                 return audio_target
-            return round(frame_index * AUDIO_RATE / plan.frame_rate)
+            return round(clock.index * AUDIO_RATE / plan.frame_rate)
 
         def feed_audio(frame: av.AudioFrame, stream_index: int) -> None:
             for pipe in audio_pipes:
@@ -350,14 +365,8 @@ def _transcode_file(
                             feed_audio(audio_frame, index)
                         pending_audio.clear()
                     for prepared in preparer.prepare(frame):
-                        keyframe = frame_index == next_boundary
-                        if keyframe:
-                            next_boundary = next(boundaries)
-                        prepared.pts = frame_index
-                        prepared.time_base = 1 / plan.frame_rate
-                        _encode_all(rungs, prepared, keyframe, failed, warn)
-                        frame_index += 1
-                    tracker.update(frame_index / plan.frame_rate)
+                        _encode_all(rungs, prepared, clock.stamp(prepared), failed, warn)
+                    tracker.update(clock.index / plan.frame_rate)
                 elif video_start is None and video_stream is not None:
                     pending_audio.append((frame, packet.stream.index))  # wait for video start
                 else:
@@ -366,16 +375,10 @@ def _transcode_file(
                         tracker.update(float(frame.time))
         if preparer:
             for prepared in preparer.flush():
-                keyframe = frame_index == next_boundary
-                if keyframe:
-                    next_boundary = next(boundaries)
-                prepared.pts = frame_index
-                prepared.time_base = 1 / plan.frame_rate
-                _encode_all(rungs, prepared, keyframe, failed, warn)
-                frame_index += 1
+                _encode_all(rungs, prepared, clock.stamp(prepared), failed, warn)
         for audio_frame, index in pending_audio:  # a video file whose video never decoded
             feed_audio(audio_frame, index)
-        if video_outputs and frame_index == 0:
+        if video_outputs and clock.index == 0:
             raise SourceError(f"{path.name}: no video frame could be decoded")
         # A file cut short after its index (MP4 with the moov first) demuxes without an error;
         # its sample count says what is missing.
@@ -385,7 +388,7 @@ def _transcode_file(
                 f"{path.name}: the file is truncated: {video_packets} of its {declared} video "
                 "frames are there"
             )
-        video_results = _close_all(rungs, frame_index, failed, warn)
+        video_results = _close_all(rungs, clock.index, failed, warn)
         rungs = []
         audio_results = []
         for pipe in audio_pipes:
