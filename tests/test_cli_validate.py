@@ -50,3 +50,21 @@ def test_malformed_json_exits_2(tmp_path, capsys):
     path.write_text("{not json")
     assert main(["validate", str(path)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_certificate_prints_the_key_that_jobs_are_protected_with(tmp_path, capsys):
+    """`vipe certificate` prints base64 DER; a secret encrypted with it decrypts with the
+    data folder's key, and the same certificate comes back on the next call."""
+    import base64
+
+    from cryptography import x509
+
+    from drm.credentials import ServiceKey, encrypt_for_certificate
+
+    assert main(["certificate", "--data-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.strip()
+    x509.load_der_x509_certificate(base64.b64decode(printed))
+    secret = encrypt_for_certificate("s3cret", printed)
+    assert ServiceKey.load_or_create(tmp_path).decrypt(secret, "Field") == "s3cret"
+    assert main(["certificate", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == printed
