@@ -1,5 +1,5 @@
-"""`vipe validate`: exit 0 for a valid job, 2 for an invalid one, every problem printed with its
-JSON path; `--strict` turns unknown properties into errors."""
+"""The small CLI commands. `vipe validate`: exit 0 for a valid job, 2 for an invalid one, every
+problem printed with its JSON path, `--strict` for unknown properties; `vipe certificate`."""
 
 from __future__ import annotations
 
