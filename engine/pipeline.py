@@ -8,6 +8,7 @@ into `FinalError`. `run_job` is the documented entry point for programs that emb
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -229,12 +230,16 @@ class JobRunner:
         self.hub = open_hub(self.job, self.service_key, job_id=self.context.job_id)
         self.events.sinks.append(self.hub)
         job = self.job
-        source = self._storage(job.content_acquisition, "ContentAcquisition")
-        target = self._storage(job.content_publishing, "ContentPublishing")
-        _check_output_access(target)
-        if job.image_extraction is not None:
-            self._check_image_location(job.image_extraction.location)
-        keys = self.given_keys if self.given_keys is not None else self.resolve_keys()
+        with contextlib.ExitStack() as opened:  # closed here if this phase fails
+            source = self._storage(job.content_acquisition, "ContentAcquisition")
+            opened.callback(source.close)
+            target = self._storage(job.content_publishing, "ContentPublishing")
+            opened.callback(target.close)
+            _check_output_access(target)
+            if job.image_extraction is not None:
+                self._check_image_location(job.image_extraction.location)
+            keys = self.given_keys if self.given_keys is not None else self.resolve_keys()
+            opened.pop_all()  # from here on the run closes them
         created = job_created_fields(job, self.checked.warnings)
         if keys is not None:  # the key ids, as `POST /Job` answers them (contract §1)
             ids = [str(kid) for kid in keys.key_ids]
