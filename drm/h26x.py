@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 # How many escaped bytes to unescape for a slice header before falling back to the whole NAL
 # unit: headers are tens of bytes (more with many entry points), NAL units up to megabytes.
@@ -229,14 +230,58 @@ def _skip_h264_scaling_list(r: BitReader, size: int) -> None:
         last = last if nxt == 0 else nxt
 
 
-class H264Parser:
-    """Active H.264 parameter sets and slice header lengths."""
+class _ParameterSetParser:
+    """What the H.264 and H.265 parsers share: remembering the SPS and PPS they meet, by id."""
 
-    nal_header_size = 1
+    codec: ClassVar[str]
+    nal_header_size: ClassVar[int]
+    sps_type: ClassVar[int]
+    pps_type: ClassVar[int]
 
     def __init__(self) -> None:
-        self.sps: dict[int, H264Sps] = {}
-        self.pps: dict[int, H264Pps] = {}
+        self.sps: dict[int, Any] = {}
+        self.pps: dict[int, Any] = {}
+
+    @staticmethod
+    def nal_type(nal: bytes | memoryview) -> int:
+        raise NotImplementedError
+
+    def _own_layer(self, nal: bytes | memoryview) -> bool:
+        """False for a parameter set of another layer (scalable/multi-view streams)."""
+        return True
+
+    def process(self, nal: bytes | memoryview) -> None:
+        """Remember the SPS or PPS in `nal`; other NAL units are ignored."""
+        kind = self.nal_type(nal)
+        if kind not in (self.sps_type, self.pps_type) or not self._own_layer(nal):
+            return
+        reader = BitReader(unescape(memoryview(nal)[self.nal_header_size :])[0])
+        name = "SPS" if kind == self.sps_type else "PPS"
+        try:
+            if kind == self.sps_type:
+                identifier, sps = self._parse_sps(reader)
+                self.sps[identifier] = sps
+            else:
+                identifier, pps = self._parse_pps(reader)
+                self.pps[identifier] = pps
+        except EOFError:
+            raise BitstreamError(f"{self.codec} {name} is truncated") from None
+
+    def _parse_sps(self, r: BitReader) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    def _parse_pps(self, r: BitReader) -> tuple[int, Any]:
+        raise NotImplementedError
+
+
+class H264Parser(_ParameterSetParser):
+    """Active H.264 parameter sets and slice header lengths."""
+
+    codec = "H.264"
+    nal_header_size = 1
+    sps_type, pps_type = 7, 8
+    sps: dict[int, H264Sps]
+    pps: dict[int, H264Pps]
 
     @staticmethod
     def nal_type(nal: bytes | memoryview) -> int:
@@ -245,23 +290,6 @@ class H264Parser:
     def is_vcl(self, nal: bytes | memoryview) -> bool:
         """A coded slice NAL unit (types 1–5, and the 20/21 extensions, refused later)."""
         return 1 <= self.nal_type(nal) <= 5 or self.nal_type(nal) in (20, 21)
-
-    def process(self, nal: bytes | memoryview) -> None:
-        """Remember the SPS or PPS in `nal`; other NAL units are ignored."""
-        kind = self.nal_type(nal)
-        if kind not in (7, 8):
-            return
-        rbsp, _ = unescape(memoryview(nal)[1:])
-        reader = BitReader(rbsp)
-        try:
-            if kind == 7:
-                identifier, sps = self._parse_sps(reader)
-                self.sps[identifier] = sps
-            else:
-                identifier, pps = self._parse_pps(reader)
-                self.pps[identifier] = pps
-        except EOFError:
-            raise BitstreamError(f"H.264 {'SPS' if kind == 7 else 'PPS'} is truncated") from None
 
     def _parse_sps(self, r: BitReader) -> tuple[int, H264Sps]:
         profile_idc = r.u(8)
@@ -614,14 +642,14 @@ def _parse_st_rps(r: BitReader, index: int, sets: list[ShortTermRps]) -> ShortTe
     return rps
 
 
-class H265Parser:
+class H265Parser(_ParameterSetParser):
     """Active H.265 parameter sets and slice segment header lengths."""
 
+    codec = "H.265"
     nal_header_size = 2
-
-    def __init__(self) -> None:
-        self.sps: dict[int, H265Sps] = {}
-        self.pps: dict[int, H265Pps] = {}
+    sps_type, pps_type = 33, 34
+    sps: dict[int, H265Sps]
+    pps: dict[int, H265Pps]
 
     @staticmethod
     def nal_type(nal: bytes | memoryview) -> int:
@@ -630,24 +658,9 @@ class H265Parser:
     def is_vcl(self, nal: bytes | memoryview) -> bool:
         return self.nal_type(nal) < 32
 
-    def process(self, nal: bytes | memoryview) -> None:
-        """Remember the SPS or PPS in `nal`; other NAL units are ignored."""
-        kind = self.nal_type(nal)
-        if kind not in (33, 34) or len(nal) < 3:
-            return
-        if (nal[0] & 1) or (nal[1] >> 3):  # nuh_layer_id > 0: another layer's parameter set
-            return
-        rbsp, _ = unescape(memoryview(nal)[2:])
-        reader = BitReader(rbsp)
-        try:
-            if kind == 33:
-                identifier, sps = self._parse_sps(reader)
-                self.sps[identifier] = sps
-            else:
-                identifier, pps = self._parse_pps(reader)
-                self.pps[identifier] = pps
-        except EOFError:
-            raise BitstreamError(f"H.265 {'SPS' if kind == 33 else 'PPS'} is truncated") from None
+    def _own_layer(self, nal: bytes | memoryview) -> bool:
+        # nuh_layer_id 0 (a unit too short to hold one is skipped, as before)
+        return len(nal) >= 3 and not ((nal[0] & 1) or (nal[1] >> 3))
 
     def _parse_sps(self, r: BitReader) -> tuple[int, H265Sps]:
         r.skip(4)  # sps_video_parameter_set_id
