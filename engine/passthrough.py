@@ -32,7 +32,7 @@ MAX_GOP_SECONDS = 5.0
 
 
 def prepare_renditions(runner: JobRunner, media: MediaMap) -> Encoded:
-    from engine.pipeline import Encoded
+    from engine.pipeline import Encoded, video_rendition_fields
 
     processing = runner.processing
     folder = runner.workdir / "encode"
@@ -87,17 +87,7 @@ def prepare_renditions(runner: JobRunner, media: MediaMap) -> Encoded:
     runner.context.facts.encoded_duration = duration
     runner.events.emit(
         "VideoEncodingStarted",
-        Renditions=[
-            {
-                "Name": r.name,
-                "Width": r.width,
-                "Height": r.height,
-                "BitrateInKbps": r.bitrate_kbps,
-                "Codec": r.codec,
-                "File": r.source.name,
-            }
-            for r in renditions
-        ],
+        Renditions=[video_rendition_fields(r, File=r.source.name) for r in renditions],
         Encoder="copy",
     )
     runner.events.progress("EncodingProgress", 100)

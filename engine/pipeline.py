@@ -420,14 +420,7 @@ class JobRunner:
         self.events.emit(
             "VideoEncodingStarted",
             Renditions=[
-                {
-                    "Name": r.name,
-                    "Width": r.width,
-                    "Height": r.height,
-                    "BitrateInKbps": r.bitrate_kbps,
-                    "Codec": r.codec,
-                    "Encoder": o.encoder.name,
-                }
+                video_rendition_fields(r, Encoder=o.encoder.name)
                 for r, o in zip(renditions, outputs, strict=True)
             ]
             + [
@@ -934,6 +927,18 @@ def _stream_json(stream, encoder: str | None = None, metrics=None) -> dict[str, 
     if metrics is not None:  # QualityMetrics: Psnr, PsnrY, Ssim, Vmaf (engine.quality)
         fields.update(metrics.stream_fields())
     return fields
+
+
+def video_rendition_fields(rendition: VideoRendition, **extra: Any) -> dict[str, Any]:
+    """A planned video rendition as `VideoEncodingStarted` lists it."""
+    return {
+        "Name": rendition.name,
+        "Width": rendition.width,
+        "Height": rendition.height,
+        "BitrateInKbps": rendition.bitrate_kbps,
+        "Codec": rendition.codec,
+        **extra,
+    }
 
 
 def job_created_fields(job: Job, warnings) -> dict[str, Any]:
