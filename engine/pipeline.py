@@ -774,7 +774,7 @@ def _check_output_access(storage: Storage) -> None:
     """Fail before the encode, not after it, when the output storage refuses or cannot be
     reached; a folder that does not exist yet is fine (publishing creates it)."""
     try:
-        storage.list_files()
+        storage.check_access()
     except StorageError as error:
         if error.kind in ("denied", "unreachable"):
             raise storage_error_to_engine(error, publishing=True) from None

@@ -143,6 +143,17 @@ class AzureBlobStorage(Storage):
             raise self._error("cannot list the folder", error) from None
         return files
 
+    def check_access(self) -> None:
+        try:  # the first page of one blob is enough to prove the container answers
+            pages = (
+                self.client()
+                .list_blobs(name_starts_with=self.prefix or None, results_per_page=1)
+                .by_page()
+            )
+            next(pages, None)
+        except Exception as error:
+            raise self._error("cannot list the folder", error) from None
+
     def download_file(self, name: str, target: Path, progress: Progress | None = None) -> None:
         blob = self.client().get_blob_client(self.blob_name(safe_name(name)))
         partial = target.with_name(f".{target.name}.partial")

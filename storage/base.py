@@ -185,6 +185,11 @@ class Storage(ABC):
     def delete_file(self, name: str) -> None:
         """Delete `name` (a relative path); deleting a missing file is not an error."""
 
+    def check_access(self) -> None:
+        """Raise StorageError when the folder cannot be reached or read with these credentials.
+        Providers whose listing is paged override this to read one small page only."""
+        self.list_files()
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -251,6 +251,12 @@ class S3Storage(Storage):
             raise self._error("cannot list the folder", error) from None
         return files
 
+    def check_access(self) -> None:
+        try:  # one key is enough to prove the bucket answers these credentials
+            self.client().list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except Exception as error:
+            raise self._error("cannot list the folder", error) from None
+
     def download_file(self, name: str, target: Path, progress: Progress | None = None) -> None:
         key = self.key(safe_name(name))
         client = self.client()

@@ -52,6 +52,7 @@ pytest_plugins = ["servers"]  # the server fixtures
 # One rung at the source's own size; 1 s segments give two segments per track.
 LADDER = [{"Height": 90, "BitrateInKbps": 150}]
 SECRET_LIKE = "ThisIs-Not-The-Key-0123456789"  # a wrong secret, distinctive enough to grep for
+WRONG_AZURE_KEY = "V3Jvbmcta2V5LW5vdC10aGUtYWNjb3VudC1rZXktMDEyMzQ1Njc4OQ=="  # base64
 
 
 @pytest.fixture(autouse=True)
@@ -389,7 +390,7 @@ def test_wrong_input_credentials_are_denied(
     """2002 for S3, Azure and FTPS; the message names the provider and the location, never the
     secret (one of them Encrypted: neither the clear secret nor its ciphertext shows)."""
     protect = protector(tmp_path)
-    wrong_azure_key = "V3Jvbmcta2V5LW5vdC10aGUtYWNjb3VudC1rZXktMDEyMzQ1Njc4OQ=="  # base64
+    wrong_azure_key = WRONG_AZURE_KEY
     targets = {
         "S3Compatible": s3_target(moto_server, s3_bucket, secret=SECRET_LIKE),
         "AzureBlob": azure_target(azurite_server, azure_container, key=wrong_azure_key),
@@ -452,7 +453,7 @@ def test_missing_bucket_container_and_empty_folders(
 
 
 def test_wrong_output_credentials_fail_before_the_encode(
-    moto_server, s3_bucket, ftp_explicit, source, tmp_path
+    moto_server, s3_bucket, azurite_server, azure_container, ftp_explicit, source, tmp_path
 ):
     """4302 in Pre-Validation for an output that refuses the credentials: the job stops
     before acquiring and encoding anything, and the secret shows nowhere."""
@@ -461,6 +462,7 @@ def test_wrong_output_credentials_fail_before_the_encode(
     (root / "in" / "movie.mp4").write_bytes(source.read_bytes())
     for provider, target in {
         "S3Compatible": s3_target(moto_server, s3_bucket, secret=SECRET_LIKE),
+        "AzureBlob": azure_target(azurite_server, azure_container, key=WRONG_AZURE_KEY),
         "Ftps": ftp_target(ftp_explicit, password=SECRET_LIKE),
     }.items():
         job = make_job(local_object(root / "in"), storage_object(target))
@@ -472,7 +474,8 @@ def test_wrong_output_credentials_fail_before_the_encode(
         assert error["ErrorMessage"].startswith(provider), error
         names = [e["MessageType"] for e in events]
         assert "ContentAcquired" not in names and "VideoEncodingStarted" not in names
-        assert SECRET_LIKE not in json.dumps(events) + json.dumps(report)
+        for secret in (SECRET_LIKE, WRONG_AZURE_KEY):
+            assert secret not in json.dumps(events) + json.dumps(report)
 
 
 def test_refused_image_location_fails_before_the_encode(ftp_explicit, source, tmp_path):
