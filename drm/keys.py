@@ -1,8 +1,7 @@
-"""Content keys and where they come from (contract §5.2).
+"""Content keys: `ContentKey`, `KeySet` and what a Key Service returned with them.
 
-`keys_from_job` turns the DRM settings of a job's `ContentProcessing` into a `KeySet`: the key
-in the job (`Base64Key`), the key protected with the service certificate (`Encrypted`), or keys
-from a Key Service speaking CPIX (`Managed`, see `drm.cpix`).
+Where keys come from (the job JSON, a Key Service) is `engine.keys`: this library knows no
+job paths.
 
 Key material never reaches a log line, an exception text, a repr or a str: `ContentKey` shows
 its key id only, and every error names the field or the Key Service, never a value.
@@ -10,18 +9,10 @@ its key id only, and every error names the field or the Key Service, never a val
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from drm.credentials import CredentialsError
-
-if TYPE_CHECKING:
-    from drm.credentials import ServiceKey
 
 log = logging.getLogger(__name__)
 
@@ -167,173 +158,3 @@ class KeySet:
         return f"KeySet(multi_key={self.multi_key}, keys={list(self.keys)!r})"
 
     __str__ = __repr__
-
-
-# ------------------------------------------------------------------------------ key sources
-
-
-def keys_from_job(
-    processing: Any,
-    service_key: ServiceKey | None,
-    quality_groups: Iterable[str],
-    content_id: str,
-    *,
-    ca_file: str | None = None,
-    timeout: float = 10.0,
-    attempts: int = 4,
-    backoff: float = 0.5,
-) -> KeySet | None:
-    """Resolve the content keys of a job's `ContentProcessing` (None when DrmProtection is None).
-
-    `service_key` decrypts `Encrypted` keys and protected `DrmManaged` secrets.
-    `quality_groups` are the groups the job's renditions use (multi-key asks one key for each;
-    an empty set means "not known yet" and asks for all five). `content_id` is the CPIX
-    `contentId` when the job gives no `KeySeedId` (the job id, typically). The keyword
-    arguments go to the CPIX client (`ca_file`: a CA bundle for the Key Service's TLS
-    certificate; the environment variable `VIPE_CPIX_CA_FILE` does the same).
-    """
-    mode = str(processing.drm_protection)
-    if mode == "None":
-        return None
-    if mode == "Base64Key":
-        key = _key_from_base64(processing)
-        log.info("content key %s from the job (Base64Key)", key.key_id)
-        return KeySet.single(key)
-    if mode == "Encrypted":
-        key = _key_from_encrypted(processing, service_key)
-        log.info("content key %s from the job (Encrypted)", key.key_id)
-        return KeySet.single(key)
-    if mode == "Managed":
-        return _keys_from_key_service(
-            processing,
-            service_key,
-            quality_groups,
-            content_id,
-            ca_file=ca_file,
-            timeout=timeout,
-            attempts=attempts,
-            backoff=backoff,
-        )
-    raise DrmKeyError("ContentProcessing.DrmProtection", f"unknown mode {mode}")
-
-
-def _key_id(processing: Any) -> uuid.UUID:
-    if not processing.key_id:
-        raise DrmKeyError("ContentProcessing.KeyId", "required for this DrmProtection")
-    try:
-        return uuid.UUID(str(processing.key_id))
-    except ValueError:
-        raise DrmKeyError("ContentProcessing.KeyId", "is not a GUID") from None
-
-
-def _reveal(value: Any) -> str | None:
-    """The clear text of a pydantic SecretStr (or a plain string)."""
-    if value is None:
-        return None
-    getter = getattr(value, "get_secret_value", None)
-    return getter() if getter else str(value)
-
-
-def _key_from_base64(processing: Any) -> ContentKey:
-    field_name = "ContentProcessing.ContentKey"
-    text = _reveal(processing.content_key)
-    if not text:
-        raise DrmKeyError(field_name, "required when DrmProtection is Base64Key")
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise DrmKeyError(field_name, "is not valid base64") from None
-    if len(key) != KEY_SIZE:
-        raise DrmKeyError(field_name, f"must decode to 16 bytes (AES-128), not {len(key)}")
-    return ContentKey(_key_id(processing), key)
-
-
-def _key_from_encrypted(processing: Any, service_key: ServiceKey | None) -> ContentKey:
-    field_name = "ContentProcessing.ContentKey"
-    text = _reveal(processing.content_key)
-    if not text:
-        raise DrmKeyError(field_name, "required when DrmProtection is Encrypted")
-    if service_key is None:
-        raise DrmKeyError(field_name, "is Encrypted but no service key is loaded to decrypt it")
-    try:
-        ciphertext = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise DrmKeyError(field_name, "is not valid base64 ciphertext") from None
-    try:
-        key = service_key.decrypt_bytes(ciphertext, field_name)
-    except CredentialsError as error:
-        raise DrmKeyError(field_name, error.args[0].split(": ", 1)[-1]) from None
-    if len(key) != KEY_SIZE:
-        raise DrmKeyError(
-            field_name, f"must decrypt to 16 bytes (AES-128), not {len(key)}: wrong plaintext"
-        )
-    return ContentKey(_key_id(processing), key)
-
-
-def _managed_secret(
-    value: Any, field_name: str, protected: bool, service_key: ServiceKey | None
-) -> str | None:
-    text = _reveal(value)
-    if text is None or not protected:
-        return text
-    if service_key is None:
-        raise DrmKeyError(field_name, "is Encrypted but no service key is loaded to decrypt it")
-    try:
-        return service_key.decrypt(text.strip(), field_name)
-    except CredentialsError as error:
-        raise DrmKeyError(field_name, error.args[0].split(": ", 1)[-1]) from None
-
-
-def _keys_from_key_service(
-    processing: Any,
-    service_key: ServiceKey | None,
-    quality_groups: Iterable[str],
-    content_id: str,
-    **client_options: Any,
-) -> KeySet:
-    # Imported here: drm.cpix builds ContentKey objects from this module.
-    from drm.cpix import CpixClient, KeyRequest
-
-    base = "ContentProcessing.DrmManaged"
-    managed = processing.drm_managed
-    if managed is None:
-        raise DrmKeyError(base, "required when DrmProtection is Managed")
-    if not managed.api_url:
-        raise DrmKeyError(f"{base}.ApiUrl", "required when DrmProtection is Managed")
-    if not managed.tenant_id:
-        raise DrmKeyError(f"{base}.TenantId", "required when DrmProtection is Managed")
-    protected = str(managed.keys_protection) == "Encrypted"
-    management_key = _managed_secret(
-        managed.management_key, f"{base}.ManagementKey", protected, service_key
-    )
-    if not management_key:
-        raise DrmKeyError(f"{base}.ManagementKey", "required when DrmProtection is Managed")
-    key_seed_id = _managed_secret(managed.key_seed_id, f"{base}.KeySeedId", protected, service_key)
-
-    groups = _ordered_groups(quality_groups)
-    if managed.multi_key:
-        requests = [KeyRequest(uuid.uuid4(), group) for group in groups]
-    else:
-        requests = [KeyRequest(uuid.uuid4(), None)]
-    client = CpixClient(managed.api_url, managed.tenant_id, management_key, **client_options)
-    keys = client.request_keys(
-        content_id=key_seed_id or content_id,
-        requests=requests,
-        scheme=str(processing.scheme),
-        quality_groups=groups,
-    )
-    if managed.multi_key:
-        return KeySet.per_group(keys)
-    return KeySet.single(keys[0])
-
-
-def _ordered_groups(quality_groups: Iterable[str]) -> list[str]:
-    wanted = {group.upper() for group in quality_groups}
-    unknown = wanted - set(QUALITY_GROUPS)
-    if unknown:
-        raise DrmKeyError(
-            "quality groups", f"unknown {sorted(unknown)}; expected {list(QUALITY_GROUPS)}"
-        )
-    if not wanted:
-        return list(QUALITY_GROUPS)
-    return [group for group in QUALITY_GROUPS if group in wanted]

@@ -7,7 +7,7 @@ vipe certificate         print the certificate that protects secrets in jobs
 vipe report FILE         a job report's quality table; --plot PNG draws its rate–quality chart
 vipe doctor              what this node can encode and decode (exit 1: it cannot encode H.264)
 vipe serve               the HTTPS Encoding API with its job store and worker pool
-vipe worker              run jobs from a Celery broker (VIPE_BROKER_URL; see engine.cluster)
+vipe worker              run jobs from a Celery broker (VIPE_BROKER_URL; see engine.service.cluster)
 vipe tenant add NAME     add a tenant and print its new management key (once)
 vipe tenant list         list the tenants
 vipe tenant remove NAME  remove a tenant
@@ -460,9 +460,9 @@ def _add_server_commands(commands) -> None:
 
 
 def _serve(args) -> int:
-    from engine.api import ServerSettings, serve
-    from engine.auth import AuthSettings
     from engine.config import data_dir
+    from engine.service.api import ServerSettings, serve
+    from engine.service.auth import AuthSettings
 
     if bool(args.cert) != bool(args.key):
         console.print("[red]error[/red]: --cert and --key go together")
@@ -479,7 +479,7 @@ def _serve(args) -> int:
         tenant_claim=args.jwt_tenant_claim,
     )
     if args.log_format == "json":  # one JSON object per line, with the job id
-        from engine.cluster import configure_logging
+        from engine.service.cluster import configure_logging
 
         configure_logging("json", logging.DEBUG if args.verbose else logging.INFO)
     queue_factory = None
@@ -487,7 +487,7 @@ def _serve(args) -> int:
     if broker:  # a cluster: this process stores and enqueues; `vipe worker`s run the jobs
 
         def queue_factory(service):
-            from engine.cluster import CeleryQueue
+            from engine.service.cluster import CeleryQueue
 
             return CeleryQueue(service, broker, gpu_wait_seconds=args.gpu_wait_seconds)
 
@@ -545,8 +545,8 @@ def _add_worker_command(commands) -> None:
 
 
 def _worker(args) -> int:
-    from engine.cluster import WorkerSettings, broker_url, configure_logging, run_worker
     from engine.config import data_dir
+    from engine.service.cluster import WorkerSettings, broker_url, configure_logging, run_worker
 
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
     broker = broker_url(args.broker)
@@ -581,7 +581,7 @@ def _worker(args) -> int:
 
 def _tenant_add(args) -> int:
     from engine.config import data_dir
-    from engine.tenants import TenantError, TenantRegistry
+    from engine.service.tenants import TenantError, TenantRegistry
 
     try:
         key = TenantRegistry(data_dir(args.data_dir)).add(args.name)
@@ -595,7 +595,7 @@ def _tenant_add(args) -> int:
 
 def _tenant_list(args) -> int:
     from engine.config import data_dir
-    from engine.tenants import TenantRegistry
+    from engine.service.tenants import TenantRegistry
 
     for tenant in TenantRegistry(data_dir(args.data_dir)).list():
         print(f"{tenant.name}\t{tenant.created}")
@@ -604,7 +604,7 @@ def _tenant_list(args) -> int:
 
 def _tenant_remove(args) -> int:
     from engine.config import data_dir
-    from engine.tenants import TenantError, TenantRegistry
+    from engine.service.tenants import TenantError, TenantRegistry
 
     try:
         TenantRegistry(data_dir(args.data_dir)).remove(args.name)

@@ -24,9 +24,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from engine.api import ServerSettings, create_app, ensure_tls_certificate, uvicorn_config
-from engine.auth import AuthSettings
-from engine.tenants import TenantRegistry
+from engine.service.api import ServerSettings, create_app, ensure_tls_certificate, uvicorn_config
+from engine.service.auth import AuthSettings
+from engine.service.tenants import TenantRegistry
 
 REPO = Path(__file__).resolve().parent.parent
 ISSUER = "https://id.vipe.test/"

@@ -33,7 +33,7 @@ from api_helpers import REPO, ApiServer, TokenIssuer, job_state, tiny_job, wait_
 from mediagen import make_media
 from sqlalchemy import create_engine, text
 
-from engine.cluster import CeleryQueue, queue_name
+from engine.service.cluster import CeleryQueue, queue_name
 
 POSTGRES_URL = os.environ.get(
     "VIPE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -11,8 +11,8 @@ import pytest
 from api_helpers import AUDIENCE, ISSUER, TokenIssuer
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from engine.auth import Authenticator, AuthSettings, NotAuthorized
-from engine.tenants import TenantError, TenantRegistry, key_hash
+from engine.service.auth import Authenticator, AuthSettings, NotAuthorized
+from engine.service.tenants import TenantError, TenantRegistry, key_hash
 
 
 @pytest.fixture(scope="module")

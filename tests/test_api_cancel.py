@@ -20,7 +20,7 @@ from api_helpers import (
 )
 from mediagen import make_media
 
-from engine.store import JobSealer, Store, database_url
+from engine.service.store import JobSealer, Store, database_url
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_killed_server_resumes_its_running_job(tmp_path, issuer, long_source):
     """SIGKILL while a job encodes: the next start takes the job over and runs it again."""
     data = tmp_path / "data"
     data.mkdir()
-    from engine.tenants import TenantRegistry
+    from engine.service.tenants import TenantRegistry
 
     key = TenantRegistry(data).add("tenant-r")
     port = free_port()
@@ -162,7 +162,7 @@ def test_sigterm_queues_the_running_job_again(tmp_path, issuer, long_source):
     data.mkdir()
     from api_helpers import api_client
 
-    from engine.tenants import TenantRegistry
+    from engine.service.tenants import TenantRegistry
 
     key = TenantRegistry(data).add("tenant-g")
     port = free_port()

@@ -253,7 +253,7 @@ def test_tenant_auth_management_key(server, source, tmp_path):
         job_id = answer.json()["JobId"]
         assert client.get(f"/Job/{job_id}").json()["TenantId"] == "tenant-m"
         wait_final(client, job_id)
-    from engine.tenants import TenantRegistry
+    from engine.service.tenants import TenantRegistry
 
     TenantRegistry(server.data_dir).remove("tenant-m")  # takes effect without a restart
     with server.client(f"Tenant-Auth {key}") as client:

@@ -13,8 +13,8 @@ import pytest
 from api_helpers import tiny_job
 from sqlalchemy import create_engine, inspect, text, update
 
-from engine.service import JobService, ServiceOptions
-from engine.store import (
+from engine.service.jobs import JobService, ServiceOptions
+from engine.service.store import (
     CancelOutcome,
     JobRow,
     JobSealer,
@@ -193,16 +193,16 @@ def test_migrations_are_idempotent(store):
 
 
 def _alembic_head() -> str:
-    """The newest revision among the migrations shipped in engine/migrations."""
+    """The newest revision among the migrations shipped in engine/service/migrations."""
     from pathlib import Path
 
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    import engine
+    import engine.service.migrations as migrations
 
     config = Config()
-    config.set_main_option("script_location", str(Path(engine.__file__).parent / "migrations"))
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     return ScriptDirectory.from_config(config).get_current_head()
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints (engine.checkpoints): a job run again in its work folder skips the phases that
+"""Checkpoints: a job run again in its work folder skips the phases that
 an earlier, crashed attempt finished, and otherwise starts clean; its output is the same as a
 clean run's."""
 
@@ -12,8 +12,8 @@ from cluster_helpers import relative_files
 from mediagen import make_media
 
 import engine.pipeline as pipeline
-from engine.checkpoints import FOLDER, PHASES, Checkpoints
 from engine.pipeline import JobRunner, run_job
+from engine.pipeline.checkpoints import FOLDER, PHASES, Checkpoints
 
 
 class Crash(BaseException):

@@ -40,7 +40,7 @@ from cluster_helpers import (
 )
 from sqlalchemy import update
 
-from engine.store import WorkerRow
+from engine.service.store import WorkerRow
 
 GPU_WAIT = 3.0
 LEASE = 30.0  # long: re-delivery after kill -9 must not wait for it

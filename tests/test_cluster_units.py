@@ -12,7 +12,7 @@ import uuid
 import pytest
 from sqlalchemy import update
 
-from engine.cluster import (
+from engine.service.cluster import (
     JsonFormatter,
     WorkerSettings,
     gpu_workers_alive,
@@ -21,7 +21,7 @@ from engine.cluster import (
     route_for,
     run_worker,
 )
-from engine.store import JobRow, JobSealer, NewJob, Store, WorkerRow
+from engine.service.store import JobRow, JobSealer, NewJob, Store, WorkerRow
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from drm_helpers import DrmRun, assert_no_secret, run_drm_job
 from e2e_helpers import input_folder, make_job
 from mediagen import make_media
 
-import drm.keys
+import engine.keys
 from drm.credentials import ServiceKey, encrypt_for_certificate
 from engine.errors import JobValidationError
 from engine.pipeline import run_job
@@ -108,9 +108,9 @@ def test_key_service_failures_end_the_job_before_it_runs(env, monkeypatch, mode,
     server: CpixServer = env["server"]
     # The engine's CPIX client waits 10 s × 4 attempts; the timeout case needs less here.
     monkeypatch.setattr(
-        drm.keys,
+        engine.keys,
         "keys_from_job",
-        functools.partial(drm.keys.keys_from_job, timeout=0.5, attempts=2, backoff=0.05),
+        functools.partial(engine.keys.keys_from_job, timeout=0.5, attempts=2, backoff=0.05),
     )
     server.mode, server.delay = mode, 2.0
     asked = len(server.requests)

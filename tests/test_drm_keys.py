@@ -11,13 +11,9 @@ import pytest
 from cpix_server import CpixServer, self_signed_certificate
 
 from drm.credentials import ServiceKey, encrypt_for_certificate
-from drm.keys import (
-    ContentKey,
-    DrmKeyError,
-    KeySet,
-    keys_from_job,
-)
+from drm.keys import ContentKey, DrmKeyError, KeySet
 from engine.job import ContentProcessing, DrmManaged
+from engine.keys import keys_from_job
 
 KEY_ID = "1c6f2b9e-0d3a-4c52-9a3e-5f0e8e6d7a21"
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")

@@ -40,7 +40,7 @@ a heartbeat every 2 s; `GET /health` lists those alive.
 - Attempts: each claim counts one; a job whose worker died `--max-attempts` times (default 3)
   ends with FinalError 5000 (a job that kills its worker cannot loop forever). A job handed
   back by a worker that stops gracefully does not use up an attempt.
-- Checkpoints (`engine.checkpoints`): a worker keeps a stable work folder per job id under its
+- Checkpoints (`pipeline.checkpoints`): a worker keeps a stable work folder per job id under its
   data folder; a job that comes back to the same worker skips the phases whose checkpoints are
   complete, anything else starts clean. Publishing is idempotent: the same names are uploaded
   again and overwrite, manifests last.
@@ -94,8 +94,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.cancel import CancelToken
-from engine.service import JobQueue, JobService, ServiceOptions, _Run
-from engine.store import FINISHED, QUEUED, RUNNING, JobRow, Store, utcnow
+from engine.service.jobs import JobQueue, JobService, ServiceOptions, _Run
+from engine.service.store import FINISHED, QUEUED, RUNNING, JobRow, Store, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ class ClusterWorker:
         from celery.exceptions import Reject
 
         from drm.credentials import CERTIFICATE_FILE, KEY_FILE, ServiceKey
-        from engine.store import STORE_KEY_ENV, STORE_KEY_FILE, JobSealer, database_url
+        from engine.service.store import STORE_KEY_ENV, STORE_KEY_FILE, JobSealer, database_url
 
         self.settings = settings
         self._reject = Reject

@@ -1,14 +1,14 @@
-"""Alembic environment: runs on the connection that `engine.migrations.upgrade` hands over."""
+"""Alembic environment: runs on the connection that `migrations.upgrade` hands over."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from engine.store import Base
+from engine.service.store import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only programmatic use is supported
-    raise RuntimeError("run the migrations through engine.migrations.upgrade(engine)")
+    raise RuntimeError("run the migrations through engine.service.migrations.upgrade(engine)")
 
 context.configure(
     connection=connection,

@@ -2,7 +2,7 @@
 
 SQLite file `vipe.db` in the data folder by default; PostgreSQL (or any SQLAlchemy URL) when
 `VIPE_DATABASE_URL` is set. The schema is created and upgraded by Alembic
-(`engine/migrations/`) when the store opens.
+(`engine/service/migrations/`) when the store opens.
 
 Tables:
 
@@ -15,7 +15,7 @@ Tables:
 - `events`: every event of a job, in order (the bodies of contract §8: never a secret).
 - `reports`: the reporting entry of a job (contract §9) and the instant that places it in a
   month (the job's first start, else its creation).
-- `workers`: the registry of `vipe worker` processes (engine.cluster): queues, concurrency,
+- `workers`: the registry of `vipe worker` processes (engine.service.cluster): queues, concurrency,
   capabilities (encoders that open, NVDEC codecs, CPU count), state and heartbeat. A worker
   whose heartbeat is older than a few intervals is taken as gone.
 
@@ -155,7 +155,7 @@ class JobRow(Base):
 
 
 class WorkerRow(Base):
-    """One `vipe worker` process (engine.cluster). `id` is its owner string."""
+    """One `vipe worker` process (engine.service.cluster). `id` is its owner string."""
 
     __tablename__ = "workers"
 
@@ -307,8 +307,8 @@ class Store:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
 
     def migrate(self) -> None:
-        """Create or upgrade the schema (Alembic, `engine/migrations/`)."""
-        from engine.migrations import upgrade
+        """Create or upgrade the schema (Alembic, `engine/service/migrations/`)."""
+        from engine.service.migrations import upgrade
 
         upgrade(self.engine)
 
@@ -526,7 +526,7 @@ class Store:
             "owner": None,
             "heartbeat_at": None,
             "updated_at": utcnow(),
-            "queue": None,  # not sent yet (engine.cluster sends it, then records the queue)
+            "queue": None,  # not sent yet (engine.service.cluster sends it, then records the queue)
         }
         if refund_attempt:
             values["attempts"] = func.greatest(JobRow.attempts - 1, 0)
@@ -541,7 +541,7 @@ class Store:
         return changed == 1
 
     def set_queue(self, job_id: str, queue: str | None) -> None:
-        """Record the queue a job's message was sent to (engine.cluster); None: not sent."""
+        """Record the queue a job's message was sent to (engine.service.cluster); None: not sent."""
         with self.writing() as session:
             session.execute(update(JobRow).where(JobRow.id == job_id).values(queue=queue))
 
@@ -608,7 +608,7 @@ class Store:
         with self.writing() as session:
             session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
 
-    # -- workers (engine.cluster) -----------------------------------------------------------
+    # -- workers (engine.service.cluster) ------------------------------------------------
 
     def register_worker(
         self,

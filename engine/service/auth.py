@@ -10,7 +10,7 @@ audience when configured (`--jwt-issuer`, `--jwt-audience`), the permission (def
 string, or an object whose values are lists, as some identity providers group
 permissions per service), and the tenant claim (default `tenantId`, a non-empty string).
 
-`Authorization: Tenant-Auth <KEY>`: a management key from `engine.tenants` (hash compared in
+`Authorization: Tenant-Auth <KEY>`: a management key from `engine.service.tenants` (hash compared in
 constant time); the tenant is the tenant's name.
 
 Anything else is `NotAuthorized`, answered with 401 and one fixed message, so a client cannot
@@ -28,7 +28,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from engine.tenants import TenantRegistry
+from engine.service.tenants import TenantRegistry
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ decides where and when `execute` runs:
   Celery implementation fits it: the store is the source of truth and `enqueue` only dispatches.
 - `InProcessQueue` runs `--workers N` threads in this process that claim Queued jobs from the
   store (oldest first). `--workers 0` accepts and stores jobs without running them.
-- `engine.cluster.CeleryQueue` (with `VIPE_BROKER_URL`) routes and sends each job to a Celery
+- `cluster.CeleryQueue` (with `VIPE_BROKER_URL`) routes and sends each job to a Celery
   broker; `vipe worker` processes run them (`ServiceOptions.checkpoints`: a job that comes back
-  to the same worker skips its finished phases, see engine.checkpoints).
+  to the same worker skips its finished phases, see engine.pipeline.checkpoints).
 
 Decisions:
 
@@ -57,16 +57,17 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from drm.cpix import CpixClient, KeyRequest, KeyServiceError
-from drm.credentials import CredentialsError
-from drm.keys import QUALITY_GROUPS, DrmKeyError, KeySet, keys_from_job
+from drm.cpix import KeyServiceError
+from drm.keys import DrmKeyError
 from engine.cancel import CancelToken
 from engine.errors import JobValidationError
 from engine.events import EventEmitter
+from engine.keys import keys_again, keys_from_job, possible_quality_groups
 from engine.locations import location_from_spec
-from engine.pipeline import job_created_fields, possible_quality_groups, run_job
+from engine.pipeline import run_job
+from engine.pipeline.runner import job_created_fields
 from engine.report import ReportFacts, reporting_entry
-from engine.store import (
+from engine.service.store import (
     CANCELLED,
     FAILED,
     QUEUED,
@@ -193,7 +194,7 @@ class ServiceOptions:
     max_attempts: int = 3
     capabilities: Any = None  # engine.encoders.NodeCapabilities; None: CPU encoders
     # Keep a job's work folder across attempts and skip the phases whose checkpoints are
-    # complete (engine.checkpoints); `vipe worker` sets it, the embedded pool starts clean.
+    # complete (engine.pipeline.checkpoints); `vipe worker` sets it, the embedded pool starts clean.
     checkpoints: bool = False
 
 
@@ -482,23 +483,11 @@ class JobService:
             job = validate_job(document, strict=self.options.strict).job
         except JobValidationError:
             return None  # run_job reports the invalid job itself (1001)
-        processing = job.content_processing
+        key_ids = [(item["KeyId"], item.get("QualityGroup")) for item in stored]
         try:
-            if str(processing.drm_protection) == "Managed":
-                groups = possible_quality_groups(job)  # as at creation: same request
-                keys = _managed_keys_again(processing, self.service_key, stored, groups, row.id)
-            else:
-                keys = keys_from_job(processing, self.service_key, [], content_id=row.id)
+            return keys_again(job, self.service_key, key_ids, content_id=row.id)
         except DrmKeyError as error:
             raise _KeyFailure(f"the content keys cannot be obtained again: {error}") from None
-        wanted = [item["KeyId"] for item in stored]
-        got = [str(key.key_id) for key in keys] if isinstance(keys, KeySet) else []
-        if got != wanted:
-            raise _KeyFailure(
-                f"the content keys obtained now ({', '.join(got)}) are not the ones the job "
-                f"was created with ({', '.join(wanted)})"
-            )
-        return keys
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -570,38 +559,6 @@ class _KeyFailure(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-
-
-def _managed_keys_again(
-    processing: Any, service_key: Any, stored: list[dict], groups: set[str], job_id: str
-) -> KeySet:
-    """Ask the Key Service again for the stored key ids (same content id as at creation)."""
-    managed = processing.drm_managed
-    protected = str(managed.keys_protection) == "Encrypted"
-
-    def reveal(value: Any, name: str) -> str | None:
-        text = value.get_secret_value() if value is not None else None
-        if text is None or not protected:
-            return text
-        if service_key is None:
-            raise DrmKeyError(name, "is Encrypted but no service key is loaded")
-        try:
-            return service_key.decrypt(text.strip(), name)
-        except CredentialsError:
-            raise DrmKeyError(name, "does not decrypt with the service key") from None
-
-    base = "ContentProcessing.DrmManaged"
-    management_key = reveal(managed.management_key, f"{base}.ManagementKey") or ""
-    key_seed_id = reveal(managed.key_seed_id, f"{base}.KeySeedId")
-    requests = [KeyRequest(uuid.UUID(item["KeyId"]), item.get("QualityGroup")) for item in stored]
-    client = CpixClient(managed.api_url, managed.tenant_id, management_key)
-    keys = client.request_keys(
-        content_id=key_seed_id or job_id,
-        requests=requests,
-        scheme=str(processing.scheme),
-        quality_groups=[g for g in QUALITY_GROUPS if g in {x.upper() for x in groups}],
-    )
-    return KeySet.per_group(keys) if managed.multi_key else KeySet.single(keys[0])
 
 
 # ------------------------------------------------------------------------------- events

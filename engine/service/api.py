@@ -51,9 +51,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.auth import UNAUTHORIZED_MESSAGE, Authenticator, AuthSettings, NotAuthorized, Principal
 from engine.config import data_dir as default_data_dir
-from engine.service import (
+from engine.service.auth import (
+    UNAUTHORIZED_MESSAGE,
+    Authenticator,
+    AuthSettings,
+    NotAuthorized,
+    Principal,
+)
+from engine.service.jobs import (
     InProcessQueue,
     InvalidJob,
     JobQueue,
@@ -62,8 +68,8 @@ from engine.service import (
     ServiceOptions,
     job_view,
 )
-from engine.store import CancelOutcome, JobSealer, Store, database_url
-from engine.tenants import TenantRegistry
+from engine.service.store import CancelOutcome, JobSealer, Store, database_url
+from engine.service.tenants import TenantRegistry
 
 log = logging.getLogger(__name__)
 

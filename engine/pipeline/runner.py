@@ -45,6 +45,7 @@ from engine.job import (
     Job,
     Protection,
 )
+from engine.keys import possible_quality_groups
 from engine.languages import english_name, native_name
 from engine.locations import location_from_spec, storage_error_to_engine
 from engine.mapping import map_media
@@ -123,7 +124,7 @@ class JobContext:
     data_dir: Path
     facts: ReportFacts = field(default_factory=ReportFacts)
     phase_seconds: dict[str, float] = field(default_factory=dict)
-    checkpoints: Any = None  # engine.checkpoints.Checkpoints: skip phases finished before
+    checkpoints: Any = None  # engine.pipeline.checkpoints.Checkpoints: skip phases finished before
 
 
 # -------------------------------------------------------------------------------- the runner
@@ -193,7 +194,7 @@ class JobRunner:
 
     def _resumable(self, phase: str, method: Callable, *args):
         """`_timed`, or the result of an earlier attempt when the phase's checkpoint in the
-        work folder is complete (`engine.checkpoints`; only with `run_job(checkpoints=True)`)."""
+        work folder is complete (`checkpoints`; only with `run_job(checkpoints=True)`)."""
         checkpoints = self.context.checkpoints
         if checkpoints is None:
             return self._timed(phase, method, *args)
@@ -280,7 +281,8 @@ class JobRunner:
         if self.processing.drm_protection == DrmProtection.Off:
             return None
         from drm.cpix import KeyServiceError
-        from drm.keys import DrmKeyError, keys_from_job
+        from drm.keys import DrmKeyError
+        from engine.keys import keys_from_job
 
         try:
             return keys_from_job(
@@ -347,7 +349,7 @@ class JobRunner:
 
     def encoding(self, media: MediaMap) -> Encoded:
         if self.processing.packaging_only:
-            from engine.passthrough import prepare_renditions
+            from engine.pipeline.passthrough import prepare_renditions
 
             if self.processing.quality_metrics:
                 self.events.warning(
@@ -810,21 +812,6 @@ def _needs_service_key(job: Job) -> bool:
     return bool(managed and managed.keys_protection == Protection.Encrypted)
 
 
-def possible_quality_groups(job: Job) -> set[str]:
-    """Quality groups the job's ladder can use, known before the source is probed (for
-    multi-key requests at job creation): from custom representations, else the default
-    ladder's heights."""
-    processing = job.content_processing
-    groups = {"AUDIO"}
-    if processing.video_representations:
-        heights = [r.height or 2160 for r in processing.video_representations]
-    else:
-        codec = "H265" if processing.video_format.value == "H265" else "H264"
-        heights = [h for h, _ in ladder.LADDERS[(processing.bitrate_ladder.value, codec)]]
-    groups |= {ladder.quality_group(h) for h in heights}
-    return groups
-
-
 def output_frame_rate(video: VideoTrackInfo, average: Fraction | None = None) -> Fraction:
     """The constant output rate: the source's, or for VFR sources their average (`average`,
     measured, else the probe's), snapped to a common rate when within 1%."""
@@ -1020,7 +1007,7 @@ def run_job(
     (FinalError 5001). An invalid job raises JobValidationError before anything runs; every
     other failure ends the job with a FinalError event and a report with `Success: false`.
     `checkpoints`: phases finished by an earlier attempt in the same `workdir` are skipped
-    (`engine.checkpoints`); give a stable `workdir` and `keep_workdir=True` with it.
+    (`engine.pipeline.checkpoints`); give a stable `workdir` and `keep_workdir=True` with it.
     """
     checked = validate_job(
         load_job_json(Path(job) if isinstance(job, Path) else job), strict=strict
@@ -1048,7 +1035,7 @@ def run_job(
     )
     try:
         if checkpoints:  # resume in a stable work folder (a worker's, per job id)
-            from engine.checkpoints import Checkpoints, job_digest
+            from engine.pipeline.checkpoints import Checkpoints, job_digest
 
             context.checkpoints = Checkpoints(folder, job_digest(checked.job), job_id)
             context.checkpoints.prepare()
@@ -1058,4 +1045,4 @@ def run_job(
             shutil.rmtree(folder, ignore_errors=True)
 
 
-__all__ = ["JobRunner", "possible_quality_groups", "run_job"]
+__all__ = ["JobRunner", "run_job"]
