@@ -1,4 +1,5 @@
-"""Job events (contract §8): the base fields on every event, throttled progress events."""
+"""Job events (contract §8): the phase and event names, the base fields on every event,
+throttled progress events."""
 
 from __future__ import annotations
 
@@ -6,21 +7,60 @@ import datetime
 import logging
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
 
-PHASES = (
-    "Pre-Validation",
-    "Acquisition",
-    "Media Mapping",
-    "Encoding",
-    "DRM + Packaging",
-    "Image Extraction",
-    "Publishing",
-)
+
+class Phase(StrEnum):
+    """The phases of a job, in order (contract §10), as events and reports spell them."""
+
+    PRE_VALIDATION = "Pre-Validation"
+    ACQUISITION = "Acquisition"
+    MEDIA_MAPPING = "Media Mapping"
+    ENCODING = "Encoding"
+    PACKAGING = "DRM + Packaging"
+    IMAGE_EXTRACTION = "Image Extraction"
+    PUBLISHING = "Publishing"
+
+
+class EventType(StrEnum):
+    """Every event's `MessageType` (contract §8)."""
+
+    JOB_CREATED = "JobCreated"
+    ACQUISITION_PROGRESS = "AcquisitionProgress"
+    CONTENT_ACQUIRED = "ContentAcquired"
+    CONTENT_MAPPED = "ContentMapped"
+    CONTENT_PRE_PROCESSED = "ContentPreProcessed"
+    VIDEO_ENCODING_STARTED = "VideoEncodingStarted"
+    ENCODING_PROGRESS = "EncodingProgress"
+    ENCODING_FINISHED = "EncodingFinished"
+    IMAGES_EXTRACTED = "ImagesExtracted"
+    PUBLISHING_PROGRESS = "PublishingProgress"
+    CONTENT_PUBLISHED = "ContentPublished"
+    JOB_SUCCESS = "JobSuccess"
+    WARNING = "Warning"
+    FINAL_ERROR = "FinalError"
+
+
+# The phase each event belongs to (a FinalError names its own; a Warning any).
+EVENT_PHASE: dict[EventType, Phase] = {
+    EventType.JOB_CREATED: Phase.PRE_VALIDATION,
+    EventType.ACQUISITION_PROGRESS: Phase.ACQUISITION,
+    EventType.CONTENT_ACQUIRED: Phase.ACQUISITION,
+    EventType.CONTENT_MAPPED: Phase.MEDIA_MAPPING,
+    EventType.CONTENT_PRE_PROCESSED: Phase.MEDIA_MAPPING,
+    EventType.VIDEO_ENCODING_STARTED: Phase.ENCODING,
+    EventType.ENCODING_PROGRESS: Phase.ENCODING,
+    EventType.ENCODING_FINISHED: Phase.PACKAGING,
+    EventType.IMAGES_EXTRACTED: Phase.IMAGE_EXTRACTION,
+    EventType.PUBLISHING_PROGRESS: Phase.PUBLISHING,
+    EventType.CONTENT_PUBLISHED: Phase.PUBLISHING,
+    EventType.JOB_SUCCESS: Phase.PUBLISHING,
+}
 
 
 def utc_now() -> str:
@@ -51,13 +91,8 @@ class EventEmitter:
         self.history: list[dict[str, Any]] = []
         self._last_progress: dict[str, tuple[float, int]] = {}
 
-    def set_external(self, external_id: str, external_type: str, external_provider: str) -> None:
-        self.base.update(
-            ExternalId=external_id, ExternalType=external_type, ExternalProvider=external_provider
-        )
-
-    def emit(self, message_type: str, **fields: Any) -> dict[str, Any]:
-        event = {**self.base, "MessageType": message_type, "Timestamp": utc_now(), **fields}
+    def emit(self, message_type: EventType, **fields: Any) -> dict[str, Any]:
+        event = {**self.base, "MessageType": str(message_type), "Timestamp": utc_now(), **fields}
         self.history.append(event)
         for sink in self.sinks:
             try:
@@ -68,7 +103,7 @@ class EventEmitter:
                 )
         return event
 
-    def progress(self, message_type: str, percent: float, **fields: Any) -> None:
+    def progress(self, message_type: EventType, percent: float, **fields: Any) -> None:
         """Emit a progress event at most once per second and once per whole percent (100
         always goes out once)."""
         whole = int(max(0.0, min(100.0, percent)))
@@ -81,4 +116,4 @@ class EventEmitter:
 
     def warning(self, code: str, message: str) -> None:
         log.warning("job %s: %s", self.base["JobId"], message)
-        self.emit("Warning", Code=code, Message=message)
+        self.emit(EventType.WARNING, Code=code, Message=message)

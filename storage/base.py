@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from storage.egress import UNRESTRICTED, EgressPolicy
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -69,6 +71,10 @@ class StorageLocation:
     credentials_secret: str | None = None
     role_arn: str | None = None
     role_session_seconds: int = 3600
+    # The server's policy (engine.policy): where connections may go, and for `Local` the
+    # folders a location must lie in (None: anywhere, the operator's own trust).
+    egress: EgressPolicy = UNRESTRICTED
+    local_roots: tuple[Path, ...] | None = None
 
     def __repr__(self) -> str:  # never show the secret
         return f"StorageLocation({self.provider}, {self.uri})"
