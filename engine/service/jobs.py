@@ -64,8 +64,7 @@ from engine.errors import JobValidationError
 from engine.events import EventEmitter
 from engine.keys import keys_again, keys_from_job, possible_quality_groups
 from engine.locations import location_from_spec
-from engine.pipeline import run_job
-from engine.pipeline.runner import job_created_fields
+from engine.pipeline import job_created_fields, run_job
 from engine.report import ReportFacts, reporting_entry
 from engine.service.store import (
     CANCELLED,
