@@ -1,7 +1,8 @@
 """Validation of job JSON: every problem at once, each with the JSON path of its field.
 
 `check_job` never raises for bad input: it returns the job or the list of field errors (plus
-warnings for unknown properties). `validate_job` raises `JobValidationError` instead.
+warnings for unknown properties). `validate_job` raises `JobValidationError` instead, and
+returns a `ValidJob`, whose `.job` is never None.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class CheckedJob:
         return self.job is not None and not self.errors
 
 
+@dataclass(frozen=True)
+class ValidJob(CheckedJob):
+    """The outcome of `validate_job`: a `CheckedJob` whose job is always there (no errors)."""
+
+    job: Job
+
+
 def load_job_json(source: dict | str | bytes | Path) -> Any:
     """A job as a dict, a JSON string/bytes, or a path to a JSON file -> parsed JSON.
 
@@ -54,10 +62,11 @@ def load_job_json(source: dict | str | bytes | Path) -> Any:
         return source
     if isinstance(source, Path):
         try:
-            source = source.read_bytes()
+            data = source.read_bytes()
         except OSError as error:
             message = f"cannot read {source}: {error.strerror}"
             raise JobValidationError([FieldError("$", message)]) from None
+        source = data
     try:
         return json.loads(source)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -86,12 +95,12 @@ def check_job(source: Any, *, strict: bool = False) -> CheckedJob:
     return CheckedJob(job, [], unknown)
 
 
-def validate_job(source: dict | str | bytes | Path, *, strict: bool = False) -> CheckedJob:
+def validate_job(source: dict | str | bytes | Path, *, strict: bool = False) -> ValidJob:
     """Parse and validate a job; raise JobValidationError listing every problem."""
     checked = check_job(load_job_json(source), strict=strict)
-    if not checked.valid:
+    if checked.job is None or checked.errors:  # i.e. not checked.valid, spelled out to narrow
         raise JobValidationError(checked.errors, checked.warnings)
-    return checked
+    return ValidJob(checked.job, checked.errors, checked.warnings)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -103,7 +112,7 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+def _nested_model(annotation: Any) -> tuple[type[JobModel] | None, bool]:
     """The JobModel inside an annotation such as `X | None` or `list[X] | None`, and whether
     it is a list of them."""
     origin = typing.get_origin(annotation)
@@ -240,9 +249,9 @@ def _own_rules_after_pruning(
         changed = False
         drop_items: dict[str, set[int]] = {}
         for loc in locations:
-            key = loc[0] if loc else None
-            if key not in data:
+            if not loc or loc[0] not in data:
                 continue
+            key = loc[0]
             if isinstance(data[key], list) and len(loc) > 1 and isinstance(loc[1], int):
                 drop_items.setdefault(key, set()).add(loc[1])
             else:
