@@ -420,7 +420,9 @@ class FrameGrabber:
             self.decoder.flush_buffers()
             self._start()
             key = self._next_key()
-            if key is not None and (key.pts <= target or key.pts <= (self._first_key or 0)):
+            if key is not None and (
+                _packet_pts(key) <= target or _packet_pts(key) <= (self._first_key or 0)
+            ):
                 self._pushed_back = key
                 return
             if self._first_dts is not None and point <= self._first_dts:
@@ -429,7 +431,9 @@ class FrameGrabber:
             # (B-frame delay), or a seek without index that found no keyframe before the
             # instant (MPEG-TS seeks by timestamp to any packet). Go further back.
             lower = (
-                point if key is None else min(point, key.dts if key.dts is not None else key.pts)
+                point
+                if key is None
+                else min(point, key.dts if key.dts is not None else _packet_pts(key))
             )
             point = lower - back
             back *= 2
@@ -452,6 +456,7 @@ class FrameGrabber:
         if self._pushed_back is not None:
             packet, self._pushed_back = self._pushed_back, None
             return packet
+        assert self._packets is not None, "_start() sets the packets before any is read"
         for packet in self._packets:
             if self.cancel:
                 self.cancel()
@@ -487,10 +492,11 @@ class FrameGrabber:
             packet = self._next_packet()
             if self._horizon is None and packet is not None and self._past_target(packet):
                 upcoming = self._upcoming
+                assert upcoming is not None, "the horizon is unknown only with a next instant"
                 self._horizon = self._target if self._would_seek(upcoming) else upcoming
             if packet is None:
                 self._drain(at_end=True)
-            elif self._fed and packet.is_keyframe and packet.pts <= self._target:
+            elif self._fed and packet.is_keyframe and _packet_pts(packet) <= self._target:
                 # a later keyframe still at or before the instant: restart from it, without
                 # decoding the rest of the GOP before it
                 self.decoder.flush_buffers()
@@ -506,29 +512,29 @@ class FrameGrabber:
                 # reached by a seek: drain instead of decoding further
                 self._pushed_back = packet
                 self._drain(at_end=False)
-            elif self._nal_length is not None and self._unneeded(packet):
+            elif self._nal_length is not None and self._unneeded(packet, self._nal_length):
                 self.skipped += 1
-                self._skipped.append(packet.pts)
+                self._skipped.append(_packet_pts(packet))
             else:
                 self._decode(packet)
         return self._frames[0]
 
     def _past_target(self, packet: av.Packet) -> bool:
-        return (packet.dts if packet.dts is not None else packet.pts) > self._target
+        return (packet.dts if packet.dts is not None else _packet_pts(packet)) > self._target
 
-    def _unneeded(self, packet: av.Packet) -> bool:
+    def _unneeded(self, packet: av.Packet, nal_length: int) -> bool:
         """Whether a picture can be left undecoded: a non-reference picture (no other picture
         refers to it) that no instant can ask for, because it shows after every instant this
         run goes to, or because a picture already demuxed shows after it and still at or
         before the instant (then that one, or a later one, is the instant's)."""
         if packet.is_keyframe:
             return False
-        pts = packet.pts
+        pts = _packet_pts(packet)
         if self._horizon is None or pts <= self._horizon:
             later = bisect.bisect_right(self._seen, pts)
             if later == len(self._seen) or self._seen[later] > self._target:
                 return False
-        return _h264_reference(bytes(packet), self._nal_length) is False
+        return _h264_reference(bytes(packet), nal_length) is False
 
     def _decode(self, packet: av.Packet) -> None:
         try:
@@ -536,7 +542,7 @@ class FrameGrabber:
         except av.FFmpegError as error:
             raise ImageExtractionError(
                 f"{self.path.name}: cannot decode the video at "
-                f"{float(packet.pts * self.time_base):.3f} s: {error}"
+                f"{float(_packet_pts(packet) * self.time_base):.3f} s: {error}"
             ) from None
         self._fed = True
         self.decoded += len(frames)
@@ -555,6 +561,12 @@ class FrameGrabber:
         if frame.pts is None:  # one frame on from the one before
             frame.pts = (self._prev_pts if self._prev is not None else 0) + self._frame_ticks
         return frame.pts
+
+
+def _packet_pts(packet: av.Packet) -> int:
+    """The pts of a packet that `FrameGrabber._next_packet` handed out: it sets one on each."""
+    assert packet.pts is not None, "packets without any timestamp are never handed out"
+    return packet.pts
 
 
 def _h264_nal_length(decoder) -> int | None:
