@@ -96,8 +96,8 @@ def ssim_plane(reference: np.ndarray, distorted: np.ndarray, peak: int = 255) ->
         return _ssim_window(reference.astype(np.float64), distorted.astype(np.float64), peak)
     # int32 holds the window sums up to 10-bit samples (4 * 16 * 2 * 1023² < 2³¹); faster.
     exact = np.int32 if peak <= 1023 else np.int64
-    a = reference[: rows * 4, : cols * 4].astype(exact)
-    b = distorted[: rows * 4, : cols * 4].astype(exact)
+    a: np.ndarray = reference[: rows * 4, : cols * 4].astype(exact)
+    b: np.ndarray = distorted[: rows * 4, : cols * 4].astype(exact)
 
     def blocks(x: np.ndarray) -> np.ndarray:
         # Sums over 4×4 blocks: the four rows of each block, then four columns (explicit
@@ -148,7 +148,7 @@ def frame_planes(frame: av.VideoFrame, pix_fmt: str | None = None) -> list[np.nd
     dtype = np.dtype("<u2") if wide else np.dtype(np.uint8)
     planes = []
     for plane in frame.planes:
-        array = np.frombuffer(plane, dtype)
+        array = np.frombuffer(memoryview(plane), dtype)
         array = array.reshape(plane.height, plane.line_size // dtype.itemsize)
         planes.append(array[:, : plane.width])
     return planes
@@ -274,20 +274,30 @@ class _Scores:
         self.count += 1
 
 
+def _video_decoder(name: str) -> av.VideoCodecContext:
+    """A decoder for the video codec `name` (the codec of a video encoder)."""
+    decoder = av.CodecContext.create(name, "r")
+    if not isinstance(decoder, av.VideoCodecContext):  # only to narrow the type: never true
+        raise TypeError(f"{name} is not a video codec")
+    return decoder
+
+
 class QualityMeter:
     """Measures one rung in the transcoding pass (module docs): `reference(frame)` with each
     encoder input frame (its pts the output frame index), `packet(packet)` with each packet the
     encoder emits (before it is muxed), `finish()` after the encoder is flushed."""
 
     def __init__(
-        self, encoder: av.codec.context.CodecContext, settings: QualitySettings, label: str
+        self, encoder: av.VideoCodecContext, settings: QualitySettings, label: str
     ) -> None:
         self.encoder = encoder
         self.settings = settings
         self.label = label
+        if encoder.pix_fmt is None:  # set on every encoder before it opens
+            raise ValueError(f"{label}: the encoder has no pixel format")
         self.format = measure_format(encoder.pix_fmt)
         self.peak = peak_of(self.format)
-        self.decoder: av.codec.context.CodecContext | None = None
+        self.decoder: av.VideoCodecContext | None = None
         # pts → planes of the encoder input (all planes for measured frames, luma only for
         # the frames only VMAF sees); bounded by the encoder's delay.
         self.pending: dict[int, list[np.ndarray]] = {}
@@ -323,7 +333,7 @@ class QualityMeter:
     def packet(self, packet: av.Packet) -> None:
         self.bits += packet.size * 8
         if self.decoder is None:
-            self.decoder = av.CodecContext.create(self.encoder.codec.canonical_name, "r")
+            self.decoder = _video_decoder(self.encoder.codec.canonical_name)
             if self.encoder.extradata:
                 self.decoder.extradata = self.encoder.extradata
         for frame in self.decoder.decode(packet):
