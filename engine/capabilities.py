@@ -419,6 +419,8 @@ def try_encode(
     """Open `name` and encode a few frames; None when it worked, else the error."""
     try:
         context = av.CodecContext.create(name, "w")
+        if not isinstance(context, av.VideoCodecContext):
+            raise TypeError(f"{name} is not a video encoder")
         context.width, context.height = WIDTH, HEIGHT
         context.pix_fmt = pix_fmt
         context.time_base = Fraction(1, 25)
@@ -501,6 +503,8 @@ def make_sample(codec: str, frames: int = FRAMES) -> bytes | None:
     buffer = io.BytesIO()
     with _quiet_svt(), av.open(buffer, "w", format=container_format) as container:
         stream = container.add_stream(encoder, rate=25)
+        if not isinstance(stream, av.VideoStream):  # narrows: the samples are all video
+            raise TypeError(f"{encoder} is not a video encoder")
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         stream.codec_context.options = dict(options)
         for frame in _frames("yuv420p", frames):
@@ -530,7 +534,7 @@ def gpu_decode(data: bytes | str, *, limit: int | None = None) -> tuple[int, str
 
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     hwaccel = HWAccel(device_type="cuda", allow_software_fallback=False)
-    with av.open(source, hwaccel=hwaccel) as container:
+    with av.open(source, "r", hwaccel=hwaccel) as container:
         stream = container.streams.video[0]
         hardware = stream.codec_context.is_hwaccel
         count, pix_fmt = 0, ""
