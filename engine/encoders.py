@@ -45,6 +45,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import av
 
@@ -348,6 +349,15 @@ class EncoderAssignment:
         return sum(1 for c in self.choices if c.hardware)
 
 
+class _RungSettings(TypedDict):
+    """The settings `choose_encoder` and `cpu_choice` share for one rung."""
+
+    bitrate_kbps: int
+    frame_rate: float
+    segment_seconds: float
+    hdr: HdrInfo | None
+
+
 def assign_encoders(
     renditions: Sequence[VideoRendition],
     optimize_for: OptimizeFor,
@@ -373,7 +383,7 @@ def assign_encoders(
     fallbacks: list[EncoderChoice | None] = []
     for index, rendition in enumerate(renditions):
         rung_hdr = hdr if rendition.codec == "H265" else None
-        common = {
+        common: _RungSettings = {
             "bitrate_kbps": rendition.bitrate_kbps,
             "frame_rate": frame_rate,
             "segment_seconds": segment_seconds,
