@@ -59,17 +59,11 @@ from engine.service.auth import (
     NotAuthorized,
     Principal,
 )
-from engine.service.jobs import (
-    InProcessQueue,
-    InvalidJob,
-    JobQueue,
-    JobService,
-    KeyServiceFailed,
-    ServiceOptions,
-    job_view,
-)
+from engine.service.jobs import InvalidJob, JobService, KeyServiceFailed, ServiceOptions
+from engine.service.queue import InProcessQueue, JobQueue
 from engine.service.store import CancelOutcome, JobSealer, Store, database_url
 from engine.service.tenants import TenantRegistry
+from engine.service.views import job_view
 
 log = logging.getLogger(__name__)
 

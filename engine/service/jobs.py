@@ -1,17 +1,11 @@
-"""The service layer behind the API: accepting jobs, the queue interface, the in-process pool.
+"""The service layer behind the API: accepting, cancelling and executing jobs.
 
 `JobService` does the work that does not depend on how jobs travel: `submit` (validate, check
-protected secrets, resolve DRM keys, store: what `POST /Job` does), `cancel`, and `execute`
-(run one claimed job with `engine.pipeline.run_job`, storing its events and report). A queue
-decides where and when `execute` runs:
-
-- `JobQueue` is the interface (`start`, `stop`, `enqueue`, `cancel`), small on purpose so that a
-  Celery implementation fits it: the store is the source of truth and `enqueue` only dispatches.
-- `InProcessQueue` runs `--workers N` threads in this process that claim Queued jobs from the
-  store (oldest first). `--workers 0` accepts and stores jobs without running them.
-- `cluster.CeleryQueue` (with `VIPE_BROKER_URL`) routes and sends each job to a Celery
-  broker; `vipe worker` processes run them (`ServiceOptions.checkpoints`: a job that comes back
-  to the same worker skips its finished phases, see engine.pipeline.checkpoints).
+protected secrets, resolve DRM keys, store: what `POST /Job` does), `cancel`, `execute` (run one
+claimed job with `engine.pipeline.run_job`, storing its events and report) and the recovery of
+jobs whose worker is gone. A queue (`engine.service.queue`, `engine.service.cluster`) decides
+where and when `execute` runs (`ServiceOptions.checkpoints`: a job that comes back to the same
+`vipe worker` skips its finished phases, see engine.pipeline.checkpoints).
 
 Decisions:
 
@@ -25,26 +19,19 @@ Decisions:
   restart) is queued again and run from the start, with a `Warning` event `JobResumed`; after
   `max_attempts` (3) starts it fails with FinalError 5000 instead, so a job that kills its
   worker cannot loop forever. A job whose cancellation was requested ends Cancelled (5001).
-  Orphans are found at start (same host, the owning process is gone) and by a sweep that takes
-  over jobs whose heartbeat is older than the lease (other hosts sharing a PostgreSQL store).
-  A graceful stop (SIGTERM, Ctrl-C) takes no new jobs and gives the running ones
-  `drain_seconds` (10) to finish; those still running are then queued again at once and the
-  process exits without interrupting them, so no `FinalError` reaches the publishers for a job
-  that is resumed (the next start, or another node, runs it again).
-- **Cancellation** reaches a running job through its `CancelToken`: at once in this process
-  (`InProcessQueue.cancel`), and from any process through the store's cancel flag, which the
-  pool's watchdog reads every half second. The pipeline stops between frames and transfers,
-  removes partial output and ends with FinalError 5001.
+  Orphans are found at start (same host, the owning process is gone: engine.service.owners)
+  and by a sweep that takes over jobs whose heartbeat is older than the lease (other hosts
+  sharing a PostgreSQL store).
+- **Cancellation** reaches a running job through its `CancelToken` (set by the queue that runs
+  it, from its own call or from the store's cancel flag). The pipeline stops between frames and
+  transfers, removes partial output and ends with FinalError 5001.
 """
 
 from __future__ import annotations
 
-import abc
 import json
 import logging
-import os
 import shutil
-import socket
 import threading
 import time
 import urllib.parse
@@ -54,24 +41,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-
 from drm.cpix import KeyServiceError
 from drm.keys import DrmKeyError
 from engine.cancel import CancelToken
 from engine.errors import JobValidationError
-from engine.events import EventEmitter
+from engine.events import EVENT_PHASE, EventEmitter, EventSink, EventType, Phase
 from engine.keys import keys_again, keys_from_job, possible_quality_groups
 from engine.locations import location_from_spec
 from engine.pipeline import job_created_fields, run_job
 from engine.report import ReportFacts, reporting_entry
+from engine.service.metrics import ServiceMetrics
+from engine.service.owners import owner_gone
 from engine.service.store import (
     CANCELLED,
     FAILED,
     QUEUED,
     RUNNING,
-    STATES,
     CancelOutcome,
     JobRow,
     NewJob,
@@ -82,22 +67,6 @@ from engine.service.store import (
 from engine.validation import FieldError, check_job, validate_job
 
 log = logging.getLogger(__name__)
-
-# Which phase an event belongs to (the FinalError names its own).
-EVENT_PHASES = {
-    "JobCreated": "Pre-Validation",
-    "AcquisitionProgress": "Acquisition",
-    "ContentAcquired": "Acquisition",
-    "ContentMapped": "Media Mapping",
-    "ContentPreProcessed": "Media Mapping",
-    "VideoEncodingStarted": "Encoding",
-    "EncodingProgress": "Encoding",
-    "EncodingFinished": "DRM + Packaging",
-    "ImagesExtracted": "Image Extraction",
-    "PublishingProgress": "Publishing",
-    "ContentPublished": "Publishing",
-    "JobSuccess": "Publishing",
-}
 
 
 # ------------------------------------------------------------------------------- errors
@@ -121,72 +90,13 @@ class KeyServiceFailed(Exception):
         self.status = status
 
 
-# ------------------------------------------------------------------------------ metrics
-
-
-class ServiceMetrics:
-    """Prometheus metrics of one server (its own registry, so tests can run several)."""
-
-    def __init__(self, store: Store, queue_depth: Callable[[], int] | None = None):
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_StoreCollector(store))
-        self.phase_seconds = Histogram(
-            "vipe_phase_duration_seconds",
-            "Duration of each phase of succeeded jobs",
-            ["phase"],
-            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400),
-            registry=self.registry,
-        )
-        self.encoder_in_use = Gauge(
-            "vipe_encoder_in_use",
-            "Jobs of this server encoding with each encoder now",
-            ["encoder"],
-            registry=self.registry,
-        )
-        self.finished = Counter(
-            "vipe_jobs_finished",
-            "Jobs this server finished, by final state",
-            ["state"],
-            registry=self.registry,
-        )
-        self.submitted = Counter(
-            "vipe_jobs_submitted", "Jobs accepted by POST /Job", registry=self.registry
-        )
-        self.running = Gauge(
-            "vipe_jobs_running_here", "Jobs running in this process", registry=self.registry
-        )
-
-
-class _StoreCollector:
-    """Jobs by state and the queue depth, counted in the store at scrape time (so they are
-    right across restarts and across nodes sharing one store)."""
-
-    def __init__(self, store: Store):
-        self.store = store
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        try:
-            counts = self.store.count_by_state()
-        except Exception:
-            log.exception("metrics: the job store cannot be read")
-            return
-        jobs = GaugeMetricFamily("vipe_jobs", "Jobs in the store by state", labels=["state"])
-        for state in STATES:
-            jobs.add_metric([state], counts.get(state, 0))
-        yield jobs
-        yield GaugeMetricFamily(
-            "vipe_queue_depth", "Jobs waiting to run", value=counts.get(QUEUED, 0)
-        )
-
-
 # ---------------------------------------------------------------------------- the service
 
 
 @dataclass
 class ServiceOptions:
+    """How a `JobService` runs jobs: where, how strictly, its lease and attempts."""
+
     data_dir: Path
     strict: bool = False
     lease_seconds: float = 60.0
@@ -198,7 +108,7 @@ class ServiceOptions:
 
 
 @dataclass
-class _Run:
+class RunningJob:
     """A job running in this process."""
 
     job_id: str
@@ -307,12 +217,12 @@ class JobService:
         if outcome == CancelOutcome.QUEUED:
             row = self.store.get_job(job_id)
             if row is not None:
-                self._emit_standalone(
+                self.emit_outside_run(
                     row,
-                    "FinalError",
+                    EventType.FINAL_ERROR,
                     ErrorCode=5001,
                     ErrorMessage="the job was cancelled before it started",
-                    Phase="Pre-Validation",
+                    Phase=str(Phase.PRE_VALIDATION),
                 )
                 self.metrics.finished.labels(CANCELLED).inc()
             log.info("job %s: cancelled while queued", job_id)
@@ -320,8 +230,8 @@ class JobService:
             log.info("job %s: cancellation requested", job_id)
         return outcome
 
-    def _emit_standalone(
-        self, row: JobRow, message_type: str, *, document: Any = None, **fields: Any
+    def emit_outside_run(
+        self, row: JobRow, message_type: EventType, *, document: Any = None, **fields: Any
     ) -> None:
         """An event outside a run (cancel of a queued job, a resume, a failure before the
         runner starts): stored, and sent to the job's publishers by a hub of its own."""
@@ -332,7 +242,7 @@ class JobService:
             hub = open_publishers(document, self.service_key, row.id)
         except (JobValidationError, SealError) as error:
             log.warning("job %s: event not published: %s", row.id, type(error).__name__)
-        sinks: list[Callable[[dict[str, Any]], None]] = [EventSink(self, row.id)]
+        sinks: list[EventSink] = [StoreEventSink(self, row.id)]
         if hub is not None:
             sinks.append(hub)
         emitter = EventEmitter(
@@ -346,7 +256,7 @@ class JobService:
 
     # -- execution --------------------------------------------------------------------------
 
-    def execute(self, row: JobRow, run: _Run) -> str:
+    def execute(self, row: JobRow, run: RunningJob) -> str:
         """Run one claimed job (state Running, owned by `run.owner`) to its end; the final
         state, or RUNNING when the run was interrupted to be resumed later."""
         job_id = row.id
@@ -358,17 +268,17 @@ class JobService:
         try:
             document = self.store.job_document(row)
             # The runner opens the job's publishers itself (engine.publishers); this sink
-            # stores. Events outside the run go out through `_emit_standalone`.
-            sink = EventSink(self, job_id, run, final)
+            # stores. Events outside the run go out through `emit_outside_run`.
+            sink = StoreEventSink(self, job_id, run, final)
             if row.attempts > 1:
                 how = (
                     "(from the checkpoints this worker has of it, else from the start)"
                     if self.options.checkpoints
                     else "from the start"
                 )
-                self._emit_standalone(
+                self.emit_outside_run(
                     row,
-                    "Warning",
+                    EventType.WARNING,
                     document=document,
                     Code="JobResumed",
                     Message=f"the job runs again {how} after its worker stopped "
@@ -417,7 +327,7 @@ class JobService:
     def _fail_outside_run(
         self,
         row: JobRow,
-        run: _Run,
+        run: RunningJob,
         message: str,
         *,
         code: int = 5000,
@@ -428,13 +338,13 @@ class JobService:
         if run.abandoned:
             return RUNNING
         try:
-            self._emit_standalone(
+            self.emit_outside_run(
                 row,
-                "FinalError",
+                EventType.FINAL_ERROR,
                 document=document,
                 ErrorCode=code,
                 ErrorMessage=message,
-                Phase=row.phase or "Pre-Validation",
+                Phase=row.phase or str(Phase.PRE_VALIDATION),
             )
             return self._finish(row, run, FAILED, None, code, message)
         except Exception:
@@ -456,7 +366,7 @@ class JobService:
     def _finish(
         self,
         row: JobRow,
-        run: _Run,
+        run: RunningJob,
         state: str,
         report: dict[str, Any] | None,
         code: int | None,
@@ -481,6 +391,8 @@ class JobService:
         try:
             job = validate_job(document, strict=self.options.strict).job
         except JobValidationError:
+            job = None
+        if job is None:
             return None  # run_job reports the invalid job itself (1001)
         key_ids = [(item["KeyId"], item.get("QualityGroup")) for item in stored]
         try:
@@ -511,12 +423,7 @@ class JobService:
         if row.owner is None:
             return True
         if at_start:
-            host, pid, instance = _owner_parts(owner)
-            their_host, their_pid, their_instance = _owner_parts(row.owner)
-            if their_host == host and (
-                (their_pid == pid and their_instance != instance)
-                or (their_pid != pid and not _process_alive(their_pid))
-            ):
+            if owner_gone(row.owner, owner):
                 return True
         if row.heartbeat_at is not None:
             return (utcnow() - row.heartbeat_at).total_seconds() > self.options.lease_seconds
@@ -531,8 +438,12 @@ class JobService:
             if self.store.finish_job(
                 row.id, CANCELLED, None, error_code=5001, error_message=message, owner=previous
             ):
-                self._emit_standalone(
-                    row, "FinalError", ErrorCode=5001, ErrorMessage=message, Phase=row.phase or ""
+                self.emit_outside_run(
+                    row,
+                    EventType.FINAL_ERROR,
+                    ErrorCode=5001,
+                    ErrorMessage=message,
+                    Phase=row.phase or "",
                 )
             return
         if row.attempts >= self.options.max_attempts:
@@ -540,8 +451,12 @@ class JobService:
             if self.store.finish_job(
                 row.id, FAILED, None, error_code=5000, error_message=message, owner=previous
             ):
-                self._emit_standalone(
-                    row, "FinalError", ErrorCode=5000, ErrorMessage=message, Phase=row.phase or ""
+                self.emit_outside_run(
+                    row,
+                    EventType.FINAL_ERROR,
+                    ErrorCode=5000,
+                    ErrorMessage=message,
+                    Phase=row.phase or "",
                 )
             log.error("job %s: %s", row.id, message)
             return
@@ -563,7 +478,7 @@ class _KeyFailure(Exception):
 # ------------------------------------------------------------------------------- events
 
 
-class EventSink:
+class StoreEventSink:
     """The runner's `on_event`: stores each event, keeps the job's phase, progress and
     encoder current, and feeds the metrics. (Delivery to the job's message publishers is the
     runner's own `PublisherHub`, a sink beside this one.)"""
@@ -572,7 +487,7 @@ class EventSink:
         self,
         service: JobService,
         job_id: str,
-        run: _Run | None = None,
+        run: RunningJob | None = None,
         final: dict[str, Any] | None = None,
     ):
         self.service = service
@@ -581,29 +496,41 @@ class EventSink:
         self.final = final if final is not None else {}
 
     def __call__(self, event: dict[str, Any]) -> None:
-        kind = event.get("MessageType", "")
+        kind = str(event.get("MessageType", ""))
         store = self.service.store
         if self.run is not None and self.run.abandoned:
             return  # the job was queued again or taken over: this run no longer speaks for it
         store.add_event(self.job_id, event)
-        phase = event.get("Phase") if kind == "FinalError" else EVENT_PHASES.get(kind)
+        phase = event.get("Phase") if kind == EventType.FINAL_ERROR else _phase_of(kind)
         progress = event.get("Progress") if "Progress" in event else None
-        if kind in ("ContentAcquired", "EncodingFinished", "ContentPublished"):
+        if kind in _PHASE_DONE:
             progress = 100
         encoder = None
-        if kind == "VideoEncodingStarted":
+        if kind == EventType.VIDEO_ENCODING_STARTED:
             encoder = str(event.get("Encoder") or "")
             if self.run is not None:
                 for name in filter(None, encoder.split(",")):
                     self.run.encoders.append(name)
                     self.service.metrics.encoder_in_use.labels(name).inc()
-        elif kind == "JobSuccess":
+        elif kind == EventType.JOB_SUCCESS:
             for name, seconds in (event.get("PhaseDurationsInSeconds") or {}).items():
                 self.service.metrics.phase_seconds.labels(name).observe(float(seconds))
-        elif kind == "FinalError":
+        elif kind == EventType.FINAL_ERROR:
             self.final.update(event)
         if phase is not None or progress is not None or encoder:
             store.update_progress(self.job_id, phase, progress, encoder or None)
+
+
+# Events that end a phase's work: the job's progress shows 100 for that phase.
+_PHASE_DONE = (EventType.CONTENT_ACQUIRED, EventType.ENCODING_FINISHED, EventType.CONTENT_PUBLISHED)
+
+
+def _phase_of(kind: str) -> str | None:
+    """The phase an event of this type belongs to, as the store keeps it (None: a Warning or
+    a type the contract does not name)."""
+    if kind not in EVENT_PHASE:
+        return None
+    return str(EVENT_PHASE[EventType(kind)])
 
 
 def open_publishers(document: Any, service_key: Any, job_id: str) -> Any:
@@ -661,188 +588,7 @@ def _publisher_errors(job: Any, service_key: Any) -> list[FieldError]:
     return []
 
 
-# -------------------------------------------------------------------------------- queues
-
-
-class JobQueue(abc.ABC):
-    """Where stored jobs wait to run, and how a cancellation reaches a running one.
-
-    The contract of an implementation:
-
-    - `enqueue(job_id)` is called after the job was committed in state Queued. It dispatches
-      (wakes a worker, sends a task); it may be lost (a broker hiccup) without losing the job,
-      because the store is the source of truth: a worker claims a job with
-      `Store.claim(job_id, owner)` (atomic; False when someone else has it or it was
-      cancelled meanwhile) and runs it with `JobService.execute`.
-    - `cancel(job_id)` is called after the store's cancel flag was set for a Running job. It
-      is a fast path to the job's `CancelToken`; workers must also watch the flag
-      (`Store.cancel_requested`), which is what reaches a job on another node.
-    - `start()` begins taking jobs (and recovers orphans); `stop()` ends it, leaving
-      interrupted jobs Queued for the next start.
-    """
-
-    @abc.abstractmethod
-    def enqueue(self, job_id: str) -> None: ...
-
-    @abc.abstractmethod
-    def cancel(self, job_id: str) -> None: ...
-
-    def start(self) -> None:  # noqa: B027 - optional hook
-        """Begin taking jobs."""
-
-    def stop(self, timeout: float = 10.0) -> None:  # noqa: B027 - optional hook
-        """Stop taking jobs; interrupted ones are queued again."""
-
-
-class InProcessQueue(JobQueue):
-    """`workers` threads in this process that claim Queued jobs from the store.
-
-    A watchdog thread renews the heartbeats of the running jobs, turns the store's cancel flag
-    into their tokens, and sweeps for orphaned jobs (see the restart policy above).
-    """
-
-    def __init__(
-        self,
-        service: JobService,
-        workers: int = 1,
-        *,
-        poll_seconds: float = 1.0,
-        watch_seconds: float = 0.5,
-    ):
-        self.service = service
-        self.workers = max(0, workers)
-        self.poll_seconds = poll_seconds
-        self.watch_seconds = watch_seconds
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._wake = threading.Condition()
-        self._stopping = threading.Event()
-        self._runs: dict[str, _Run] = {}
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-
-    # -- JobQueue ---------------------------------------------------------------------------
-
-    def enqueue(self, job_id: str) -> None:
-        with self._wake:
-            self._wake.notify()
-
-    def cancel(self, job_id: str) -> None:
-        with self._lock:
-            run = self._runs.get(job_id)
-        if run is not None:
-            run.token.cancel("the job was cancelled")
-
-    def start(self) -> None:
-        recovered = self.service.recover(self.owner, at_start=True)
-        if recovered:
-            log.warning("%d job(s) left by a stopped worker were taken over", recovered)
-        for index in range(self.workers):
-            thread = threading.Thread(
-                target=self._work, name=f"vipe-worker-{index + 1}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
-        watchdog = threading.Thread(target=self._watch, name="vipe-watchdog", daemon=True)
-        watchdog.start()
-        self._threads.append(watchdog)
-        log.info("in-process queue started: %d worker(s), owner %s", self.workers, self.owner)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Take no new jobs; give the running ones `timeout` seconds, then queue the rest
-        again (they are not interrupted: the process is about to exit)."""
-        self._stopping.set()
-        with self._wake:
-            self._wake.notify_all()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            runs = list(self._runs.values())
-        for run in runs:
-            run.abandoned = True
-            if self.service.store.requeue(run.job_id, owner=run.owner):
-                log.warning("job %s: still running at stop; queued again", run.job_id)
-        self._threads.clear()
-
-    # -- threads ----------------------------------------------------------------------------
-
-    def _work(self) -> None:
-        store = self.service.store
-        while not self._stopping.is_set():
-            try:
-                row = store.claim_next(self.owner)
-            except Exception:
-                log.exception("the job store cannot be read; retrying")
-                row = None
-            if row is None:
-                with self._wake:
-                    self._wake.wait(self.poll_seconds)
-                continue
-            run = _Run(row.id, CancelToken(), self.owner)
-            with self._lock:
-                self._runs[row.id] = run
-            try:
-                if store.cancel_requested(row.id):
-                    run.token.cancel("the job was cancelled")
-                log.info("job %s: started (attempt %d)", row.id, row.attempts)
-                state = self.service.execute(row, run)
-                log.info("job %s: worker done: %s", row.id, state)
-            finally:
-                with self._lock:
-                    self._runs.pop(row.id, None)
-
-    def _watch(self) -> None:
-        store = self.service.store
-        lease = self.service.options.lease_seconds
-        last_sweep = time.monotonic()
-        while not self._stopping.wait(self.watch_seconds):
-            with self._lock:
-                runs = list(self._runs.values())
-            for run in runs:
-                try:
-                    if not run.token.cancelled and store.cancel_requested(run.job_id):
-                        run.token.cancel("the job was cancelled")
-                    if time.monotonic() - run.last_heartbeat >= lease / 4:
-                        run.last_heartbeat = time.monotonic()
-                        if not store.heartbeat(run.job_id, self.owner):
-                            # Another node took the job over (our lease ran out): stop, so
-                            # that two runs do not write one output.
-                            run.abandoned = True
-                            run.token.cancel("the job was taken over by another worker")
-                except Exception:
-                    log.exception("job %s: watchdog check failed", run.job_id)
-            if time.monotonic() - last_sweep >= lease / 2:
-                last_sweep = time.monotonic()
-                try:
-                    self.service.recover(self.owner, at_start=False)
-                except Exception:
-                    log.exception("the orphan sweep failed")
-
-
 # ------------------------------------------------------------------------------ helpers
-
-
-def _owner_parts(owner: str) -> tuple[str, int, str]:
-    parts = owner.rsplit(":", 2)
-    if len(parts) != 3:
-        return owner, -1, ""
-    host, pid, instance = parts
-    try:
-        return host, int(pid), instance
-    except ValueError:
-        return host, -1, instance
-
-
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, owned by someone else
-    return True
 
 
 def _without_userinfo(uri: str) -> str:
@@ -856,61 +602,13 @@ def _without_userinfo(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def job_view(store: Store, row: JobRow) -> dict[str, Any]:
-    """`GET /Job/{JobId}`: state, phase, progress, events so far, outputs."""
-    events = store.events(row.id)
-    key_ids = [item["KeyId"] for item in json.loads(row.key_ids or "[]")]
-    outputs: dict[str, Any] = {}
-    for event in events:
-        kind = event.get("MessageType")
-        if kind == "EncodingFinished":
-            outputs["Streams"] = event.get("Streams", [])
-        elif kind == "ContentPublished":
-            for name in ("Location", "FilesCount", "BytesCount", "Manifests"):
-                outputs[name] = event.get(name)
-        elif kind == "ImagesExtracted":
-            outputs["Images"] = {"Path": event.get("Path"), "Images": event.get("Images", [])}
-    view: dict[str, Any] = {
-        "JobId": row.id,
-        "TenantId": row.tenant_id,
-        "ExternalId": row.external_id,
-        "ExternalType": row.external_type,
-        "ExternalProvider": row.external_provider,
-        "State": row.state,
-        "Phase": row.phase,
-        "Progress": row.progress,
-        "CancelRequested": row.cancel_requested,
-        "CreatedTime": _iso(row.created_at),
-        "StartTime": _iso(row.started_at),
-        "FinishedTime": _iso(row.finished_at),
-        "Attempts": row.attempts,
-        "Encoder": row.encoder,
-        "Queue": row.queue,
-        "Worker": row.worker,
-        "Job": json.loads(row.summary),
-        "Events": events,
-        "Outputs": outputs,
-    }
-    if len(key_ids) == 1:
-        view["KeyId"] = key_ids[0]
-    elif key_ids:
-        view["KeyIds"] = key_ids
-    if row.error_code is not None:
-        view["ErrorCode"] = row.error_code
-        view["ErrorMessage"] = row.error_message
-    return view
-
-
-def _iso(moment: Any) -> str | None:
-    return moment.isoformat(timespec="milliseconds") if moment else None
-
-
 __all__ = [
-    "InProcessQueue",
     "InvalidJob",
-    "JobQueue",
     "JobService",
     "KeyServiceFailed",
+    "RunningJob",
     "ServiceOptions",
-    "job_view",
+    "StoreEventSink",
+    "close_publishers",
+    "open_publishers",
 ]

@@ -94,7 +94,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.cancel import CancelToken
-from engine.service.jobs import JobQueue, JobService, ServiceOptions, _Run
+from engine.events import EventType
+from engine.service.jobs import JobService, RunningJob, ServiceOptions
+from engine.service.queue import JobQueue
 from engine.service.store import FINISHED, QUEUED, RUNNING, JobRow, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -467,8 +469,12 @@ class CeleryQueue(JobQueue):
             if store.fail_queued(row.id, 3102, message):
                 log.error("job %s: %s", row.id, message)
                 self.service.metrics.finished.labels("Failed").inc()
-                self.service._emit_standalone(
-                    row, "FinalError", ErrorCode=3102, ErrorMessage=message, Phase="Encoding"
+                self.service.emit_outside_run(
+                    row,
+                    EventType.FINAL_ERROR,
+                    ErrorCode=3102,
+                    ErrorMessage=message,
+                    Phase="Encoding",
                 )
 
 
@@ -579,7 +585,7 @@ class ClusterWorker:
             ignore_result=True,
         )(_task)
         self.dispatcher = Dispatcher(self.store, self.app, self.prefix)
-        self.runs: dict[str, _Run] = {}
+        self.runs: dict[str, RunningJob] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # SIGTERM: no new jobs
         self._done = threading.Event()  # the watchdog ends
@@ -719,7 +725,7 @@ class ClusterWorker:
         if os.environ.get(KILL_SEAM_ENV) and claimed.external_id == os.environ[KILL_SEAM_ENV]:
             log.warning("job %s: test seam: killing this worker (SIGKILL)", job_id)
             os.kill(os.getpid(), signal.SIGKILL)
-        run = _Run(job_id, CancelToken(), self.owner)
+        run = RunningJob(job_id, CancelToken(), self.owner)
         with self._lock:
             self.runs[job_id] = run
         try:
@@ -779,7 +785,7 @@ class ClusterWorker:
             except Exception:
                 log.exception("the worker's watchdog failed; retrying")
 
-    def _watch_run(self, run: _Run, lease: float) -> None:
+    def _watch_run(self, run: RunningJob, lease: float) -> None:
         store = self.store
         try:
             if not run.token.cancelled and store.cancel_requested(run.job_id):
