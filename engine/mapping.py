@@ -44,11 +44,21 @@ from pathlib import Path
 from engine.errors import MappingError
 from engine.job import ContentProcessing, MediaDetection, MediaMappings
 from engine.languages import is_known_language, normalize_language
-from engine.media import AudioSource, MediaMap, SourceInfo, TextSource
+from engine.media import (
+    AudioSource,
+    AudioTrackInfo,
+    MediaMap,
+    SourceInfo,
+    SubtitleTrackInfo,
+    TextSource,
+    VideoTrackInfo,
+)
 from engine.probe import probe
 from engine.regex import compile_expression
 
 log = logging.getLogger(__name__)
+
+_Track = VideoTrackInfo | AudioTrackInfo | SubtitleTrackInfo
 
 TEXT_EXTENSIONS = frozenset({".vtt", ".webvtt", ".srt", ".ttml", ".dfxp", ".xml"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -220,9 +230,9 @@ class _Mapper:
             name = path.name
             found: dict[str, _Role] = {}
             # An explicit entry gives the language itself and wins over the role's expression.
-            for role, origin, language, regex in compiled_lists:
+            for role, origin, listed, regex in compiled_lists:
                 if role not in found and regex.search(name):
-                    found[role] = _Role(role, language, origin, explicit=True)
+                    found[role] = _Role(role, listed, origin, explicit=True)
             for role, origin, regex in compiled:
                 if role in found:
                     continue
@@ -230,11 +240,11 @@ class _Mapper:
                 if match:
                     language = match.group(1) if role != VIDEO and regex.groups >= 1 else None
                     found[role] = _Role(role, language, origin, explicit=True)
-            role = self._resolve(path, found)
-            if role is None:
+            resolved = self._resolve(path, found)
+            if resolved is None:
                 self.file_reasons.setdefault(path, "matched no expression")
             else:
-                roles[path] = role
+                roles[path] = resolved
         return roles
 
     def _resolve(self, path: Path, found: dict[str, _Role]) -> _Role | None:
@@ -298,7 +308,11 @@ class _Mapper:
             self.renditions = tuple(candidates)  # already sorted by name
             self.video = self.main = candidates[0]
             for path in candidates[1:]:
-                for track in (*self.sources[path].audio, *self.sources[path].subtitles):
+                others: tuple[_Track, ...] = (
+                    *self.sources[path].audio,
+                    *self.sources[path].subtitles,
+                )
+                for track in others:
                     self.track_reasons[(path, track.index)] = (
                         f"only the tracks of the first rendition ({candidates[0].name}) are used"
                     )
@@ -601,7 +615,8 @@ class _Mapper:
         for path, info in self.sources.items():
             if path not in used_files:
                 continue  # the whole file is ignored; its tracks are not listed one by one
-            for track in (*info.video, *info.audio, *info.subtitles):
+            tracks: tuple[_Track, ...] = (*info.video, *info.audio, *info.subtitles)
+            for track in tracks:
                 if (path, track.index) not in used_tracks:
                     ignored.append(((path, track.index), f"{path.name}#{track.index}"))
         return ignored
