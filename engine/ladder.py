@@ -782,8 +782,8 @@ def _audio_names(planned: list[_PlannedAudio], naming: Naming | None) -> list[st
         clashes: dict[str, list[int]] = {}
         for i, name in enumerate(names()):
             clashes.setdefault(name, []).append(i)
-        for members in clashes.values():
-            if len({tag_of(planned[i]) for i in members}) > 1:
-                for i in members:
+        for clashing in clashes.values():
+            if len({tag_of(planned[i]) for i in clashing}) > 1:
+                for i in clashing:
                     tags[i].append(tag_of(planned[i]))
     return _unique(names())
