@@ -39,9 +39,9 @@ def make_sample_source(path: Path, seconds: int = 8, width: int = 1280, height: 
         for start in range(0, samples, 1024):
             t = np.arange(start, min(start + 1024, samples)) / 48000
             tone = 0.2 * np.sin(2 * np.pi * 440 * t).astype(np.float32)
-            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), "fltp", "stereo")
-            frame.sample_rate, frame.pts, frame.time_base = 48000, start, Fraction(1, 48000)
-            container.mux(audio.encode(frame))
+            chunk = av.AudioFrame.from_ndarray(np.stack([tone, tone]), "fltp", "stereo")
+            chunk.sample_rate, chunk.pts, chunk.time_base = 48000, start, Fraction(1, 48000)
+            container.mux(audio.encode(chunk))
         container.mux(audio.encode(None))
     return path
 

@@ -59,7 +59,7 @@ class Watermarker:
 
     def _prepare(self, spec: WatermarkSpec) -> _Prepared:
         try:
-            image = Image.open(spec.image)
+            image: Image.Image = Image.open(spec.image)
             image.seek(0)  # the first frame of an animated GIF
             image = image.convert("RGBA")
         except OSError as error:
