@@ -28,18 +28,16 @@ from __future__ import annotations
 import itertools
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from packagers import mp4
-from packagers.codecs import AudioChannels, audio_channels, codec_string
 from packagers.errors import PackagingError
 from packagers.hooks import ProtectedSample
-from packagers.layout import SegmentRef, TrackLayout
+from packagers.layout import Segment, SegmentRef, TimedTrack, TrackLayout
 from packagers.model import TrackInput
 from packagers.mp4 import TrackFile, box
 
@@ -56,95 +54,6 @@ _ISO639_2 = {
     "sl": "slv", "sr": "srp", "sv": "swe", "th": "tha", "tr": "tur", "uk": "ukr", "vi": "vie",
     "zh": "zho",
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One segment of a track: samples [first, end) in decode order."""
-
-    number: int  # 1-based
-    first: int
-    end: int
-    start: int  # earliest composition time, track timescale (the manifests' timeline)
-    duration: int  # until the next segment's start (the last: until the end of the track)
-
-
-@dataclass
-class TimedTrack:
-    """A parsed track placed on the package timeline and cut into segments."""
-
-    input: TrackInput
-    file: TrackFile
-    decode_time: np.ndarray  # output decode times (tfdt timeline)
-    composition_offset: np.ndarray  # output composition offsets (signed)
-    edit_media_time: int  # > 0: an edit list skips this much media time (audio priming)
-    segments: list[Segment] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.input.name
-
-    @property
-    def kind(self) -> str:
-        return self.input.kind
-
-    @property
-    def timescale(self) -> int:
-        return self.file.timescale
-
-    @property
-    def composition_time(self) -> np.ndarray:
-        return self.decode_time + self.composition_offset
-
-    @property
-    def presentation_time(self) -> np.ndarray:
-        return self.composition_time - self.edit_media_time
-
-    @property
-    def composition_end(self) -> int:
-        """End of the last presented sample, composition timeline."""
-        return int((self.composition_time + self.file.samples.duration).max())
-
-    @property
-    def end_seconds(self) -> Fraction:
-        """End of presentation on the package timeline."""
-        return Fraction(self.composition_end - self.edit_media_time, self.timescale)
-
-    @property
-    def duration_seconds(self) -> Fraction:
-        start = max(0, int(self.presentation_time.min()))
-        return Fraction(self.composition_end - self.edit_media_time - start, self.timescale)
-
-    @cached_property
-    def frame_duration(self) -> int:
-        """The typical sample duration (median)."""
-        return int(np.median(self.file.samples.duration))
-
-    @cached_property
-    def codecs(self) -> str:
-        """RFC 6381 codec string."""
-        return codec_string(self.file.entry)
-
-    @property
-    def frame_rate(self) -> Fraction | None:
-        """Video frame rate from the typical frame duration."""
-        if self.kind != "video":
-            return None
-        return Fraction(self.timescale, self.frame_duration)
-
-    @property
-    def channels(self) -> AudioChannels:
-        return audio_channels(self.file.entry)
-
-    @property
-    def pixel_aspect(self) -> tuple[int, int]:
-        """(hSpacing, vSpacing) from the `pasp` box, 1:1 when absent."""
-        pasp = self.file.entry.boxes.get("pasp")
-        if pasp and len(pasp) >= 8:
-            h_spacing, v_spacing = struct.unpack_from(">II", pasp)
-            if h_spacing and v_spacing:
-                return h_spacing, v_spacing
-        return 1, 1
 
 
 def place(file: TrackFile, track: TrackInput) -> TimedTrack:
