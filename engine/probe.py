@@ -7,7 +7,8 @@ attaches to frames). Everything else is left to the encoder: a file that is trun
 has decodable media probes, and the encoder reports where it ends.
 
 Every failure is a `SourceError` (3002) that names the file (its name, not its folder) and what
-is wrong; no PyAV exception leaves this module.
+is wrong, with FFmpeg's error and its last log line where FFmpeg had a say (`engine.ffmpeg`); no
+PyAV exception leaves this module.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import av
 import av.error
 
 from engine.errors import SourceError
+from engine.ffmpeg import error_message, error_text, log_mark
 from engine.media import AudioTrackInfo, HdrInfo, SourceInfo, SubtitleTrackInfo, VideoTrackInfo
 
 log = logging.getLogger(__name__)
@@ -106,26 +108,22 @@ def probe(path: Path) -> SourceInfo:
         raise SourceError(f"{name}: cannot be read ({error.strerror or error})") from None
     if size == 0:
         raise SourceError(f"{name}: the file is empty")
+    mark = log_mark()  # FFmpeg log lines from here on are about this file
     try:
         container = av.open(str(path), mode="r", metadata_errors="ignore")
     except _READ_ERRORS as error:
-        raise SourceError(f"{name}: not a readable media file ({_reason(error)})") from error
+        message = error_message(path, "not a readable media file", error, since=mark)
+        raise SourceError(message) from error
     try:
         with container:
-            return _describe(container, path, size)
+            return _describe(container, path, size, mark)
     except SourceError:
         raise
     except _READ_ERRORS as error:
-        raise SourceError(f"{name}: cannot be read ({_reason(error)})") from error
+        raise SourceError(error_message(path, "cannot be read", error, since=mark)) from error
 
 
-def _reason(error: BaseException) -> str:
-    # FFmpeg errors carry the full path in str(); strerror alone says what is wrong.
-    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    return str(text)
-
-
-def _describe(container, path: Path, size: int) -> SourceInfo:
+def _describe(container, path: Path, size: int, mark: int) -> SourceInfo:
     name = path.name
     video_streams = [
         s
@@ -137,7 +135,7 @@ def _describe(container, path: Path, size: int) -> SourceInfo:
     if not (video_streams or audio_streams or subtitle_streams):
         raise SourceError(f"{name}: contains no video, audio or subtitle track")
 
-    first_pass = _read_start(container, video_streams[0] if video_streams else None, name)
+    first_pass = _read_start(container, video_streams[0] if video_streams else None, path, mark)
 
     video = tuple(
         _video_track(s, first_pass if i == 0 else None) for i, s in enumerate(video_streams)
@@ -178,8 +176,9 @@ class _StartOfFile:
         self.colors: tuple[int, int, int] | None = None
 
 
-def _read_start(container, video, name: str) -> _StartOfFile:
+def _read_start(container, video, path: Path, mark: int) -> _StartOfFile:
     """Demux the start of the file; decode the first frames of the main video track."""
+    name = path.name
     found = _StartOfFile()
     packets = 0
     decode_failed: BaseException | None = None
@@ -205,18 +204,21 @@ def _read_start(container, video, name: str) -> _StartOfFile:
                 break
     except _READ_ERRORS as error:
         # A truncated or damaged file: keep what was read; the encoder reports the rest.
-        log.debug("%s: demuxing stopped early: %s", name, _reason(error))
+        log.debug("%s: demuxing stopped early: %s", name, error_text(error, path))
         if packets == 0:
-            raise SourceError(f"{name}: no media data can be read ({_reason(error)})") from error
+            message = error_message(path, "no media data can be read", error, since=mark)
+            raise SourceError(message) from error
     if packets == 0:
-        raise SourceError(f"{name}: contains no media data (truncated or empty tracks)")
+        what = "contains no media data (truncated or empty tracks)"
+        raise SourceError(error_message(path, what, since=mark))
     if video is not None and found.frames == 0:
         if not found.timestamps:
-            raise SourceError(f"{name}: the video track holds no data (truncated?)")
+            what = "the video track holds no data (truncated?)"
+            raise SourceError(error_message(path, what, since=mark))
         if decode_failed is not None:
-            raise SourceError(
-                f"{name}: the video track cannot be decoded ({_reason(decode_failed)})"
-            ) from decode_failed
+            what = "the video track cannot be decoded"
+            message = error_message(path, what, decode_failed, since=mark)
+            raise SourceError(message) from decode_failed
     return found
 
 

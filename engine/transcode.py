@@ -44,6 +44,7 @@ from av.video.reformatter import Interpolation, VideoReformatter
 
 from engine.encoders import EncoderChoice
 from engine.errors import EncodingError, SourceError
+from engine.ffmpeg import encoder_command, error_message, log_mark
 from engine.media import AudioRendition, VideoRendition, VideoTrackInfo
 from engine.quality import QualityMeter, QualitySettings, RenditionQuality
 from engine.watermark import Watermarker
@@ -103,6 +104,7 @@ class TranscodePlan:
     audio_length: float | None = None
     # Measure PSNR/SSIM (and VMAF) of every video rendition in the pass (engine.quality).
     quality: QualitySettings | None = None
+    job_id: str | None = None  # for the log lines
 
 
 @dataclass(frozen=True)
@@ -296,12 +298,14 @@ def _transcode_file(
 
         # Software fallback allowed: a profile NVDEC lacks (4:2:2, …) decodes on the CPU.
         hwaccel = HWAccel(device_type="cuda", allow_software_fallback=True)
+    mark = log_mark()  # FFmpeg log lines from here on are about this file
     try:
         container = av.open(str(path), options={"ignore_editlist": "0"}, hwaccel=hwaccel)
     except av.FFmpegError as error:
         if hwaccel is not None:
-            raise _GpuDecodeError(f"cannot open {path.name} for CUDA decoding: {error}") from None
-        raise SourceError(f"{path.name}: cannot open: {error}") from None
+            message = error_message(path, "cannot open for CUDA decoding", error, since=mark)
+            raise _GpuDecodeError(message) from None
+        raise SourceError(error_message(path, "cannot open", error, since=mark)) from None
     rungs: list[_RungThread] = []
     failed: list[VideoOutput] = []
     audio_pipes: list[_AudioSourcePipe] = []
@@ -321,6 +325,7 @@ def _transcode_file(
             preparer = _FramePreparer(video_stream, plan)
             for output in video_outputs:
                 encoder = _open_encoder(output, plan.frame_rate, warn, plan.quality)
+                _log_settings(plan, encoder.output, path, preparer.filters, hwaccel is not None)
                 rungs.append(_RungThread(encoder))
         # Group audio outputs by their source (a track, or mono tracks grouped together).
         by_source: dict[tuple, list[AudioOutput]] = {}
@@ -352,12 +357,12 @@ def _transcode_file(
                     pipe.push(stream_index, frame, video_start or 0.0, audio_limit())
 
         video_packets = 0
-        for packet in _demux(container, wanted, path):
+        for packet in _demux(container, wanted, path, mark):
             if cancel:
                 cancel()
             if packet.size and packet.stream.type == "video":
                 video_packets += 1
-            for frame in _decode(packet, path):
+            for frame in _decode(packet, path, mark):
                 if packet.stream.type == "video":
                     if video_start is None:
                         video_start = float(frame.time or 0.0)
@@ -379,15 +384,15 @@ def _transcode_file(
         for audio_frame, index in pending_audio:  # a video file whose video never decoded
             feed_audio(audio_frame, index)
         if video_outputs and clock.index == 0:
-            raise SourceError(f"{path.name}: no video frame could be decoded")
+            raise SourceError(error_message(path, "no video frame could be decoded", since=mark))
         # A file cut short after its index (MP4 with the moov first) demuxes without an error;
         # its sample count says what is missing.
         declared = video_stream.frames if video_stream is not None else 0
         if declared and video_packets < declared:
-            raise SourceError(
-                f"{path.name}: the file is truncated: {video_packets} of its {declared} video "
-                "frames are there"
+            what = (
+                f"the file is truncated: {video_packets} of its {declared} video frames are there"
             )
+            raise SourceError(error_message(path, what, since=mark))
         video_results = _close_all(rungs, clock.index, failed, warn)
         rungs = []
         audio_results = []
@@ -408,6 +413,33 @@ def _transcode_file(
         container.close()
 
 
+def _log_settings(
+    plan: TranscodePlan,
+    output: VideoOutput,
+    path: Path,
+    filters: list[tuple[str, str]],
+    hw_decode: bool,
+) -> None:
+    """Log the rendition's encoder settings as the equivalent `ffmpeg` command line, once
+    per encoder opened (a rendition encoded again after a hardware fallback logs its new one)."""
+    rendition = output.rendition
+    command = encoder_command(
+        input_name=path.name,
+        output_name=output.path.name,
+        encoder=output.encoder,
+        width=rendition.width,
+        height=rendition.height,
+        frame_rate=plan.frame_rate,
+        segment_seconds=plan.segment_seconds,
+        sample_aspect_ratio=rendition.sample_aspect_ratio,
+        filters=filters,
+        hw_decode=hw_decode,
+        movflags=FRAGMENTED,
+        watermarks=plan.watermarks is not None,
+    )
+    log.info("job %s: rendition %s encodes as: %s", plan.job_id or "-", rendition.name, command)
+
+
 def _open_encoder(
     output: VideoOutput, frame_rate: Fraction, warn: Warn, quality: QualitySettings | None = None
 ) -> _VideoEncoder:
@@ -418,10 +450,9 @@ def _open_encoder(
     except EncodingError as error:
         if not output.encoder.hardware or output.fallback is None:
             raise
-        warn(
+        warn(  # the message names the rendition
             "HardwareFallback",
-            f"{output.rendition.name}: {error.message}; encoding it on the CPU with "
-            f"{output.fallback.name}",
+            f"{error.message}; encoding it on the CPU with {output.fallback.name}",
         )
         fallback = replace(output, encoder=output.fallback, fallback=None)
         return _VideoEncoder(fallback, frame_rate, quality)
@@ -533,22 +564,21 @@ def _stream_by_index(container, index: int, path: Path):
     raise SourceError(f"{path.name}: has no track {index}")
 
 
-def _demux(container, streams, path: Path):
+def _demux(container, streams, path: Path, mark: int):
     try:
         yield from container.demux(streams)
     except av.FFmpegError as error:
-        raise SourceError(f"{path.name}: the file is corrupt or truncated: {error}") from None
+        what = "the file is corrupt or truncated"
+        raise SourceError(error_message(path, what, error, since=mark)) from None
 
 
-def _decode(packet, path: Path):
+def _decode(packet, path: Path, mark: int):
     try:
         return packet.decode()
     except av.FFmpegError as error:
-        raise SourceError(
-            f"{path.name}: cannot decode {packet.stream.type} at "
-            f"{float(packet.pts * packet.time_base) if packet.pts is not None else '?'} s: "
-            f"{error}"
-        ) from None
+        at = f"{float(packet.pts * packet.time_base)}" if packet.pts is not None else "?"
+        what = f"cannot decode {packet.stream.type} at {at} s"
+        raise SourceError(error_message(path, what, error, since=mark)) from None
 
 
 # -------------------------------------------------------------------------------------- video
@@ -630,6 +660,7 @@ class _VideoEncoder:
     ):
         self.output = output
         self.meter: QualityMeter | None = None
+        self.mark = log_mark()  # FFmpeg log lines from here on may be this encoder's
         self.container = av.open(
             str(output.path), "w", format="mp4", options={"movflags": FRAGMENTED}
         )
@@ -637,8 +668,7 @@ class _VideoEncoder:
             self.stream = _open_stream(self.container, output, frame_rate)
         except av.FFmpegError as error:
             self.abort()
-            reason = getattr(error, "strerror", None) or error  # without the options dump
-            raise EncodingError(f"{output.encoder.name} does not open: {reason}") from None
+            raise EncodingError(self._message("does not open", error)) from None
         self.scaler = VideoReformatter()  # one per rung: a shared scaler re-initialises per size
         self.frames = 0
         if quality is not None:  # decodes this rung's packets and compares (engine.quality)
@@ -665,9 +695,13 @@ class _VideoEncoder:
                     self.meter.packet(packet)
                 self.container.mux(packet)
         except av.FFmpegError as error:
-            message = f"{rendition.name}: {self.output.encoder.name} failed: {error}"
-            raise EncodingError(message) from None
+            raise EncodingError(self._message("failed", error)) from None
         self.frames += 1
+
+    def _message(self, what: str, error: BaseException) -> str:
+        """'<rendition>: <encoder> <what>: <FFmpeg error>; FFmpeg log: <line>'."""
+        what = f"{self.output.encoder.name} {what}"
+        return error_message(self.output.rendition.name, what, error, since=self.mark)
 
     def close(self, frame_count: int) -> EncodedTrack:
         try:
@@ -678,9 +712,7 @@ class _VideoEncoder:
             self.container.close()
             quality = self.meter.finish() if self.meter is not None else None
         except av.FFmpegError as error:
-            raise EncodingError(
-                f"{self.output.rendition.name}: finishing {self.output.encoder.name}: {error}"
-            ) from None
+            raise EncodingError(self._message("failed when finishing", error)) from None
         return EncodedTrack(
             self.output.path,
             "video",
@@ -869,6 +901,7 @@ class _Loudnorm:
 class _AudioEncoder:
     def __init__(self, output: AudioOutput):
         self.output = output
+        self.mark = log_mark()  # FFmpeg log lines from here on may be this encoder's
         rendition = output.rendition
         self.container = av.open(
             str(output.path),
@@ -912,9 +945,7 @@ class _AudioEncoder:
                 for packet in self.stream.encode(chunk):
                     self.container.mux(packet)
             except av.FFmpegError as error:
-                raise EncodingError(
-                    f"{self.output.rendition.name}: {self.encoder_name} failed: {error}"
-                ) from None
+                raise EncodingError(self._message("failed", error)) from None
 
     def close(self) -> EncodedTrack:
         for resampled in self.resampler.resample(None):
@@ -926,7 +957,7 @@ class _AudioEncoder:
                 self.container.mux(packet)
             self.container.close()
         except av.FFmpegError as error:
-            raise EncodingError(f"{self.output.rendition.name}: finishing: {error}") from None
+            raise EncodingError(self._message("failed when finishing", error)) from None
         return EncodedTrack(
             self.output.path,
             "audio",
@@ -936,6 +967,10 @@ class _AudioEncoder:
             self.samples / AUDIO_RATE,
             PRIMING[self.encoder_name],
         )
+
+    def _message(self, what: str, error: BaseException) -> str:
+        what = f"{self.encoder_name} {what}"
+        return error_message(self.output.rendition.name, what, error, since=self.mark)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
