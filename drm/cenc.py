@@ -160,6 +160,7 @@ class SampleEncryptor:
             data, protected = _ctr(self._key, iv, sample, subsamples)
             self._next_iv = _advance_iv(iv, protected)
         else:
+            assert self.constant_iv is not None, "cbcs always has a constant IV"
             data = _cbcs(
                 self._key,
                 self.constant_iv,

@@ -51,9 +51,11 @@ class ServiceKey:
         """Load the key pair from `folder`, creating it (2048-bit RSA, self-signed) on first use."""
         key_path, cert_path = folder / KEY_FILE, folder / CERTIFICATE_FILE
         if key_path.exists() and cert_path.exists():
-            private_key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            if not isinstance(loaded, rsa.RSAPrivateKey):
+                raise ValueError(f"{key_path} does not hold an RSA private key")
             certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            return cls(private_key, certificate)
+            return cls(loaded, certificate)
         folder.mkdir(parents=True, exist_ok=True)
         private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vipe credentials protection")])
@@ -97,12 +99,12 @@ class ServiceKey:
             raise CredentialsError(field, "does not decrypt to UTF-8 text") from None
 
     def decrypt_bytes(self, ciphertext: bytes, field: str) -> bytes:
-        failed = object()
+        failed = object()  # what the cipher hands back for a wrong padding
         try:
             plaintext = self._cipher.decrypt(ciphertext, failed)
         except ValueError:  # wrong ciphertext length
             plaintext = failed
-        if plaintext is failed:
+        if not isinstance(plaintext, bytes):  # `failed`: the plaintext is always bytes
             raise CredentialsError(
                 field, "does not decrypt with the service key (wrong certificate or corrupted)"
             )
@@ -115,6 +117,8 @@ def encrypt_for_certificate(plaintext: bytes | str, certificate_base64: str) -> 
         plaintext = plaintext.encode()
     certificate = x509.load_der_x509_certificate(base64.b64decode(certificate_base64))
     public_key = certificate.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise ValueError("the certificate does not hold an RSA public key")
     return base64.b64encode(public_key.encrypt(plaintext, padding.PKCS1v15())).decode()
 
 
