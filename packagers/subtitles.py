@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 from xml.parsers import expat
 
 if TYPE_CHECKING:
@@ -589,7 +589,7 @@ def _parse_xml(path: Path, data: bytes) -> _Node:
     stack: list[_Node] = []
     root: list[_Node] = []
 
-    def refuse(*_args: object) -> None:
+    def refuse(*_args: object) -> NoReturn:  # NoReturn: fits handlers that return an int
         raise SubtitleError(
             path, "DOCTYPE and entity declarations are not allowed", parser.CurrentLineNumber
         )
@@ -651,13 +651,15 @@ def _timing_parameters(path: Path, tt: _Node) -> _TimingParameters:
     try:
         nominal_rate = int(number("frameRate") or 30)
         multiplier = Fraction(1)
-        if number("frameRateMultiplier"):
-            numerator, denominator = number("frameRateMultiplier").split()
+        multiplier_text = number("frameRateMultiplier")
+        if multiplier_text:
+            numerator, denominator = multiplier_text.split()
             multiplier = Fraction(int(numerator), int(denominator))
         sub_frame_rate = int(number("subFrameRate") or 1)
         frame_rate = nominal_rate * multiplier
-        if number("tickRate"):
-            tick_rate = Fraction(int(number("tickRate")))
+        tick_text = number("tickRate")
+        if tick_text:
+            tick_rate = Fraction(int(tick_text))
         else:  # TTML: the effective frame rate when one is given, else 1
             tick_rate = frame_rate * sub_frame_rate if number("frameRate") else Fraction(1)
     except (ValueError, ZeroDivisionError) as error:
@@ -726,8 +728,9 @@ class _TtmlReader:
         for head in tt.elements("head"):
             for styling in head.elements("styling"):
                 for style in styling.elements("style"):
-                    if style.attr("id", _XML_NS):
-                        self.styles[style.attr("id", _XML_NS)] = style
+                    style_id = style.attr("id", _XML_NS)
+                    if style_id:
+                        self.styles[style_id] = style
         self.cues: list[_RawCue] = []
         self.times: list[Time] = []  # every resolved instant, to end indefinite cues
 
