@@ -370,7 +370,7 @@ def _bit_depth(pixel_format: str | None, context) -> int:
 
 
 def _hdr(context, start: _StartOfFile | None) -> HdrInfo | None:
-    codes = (
+    codes: tuple[int, ...] = (
         (context.color_primaries, context.color_trc, context.colorspace)
         if context is not None
         else (2, 2, 2)

@@ -229,10 +229,13 @@ def _cpu_pass(plan, failed: list[VideoOutput], tracker, cancel, warn: Warn) -> l
     """Encode the renditions whose hardware encoder failed again, from the first frame, with
     their CPU fallback (CPU decoding too: the GPU may be what failed)."""
     assert plan.video_file is not None
-    outputs = tuple(replace(o, encoder=o.fallback, fallback=None) for o in failed)
+    outputs = []
+    for output in failed:
+        assert output.fallback is not None  # only those with one are queued (_drop_failed)
+        outputs.append(replace(output, encoder=output.fallback, fallback=None))
     tracker.add_pass()
     results, _, _ = _transcode_file(
-        plan, plan.video_file, outputs, [], tracker, cancel, None, warn=warn
+        plan, plan.video_file, tuple(outputs), [], tracker, cancel, None, warn=warn
     )
     return results
 
@@ -320,8 +323,8 @@ def _transcode_file(
             )
             if video_stream.codec_context.is_hwaccel:
                 log.info("%s: decoding %s on NVDEC", path.name, video_stream.codec_context.name)
-            else:
-                video_stream.thread_type = "AUTO"  # (frame threads with CUDA: not worth it)
+            else:  # (frame threads with CUDA: not worth it)
+                video_stream.codec_context.thread_type = "AUTO"
             preparer = _FramePreparer(video_stream, plan)
             for output in video_outputs:
                 encoder = _open_encoder(output, plan.frame_rate, warn, plan.quality)
@@ -329,8 +332,9 @@ def _transcode_file(
                 rungs.append(_RungThread(encoder))
         # Group audio outputs by their source (a track, or mono tracks grouped together).
         by_source: dict[tuple, list[AudioOutput]] = {}
-        for output in audio_outputs:
-            by_source.setdefault(output.rendition.source.track_indices, []).append(output)
+        for audio_output in audio_outputs:
+            indices = audio_output.rendition.source.track_indices
+            by_source.setdefault(indices, []).append(audio_output)
         for indices, outputs in by_source.items():
             streams = [_stream_by_index(container, i, path) for i in indices]
             audio_pipes.append(_AudioSourcePipe(streams, outputs, plan.normalize_audio, path))
@@ -340,7 +344,7 @@ def _transcode_file(
         ]
         for stream in wanted:
             if stream.type == "audio":
-                stream.thread_type = "AUTO"
+                stream.codec_context.thread_type = "AUTO"
 
         clock = _OutputClock(plan.frame_rate, plan.segment_seconds)
         video_start: float | None = start_override
@@ -369,9 +373,10 @@ def _transcode_file(
                         for audio_frame, index in pending_audio:
                             feed_audio(audio_frame, index)
                         pending_audio.clear()
+                    assert preparer is not None  # video frames come only with video outputs
                     for prepared in preparer.prepare(frame):
                         _encode_all(rungs, prepared, clock.stamp(prepared), failed, warn)
-                    tracker.update(clock.index / plan.frame_rate)
+                    tracker.update(float(clock.index / plan.frame_rate))
                 elif video_start is None and video_stream is not None:
                     pending_audio.append((frame, packet.stream.index))  # wait for video start
                 else:
@@ -437,7 +442,8 @@ def _log_settings(
         movflags=FRAGMENTED,
         watermarks=plan.watermarks is not None,
     )
-    log.info("job %s: rendition %s encodes as: %s", plan.job_id or "-", rendition.name, command)
+    job = f"job {plan.job_id}: " if plan.job_id else ""
+    log.info("%srendition %s encodes as: %s", job, rendition.name, command)
 
 
 def _open_encoder(
@@ -535,6 +541,7 @@ def _close_all(rungs: list[_RungThread], frame_count: int, failed, warn: Warn):
 
 def _rung_failed(rung: _RungThread, failed, warn: Warn) -> None:
     error = rung.error
+    assert error is not None
     if isinstance(error, EncodingError):
         _drop_failed(rung.encoder, error, failed, warn)
     else:
@@ -607,12 +614,12 @@ class _FramePreparer:
             filters.append(("fps", f"fps={rate.numerator}/{rate.denominator}"))
         self.stream = stream
         self.filters = filters
-        self.graph = None  # built from the first frame (module docs)
+        self.graph: av.filter.Graph | None = None  # built from the first frame (module docs)
 
     def _build(self, frame: av.VideoFrame):
         # The first frame's format, not the stream's: NVDEC frames arrive as NV12/P010.
         graph = av.filter.Graph()
-        nodes = [graph.add_buffer(template=self.stream, format=frame.format.name)]
+        nodes = [graph.add_buffer(template=self.stream, format=frame.format)]
         for name, args in self.filters:
             nodes.append(graph.add(name, args))
         nodes.append(graph.add("buffersink"))
@@ -626,7 +633,7 @@ class _FramePreparer:
         if self.graph is None:
             self.graph = self._build(frame)
         self.graph.vpush(frame)
-        yield from self._pull()
+        yield from self._pull(self.graph)
 
     def flush(self):
         if self.graph is None:
@@ -635,19 +642,19 @@ class _FramePreparer:
             self.graph.vpush(None)
         except (av.EOFError, ValueError):
             return
-        yield from self._pull()
+        yield from self._pull(self.graph)
 
-    def _pull(self):
+    def _pull(self, graph: av.filter.Graph):
         while True:
             try:
-                out = self.graph.vpull()
+                out = graph.vpull()
             except (BlockingIOError, av.EOFError):
                 return
             yield self._finish(out)
 
     def _finish(self, frame: av.VideoFrame) -> av.VideoFrame:
         if self.watermarks is not None:
-            frame = self.watermarks.apply(frame, self.index / self.frame_rate)
+            frame = self.watermarks.apply(frame, float(self.index / self.frame_rate))
         self.index += 1
         return frame
 
@@ -827,9 +834,9 @@ class _AudioSourcePipe:
         if not final and available < 1024:
             return
         if len(self.streams) == 1:
-            frame = self.fifos[self.stream_indices[0]].read(available)
+            frame = _read(self.fifos[self.stream_indices[0]], available)
         else:
-            planes = [self.fifos[i].read(available).to_ndarray()[0] for i in self.stream_indices]
+            planes = [_read(self.fifos[i], available).to_ndarray()[0] for i in self.stream_indices]
             frame = _frame_from(np.stack(planes), self.layout)
         self.samples_out += available
         self._emit(frame)
@@ -912,6 +919,7 @@ class _AudioEncoder:
         name = AUDIO_ENCODERS[rendition.codec]
         layout = LAYOUTS[rendition.channels]
         stream = self.container.add_stream(name, rate=AUDIO_RATE)
+        assert isinstance(stream, av.AudioStream)
         stream.layout = layout
         stream.bit_rate = rendition.bitrate_kbps * 1000
         stream.time_base = Fraction(1, AUDIO_RATE)
@@ -937,7 +945,7 @@ class _AudioEncoder:
 
     def _encode_available(self, final: bool) -> None:
         while self.fifo.samples >= self.frame_size or (final and self.fifo.samples):
-            chunk = self.fifo.read(min(self.frame_size, self.fifo.samples))
+            chunk = _read(self.fifo, min(self.frame_size, self.fifo.samples))
             chunk.pts = self.samples
             chunk.time_base = Fraction(1, AUDIO_RATE)
             self.samples += chunk.samples
@@ -975,6 +983,13 @@ class _AudioEncoder:
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.container.close()
+
+
+def _read(fifo: av.AudioFifo, samples: int) -> av.AudioFrame:
+    """`samples` samples from `fifo`, which holds at least that many."""
+    frame = fifo.read(samples)
+    assert frame is not None, "the audio FIFO holds fewer samples than asked"
+    return frame
 
 
 def _silence(samples: int, layout: str) -> av.AudioFrame:
