@@ -23,6 +23,7 @@ from __future__ import annotations
 from drm.credentials import CredentialsError, ServiceKey
 from engine.errors import AcquisitionError, EngineError, JobValidationError, PublishError
 from engine.job import Protection, StorageSpec
+from engine.policy import TRUSTED, JobPolicy
 from engine.validation import FieldError
 from storage.base import StorageError, StorageLocation
 
@@ -31,9 +32,14 @@ _PUBLISHING_CODES = {"unreachable": 4301, "denied": 4302, "missing": 4301, "inva
 
 
 def location_from_spec(
-    spec: StorageSpec, service_key: ServiceKey | None, field: str
+    spec: StorageSpec,
+    service_key: ServiceKey | None,
+    field: str,
+    policy: JobPolicy = TRUSTED,
+    tenant_id: str = "local",
 ) -> StorageLocation:
-    """The location a storage provider needs, its secret in clear.
+    """The location a storage provider needs, its secret in clear, under the server's policy
+    (`policy`: where connections may go, and the tenant's folders for `Local`).
 
     `field` is the JSON path of the storage object (e.g. `ContentAcquisition`), used to name
     `<field>.CredentialsSecret` when an Encrypted secret does not decrypt (JobValidationError,
@@ -58,6 +64,8 @@ def location_from_spec(
         credentials_secret=secret,
         role_arn=spec.role_arn_to_assume,
         role_session_seconds=spec.role_session_duration_in_seconds,
+        egress=policy.egress,
+        local_roots=policy.roots_for(tenant_id),
     )
 
 

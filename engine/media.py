@@ -148,6 +148,36 @@ class MediaMap:
     sources: dict[Path, SourceInfo] = field(default_factory=dict)  # probe results by path
 
     @property
+    def video_source(self) -> SourceInfo | None:
+        """The probe of the main video file (None for audio-only jobs)."""
+        return self.sources.get(self.video) if self.video else None
+
+    @property
+    def main_video(self) -> VideoTrackInfo | None:
+        """The main video file's video track."""
+        source = self.video_source
+        return source.main_video if source else None
+
+    @property
+    def audio_duration(self) -> float:
+        """The longest mapped audio source (what an audio-only job lasts)."""
+        durations = [self.sources[a.path].duration for a in self.audio if a.path in self.sources]
+        return max(durations, default=0.0)
+
+    @property
+    def used_files(self) -> tuple[Path, ...]:
+        """Every acquired file this job uses (what DeleteFilesFromSourceWhenDone may delete)."""
+        paths = [
+            *([self.video] if self.video else []),
+            *self.renditions,
+            *(a.path for a in self.audio),
+            *(s.path for s in self.subtitles),
+            *(c.path for c in self.captions),
+            *self.watermarks,
+        ]
+        return tuple(dict.fromkeys(paths))
+
+    @property
     def audio_languages(self) -> list[str]:
         return list(dict.fromkeys(a.language for a in self.audio))
 

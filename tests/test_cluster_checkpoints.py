@@ -11,8 +11,9 @@ from api_helpers import tiny_job
 from cluster_helpers import relative_files
 from mediagen import make_media
 
-import engine.pipeline as pipeline
-from engine.pipeline import JobRunner, run_job
+import engine.pipeline.encoding as encoding
+import engine.pipeline.runner as runner
+from engine.pipeline import run_job
 from engine.pipeline.checkpoints import FOLDER, PHASES, Checkpoints
 
 
@@ -53,22 +54,26 @@ def resumed(events: list[dict]) -> list[str]:
     return [e["Message"].split(":")[0] for e in events if e.get("Code") == "PhaseResumed"]
 
 
-def crash_in(monkeypatch, method: str) -> None:
-    def crash(self, *args):
-        raise Crash(method)
+# The runner's phase functions, by the name a test gives the phase.
+PHASE_FUNCTIONS = {"media_mapping": "map_job_media", "packaging": "package_output"}
 
-    monkeypatch.setattr(JobRunner, method, crash)
+
+def crash_in(monkeypatch, phase: str) -> None:
+    def crash(*args):
+        raise Crash(phase)
+
+    monkeypatch.setattr(runner, PHASE_FUNCTIONS[phase], crash)
 
 
 def count_transcodes(monkeypatch) -> list[int]:
     calls: list[int] = []
-    real = pipeline.transcode
+    real = encoding.transcode
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "transcode", counted)
+    monkeypatch.setattr(encoding, "transcode", counted)
     return calls
 
 

@@ -31,14 +31,13 @@ from publisher_helpers import (
     service_bus_connection,
 )
 
+import engine.pipeline.runner
 import engine.publishers
 from drm.credentials import ServiceKey, encrypt_for_certificate
 from engine.errors import JobValidationError
 from engine.pipeline import run_job
 from engine.publishers import Publisher, RetryPolicy, open_hub
 from engine.validation import validate_job
-
-pytest_plugins = ["servers", "publisher_helpers"]
 
 FAST = RetryPolicy(attempts=3, initial_delay=0.05, max_delay=0.2)
 HOOK_SECRET = "job-Hook-Secret-31337"
@@ -153,7 +152,7 @@ def run_with_hub(job: dict, root: Path, service_key: ServiceKey | None):
 
     emitted: list[dict] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine.publishers, "open_hub", open_fast_hub)
+        patch.setattr(engine.pipeline.runner, "open_hub", open_fast_hub)
         report = run_job(job, on_event=emitted.append, job_id=job_id, data_dir=root / "data")
     assert len(hubs) == 1, "the runner opens exactly one hub per job"
     delivered_all = hubs[0].close(timeout=30)  # closed by the runner already: only reports

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from mediagen import make_media
 
-import engine.pipeline
+import engine.pipeline.encoding
 from engine import quality
 from engine.cli import main
 from engine.pipeline import run_job
@@ -133,7 +133,10 @@ def test_metrics_equal_the_ffmpeg_cli_on_the_rendition_files(job_run, source):
 def test_without_libvmaf_vmaf_is_null_and_warned_and_sampling(source, tmp_path, monkeypatch):
     """No libvmaf: `"Vmaf": null` and a Warning. Also a long source's sampling, simulated
     with a cap of 30 frames: 100 frames → every 4th measured, and the streams say so."""
-    monkeypatch.setattr(engine.pipeline, "vmaf_support", lambda: (None, "no libvmaf (test)"))
+    def no_vmaf() -> tuple[None, str]:
+        return None, "no libvmaf (test)"
+
+    monkeypatch.setattr(engine.pipeline.encoding, "vmaf_support", no_vmaf)
     monkeypatch.setattr(quality, "MAX_MEASURED_FRAMES", 30)
     events: list[dict[str, Any]] = []
     job = make_job(source, tmp_path / "out", VideoRepresentations=LADDER[1:])

@@ -13,10 +13,10 @@ Media Mapping (a probe), Image Extraction and Publishing always run again: they 
 for publishing, idempotent (the same names are uploaded again and overwrite, manifests last).
 
 A checkpoint is written after its phase has finished, atomically (temporary file, fsync,
-rename), as `checkpoints/<n>-<phase>.pickle` in the work folder. It holds what the next phase
-needs (the phase's typed result: acquired files, encoded tracks, the package), the report facts
-and the phase's own summary events (`ContentAcquired`, `EncodingFinished`, replayed when the
-phase is skipped), and the list of every file in the work folder with its size and mtime.
+rename), as `checkpoints/<n>-<phase>.pickle` in the work folder. It holds the phase's result
+(`engine.pipeline.results`: acquired files, encoded tracks, the package; everything later
+phases, the report and the phase's summary event are made from), the phase's duration, and
+the list of every file in the work folder with its size and mtime.
 
 At the start of a run, `prepare()` keeps the longest chain of checkpoints (in phase order)
 whose job digest matches and whose listed files are all there, unchanged; everything else in the
@@ -29,27 +29,31 @@ private to the worker (its data folder), the same trust as the code itself.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import hashlib
 import logging
 import os
 import pickle
 import shutil
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from engine.events import Phase
 
 log = logging.getLogger(__name__)
 
 FOLDER = "checkpoints"
-VERSION = 1
+VERSION = 2
 # The phases that leave a checkpoint, in order.
-PHASES = ("Acquisition", "Encoding", "DRM + Packaging")
-# Events a skipped phase emits again, so that the attempt's events are complete.
-REPLAYED = frozenset({"ContentAcquired", "EncodingFinished"})
-# Report facts that belong to the run, not to a phase.
-RUN_FACTS = frozenset({"start_time", "finished_time", "state", "error_code"})
+PHASES = (Phase.ACQUISITION, Phase.ENCODING, Phase.PACKAGING)
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A phase's checkpoint: its result and how long it took."""
+
+    result: Any
+    seconds: float | None
 
 
 def job_digest(job: Any) -> str:
@@ -66,16 +70,16 @@ class Checkpoints:
         self.folder = workdir / FOLDER
         self.digest = digest
         self.job_id = job_id
-        self.valid: dict[str, dict[str, Any]] = {}  # phase -> loaded checkpoint
+        self.valid: dict[Phase, dict[str, Any]] = {}  # phase -> loaded checkpoint
 
-    def _path(self, phase: str) -> Path:
+    def _path(self, phase: Phase) -> Path:
         index = PHASES.index(phase)
         slug = phase.lower().replace(" + ", "-").replace(" ", "-")
         return self.folder / f"{index + 1}-{slug}.pickle"
 
     # -- start of a run ---------------------------------------------------------------------
 
-    def prepare(self) -> list[str]:
+    def prepare(self) -> list[Phase]:
         """Keep the valid chain of checkpoints and exactly the files it lists; the phases
         that will be skipped, in order."""
         self.valid = {}
@@ -97,7 +101,7 @@ class Checkpoints:
             )
         return list(self.valid)
 
-    def _load(self, phase: str) -> dict[str, Any] | None:
+    def _load(self, phase: Phase) -> dict[str, Any] | None:
         path = self._path(phase)
         if not path.exists():
             return None
@@ -157,66 +161,32 @@ class Checkpoints:
 
     # -- during a run -----------------------------------------------------------------------
 
-    def run(self, phase: str, runner: Any, do: Callable[[], Any]) -> Any:
-        """Run a phase through `do` (the runner's timed call) and checkpoint its result, or
-        skip it when its checkpoint is valid. `runner` is the `JobRunner` (its events and
-        context)."""
+    def resume(self, phase: Phase) -> Saved | None:
+        """The phase's saved result when its checkpoint is valid (the phase is then skipped),
+        else None: the phase runs, and its checkpoint and later ones no longer hold."""
         saved = self.valid.get(phase)
         if saved is not None:
-            return self._resume(phase, runner, saved)
-        self._drop_from(phase)
-        start = len(runner.events.history)
-        result = do()
-        events = [
-            {k: v for k, v in event.items() if k not in runner.events.base and k != "Timestamp"}
-            for event in runner.events.history[start:]
-            if event.get("MessageType") in REPLAYED
-        ]
-        self._save(phase, result, runner.context, events)
-        return result
-
-    def _resume(self, phase: str, runner: Any, saved: dict[str, Any]) -> Any:
-        context = runner.context
-        for name, value in saved["facts"].items():
-            if name not in RUN_FACTS:
-                setattr(context.facts, name, value)
-        if saved.get("seconds") is not None:
-            context.phase_seconds[phase] = saved["seconds"]
-        runner.events.warning(
-            "PhaseResumed",
-            f"{phase}: complete in a checkpoint of an earlier attempt on this worker; "
-            "not done again",
-        )
-        for event in saved["events"]:
-            fields = dict(event)
-            runner.events.emit(fields.pop("MessageType"), **fields)
-        log.info("job %s: %s skipped (checkpoint)", self.job_id, phase)
-        return saved["result"]
-
-    def _drop_from(self, phase: str) -> None:
-        """This phase runs: its checkpoint and those of later phases no longer hold."""
+            log.info("job %s: %s skipped (checkpoint)", self.job_id, phase)
+            return Saved(saved["result"], saved.get("seconds"))
         for later in PHASES[PHASES.index(phase) :]:
             self._path(later).unlink(missing_ok=True)
             self.valid.pop(later, None)
+        return None
 
-    def _save(self, phase: str, result: Any, context: Any, events: list[dict[str, Any]]) -> None:
-        facts = {
-            f.name: copy.deepcopy(getattr(context.facts, f.name))
-            for f in dataclasses.fields(context.facts)
-        }
+    def save(self, phase: Phase, result: Any, seconds: float | None) -> None:
+        """Checkpoint a finished phase's result (not fatal when it cannot be written: the
+        phase simply runs again after a crash)."""
         saved = {
             "version": VERSION,
             "digest": self.digest,
-            "phase": phase,
+            "phase": str(phase),
             "result": result,
-            "facts": facts,
-            "seconds": context.phase_seconds.get(phase),
-            "events": events,
+            "seconds": seconds,
             "files": self._listing(),
         }
         try:
             data = pickle.dumps(saved, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as error:  # not fatal: the phase simply runs again after a crash
+        except Exception as error:
             log.warning("job %s: no checkpoint for %s: %s", self.job_id, phase, error)
             return
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -235,4 +205,4 @@ def remove_workdir(workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-__all__ = ["PHASES", "Checkpoints", "job_digest", "remove_workdir"]
+__all__ = ["PHASES", "Checkpoints", "Saved", "job_digest", "remove_workdir"]

@@ -20,42 +20,47 @@ import av
 
 from engine import ladder
 from engine.errors import MappingError, PackagingError, SourceError
-from engine.media import AudioRendition, MediaMap
+from engine.events import EventType
+from engine.media import AudioRendition, MediaMap, VideoRendition
+from engine.pipeline.payloads import video_rendition_fields
+from engine.pipeline.results import Encoded, Mapped
 from engine.transcode import FRAGMENTED, AudioOutput, EncodedTrack, TranscodePlan, transcode
 
 if TYPE_CHECKING:
-    from engine.pipeline import Encoded, JobRunner
+    from engine.pipeline.scope import JobScope
 
 log = logging.getLogger(__name__)
 
 MAX_GOP_SECONDS = 5.0
 
 
-def prepare_renditions(runner: JobRunner, media: MediaMap) -> Encoded:
-    from engine.pipeline import Encoded, video_rendition_fields
-
-    processing = runner.processing
-    folder = runner.workdir / "encode"
+def copy_renditions(scope: JobScope, mapped: Mapped) -> Encoded:
+    """The Encoding phase of a packaging-only job: every rendition copied, audio copied or
+    encoded to AAC, and the segment boundaries common to every rendition."""
+    processing = scope.processing
+    media = mapped.media
+    folder = scope.workdir / "encode"
     folder.mkdir(parents=True, exist_ok=True)
     files = list(media.renditions) or ([media.video] if media.video else [])
     if not files:
         raise MappingError("DoNotEncode: no rendition file matched VideoStreamExpression")
     tracks = [media.sources[path].main_video for path in files]
-    if any(track is None for track in tracks):
+    present = [track for track in tracks if track is not None]
+    if len(present) != len(tracks):
         missing = [p.name for p, t in zip(files, tracks, strict=True) if t is None]
         raise MappingError(f"DoNotEncode: no video track in {', '.join(missing)}")
     bitrates = [
-        track.bitrate or media.sources[p].bitrate for p, track in zip(files, tracks, strict=True)
+        track.bitrate or media.sources[p].bitrate for p, track in zip(files, present, strict=True)
     ]
     renditions = ladder.plan_passthrough(
-        tracks, bitrates, [t.codec for t in tracks], processing.naming, paths=files
+        present, bitrates, [t.codec for t in present], processing.naming, paths=files
     )
     keyframes: dict[str, list[Fraction]] = {}
     encoded: list[EncodedTrack] = []
     for rendition in renditions:
-        runner.cancel.check()
+        scope.cancel.check()
         target = folder / f"{rendition.name}.mp4"
-        times, frames, duration = _copy_video(rendition.source, target)
+        times, frames, duration = _copy_video(_rendition_file(rendition), target)
         keyframes[rendition.name] = times
         encoded.append(EncodedTrack(target, "video", rendition.name, "copy", frames, duration))
     boundaries = _common_boundaries(keyframes, processing.segment_length_in_seconds)
@@ -81,23 +86,28 @@ def prepare_renditions(runner: JobRunner, media: MediaMap) -> Encoded:
             normalize_audio=processing.normalize_audio,
             audio_length=duration,  # encoded audio ends with the renditions
         )
-        encoded += transcode(plan, cancel=runner.cancel.check)
-    runner.context.facts.bitrates_kbps = [r.bitrate_kbps for r in renditions]
-    runner.context.facts.encoders = ["copy"]
-    runner.context.facts.encoded_duration = duration
-    runner.events.emit(
-        "VideoEncodingStarted",
-        Renditions=[video_rendition_fields(r, File=r.source.name) for r in renditions],
+        encoded += transcode(plan, cancel=scope.cancel.check)
+    scope.events.emit(
+        EventType.VIDEO_ENCODING_STARTED,
+        Renditions=[video_rendition_fields(r, File=_rendition_file(r).name) for r in renditions],
         Encoder="copy",
     )
-    runner.events.progress("EncodingProgress", 100)
+    scope.events.progress(EventType.ENCODING_PROGRESS, 100)
     return Encoded(
         tuple(encoded),
         tuple(renditions),
         tuple(copied + to_encode),
         tuple(float(b) for b in boundaries),
         duration,
+        duration,
     )
+
+
+def _rendition_file(rendition: VideoRendition) -> Path:
+    """The file a packaging-only rendition is copied from (`plan_passthrough` sets it)."""
+    if rendition.source is None:
+        raise PackagingError(f"{rendition.name}: no rendition file")
+    return rendition.source
 
 
 def _split_audio(audio: list[AudioRendition], media: MediaMap):
@@ -118,7 +128,7 @@ def _split_audio(audio: list[AudioRendition], media: MediaMap):
             and rendition.channels == track.channels
             and source not in seen_sources
         )
-        if same:
+        if same and track is not None:
             seen_sources.add(source)
             copied.append(
                 replace(
@@ -147,13 +157,15 @@ def _copy_video(source: Path, target: Path) -> tuple[list[Fraction], int, float]
         frames = 0
         first: int | None = None
         end = 0
+        time_base = stream.time_base or Fraction(1, 90000)
         for packet in container.demux(stream):
-            if packet.dts is None:
+            pts = packet.pts
+            if packet.dts is None or pts is None:
                 continue
-            first = packet.pts if first is None else min(first, packet.pts)
+            first = pts if first is None else min(first, pts)
             if packet.is_keyframe:
-                keyframes.append(Fraction(packet.pts) * stream.time_base)
-            end = max(end, packet.pts + (packet.duration or 0))
+                keyframes.append(Fraction(pts) * time_base)
+            end = max(end, pts + (packet.duration or 0))
             frames += 1
             packet.stream = copy
             output.mux(packet)
@@ -162,9 +174,9 @@ def _copy_video(source: Path, target: Path) -> tuple[list[Fraction], int, float]
         raise SourceError(f"{source.name}: cannot read the video: {error}") from None
     finally:
         container.close()
-    start = Fraction(first or 0) * stream.time_base
+    start = Fraction(first or 0) * time_base
     times = sorted(t - start for t in keyframes)
-    duration = float(Fraction(end) * stream.time_base - start)
+    duration = float(Fraction(end) * time_base - start)
     gaps = [b - a for a, b in zip(times, [*times[1:], Fraction(duration)], strict=True)]
     if not times or times[0] != 0:
         raise PackagingError(f"{source.name}: the video does not start with a keyframe")
@@ -202,7 +214,7 @@ def _common_boundaries(keyframes: dict[str, list[Fraction]], segment: float) -> 
 
 def _copy_audio(source: Path, index: int, target: Path) -> tuple[int, float]:
     with av.open(str(source)) as container:
-        stream = next(s for s in container.streams if s.index == index)
+        stream = next(s for s in container.streams.audio if s.index == index)
         output = av.open(
             str(target),
             "w",
@@ -219,5 +231,5 @@ def _copy_audio(source: Path, index: int, target: Path) -> tuple[int, float]:
             output.mux(packet)
         output.close()
         rate = stream.codec_context.sample_rate or 48000
-        seconds = float(samples * stream.time_base)
+        seconds = float(samples * (stream.time_base or Fraction(1, rate)))
         return round(seconds * rate), seconds
