@@ -1,4 +1,5 @@
-"""Shared fixtures. Media is generated with PyAV at session scope (see `mediagen`)."""
+"""Shared fixtures and the fixture modules (`pytest_plugins`). Media is generated with PyAV at
+session scope (see `mediagen`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import their helpers (mediagen, ...)
+
+# The helper modules that define fixtures, registered once for every test module: a test uses
+# their fixtures by name and imports only the plain helpers it calls (helpers without fixtures,
+# such as api_helpers, cluster_helpers, drm_helpers or mediagen, are only imported).
+pytest_plugins = ["servers", "e2e_helpers", "publisher_helpers", "packager_media"]
 
 
 def _has_nvidia_gpu() -> bool:

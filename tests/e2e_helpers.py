@@ -296,7 +296,7 @@ def onsets(data: bytes, threshold: float = 0.5) -> list[float]:
 
 @pytest.fixture(scope="session")
 def e2e_media(tmp_path_factory) -> MediaLibrary:
-    """The session's generated sources (import this fixture into a test module)."""
+    """The session's generated sources (registered for every test module by conftest.py)."""
     return MediaLibrary(tmp_path_factory.getbasetemp() / "e2e-media")
 
 

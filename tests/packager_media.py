@@ -130,8 +130,7 @@ class Inputs:
 
 @pytest.fixture(scope="session")
 def packager_inputs(tmp_path_factory) -> Inputs:
-    """The rendition files, made once per session: each test module imports this fixture,
-    which gives it a fixture definition of its own, so the files are cached here."""
+    """The rendition files, made once per session."""
     if "inputs" not in _SESSION:
         _SESSION["inputs"] = _make_inputs(tmp_path_factory)
     return _SESSION["inputs"]

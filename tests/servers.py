@@ -14,7 +14,7 @@
   answer HTTP errors, send a canned reply (e.g. FTP 421) or stall. `ftp_behind_proxy` puts an
   FTP server behind one (control and passive data ports alike, see its docstring).
 
-A test module gets the fixtures with `pytest_plugins = ["servers"]` and imports the helpers it
+conftest.py registers the fixtures (`pytest_plugins`); a test module imports only the helpers it
 calls (`from servers import FaultProxy, s3_target`); tests/ is on sys.path through conftest.py.
 
 When `VIPE_REQUIRE_TEST_SERVERS=1` (set by `.ci/run`), a server that cannot start fails the

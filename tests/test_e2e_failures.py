@@ -27,7 +27,6 @@ from e2e_helpers import (
     JobRun,
     check_events,
     check_package,
-    e2e_media,  # noqa: F401 (fixture)
     input_folder,
     make_job,
     output_files,
@@ -88,7 +87,7 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("case", list(FAILURES))
-def test_failure_codes(e2e_media, tmp_path, case):  # noqa: F811
+def test_failure_codes(e2e_media, tmp_path, case):
     folder, mappings = _inputs(case, e2e_media, tmp_path)
     output = tmp_path / "out"
     code, job_run = vipe_run(tmp_path, make_job(folder, output, mappings=mappings))
@@ -104,7 +103,7 @@ def test_failure_codes(e2e_media, tmp_path, case):  # noqa: F811
     assert output_files(output) == []
 
 
-def test_success_exits_0(e2e_media, tmp_path):  # noqa: F811
+def test_success_exits_0(e2e_media, tmp_path):
     job = make_job(input_folder(tmp_path, e2e_media.cfr()), tmp_path / "out", formats=["Cmaf"])
     code, job_run = vipe_run(tmp_path, job)
     assert code == 0
@@ -137,7 +136,7 @@ def _assert_cancelled(job_run: JobRun, phase: str) -> None:
     check_events(job_run, success=False)
 
 
-def test_cancel_from_another_thread_while_encoding(e2e_media, tmp_path):  # noqa: F811
+def test_cancel_from_another_thread_while_encoding(e2e_media, tmp_path):
     token = CancelToken()
     cancelled_at: list[float] = []
 
@@ -169,7 +168,7 @@ def test_cancel_from_another_thread_while_encoding(e2e_media, tmp_path):  # noqa
         ("PublishingProgress", "Publishing"),
     ],
 )
-def test_cancel_in_each_phase(e2e_media, tmp_path, event, phase):  # noqa: F811
+def test_cancel_in_each_phase(e2e_media, tmp_path, event, phase):
     """Cancelled when `event` is emitted: the job stops at its next check, in `phase`; a
     publish under way is rolled back."""
     token = CancelToken()
@@ -184,7 +183,7 @@ def test_cancel_in_each_phase(e2e_media, tmp_path, event, phase):  # noqa: F811
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
-def test_signal_to_vipe_run(e2e_media, tmp_path, signal_number):  # noqa: F811
+def test_signal_to_vipe_run(e2e_media, tmp_path, signal_number):
     """Ctrl-C (and a stop by a service manager: SIGTERM) cancels the job."""
     job = make_job(input_folder(tmp_path, e2e_media.medium()), tmp_path / "out")
     job_path, events_path = tmp_path / "job.json", tmp_path / "events.jsonl"

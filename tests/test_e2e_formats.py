@@ -17,7 +17,6 @@ from e2e_helpers import (
     JobRun,
     check_events,
     check_package,
-    e2e_media,  # noqa: F401 (fixture)
     output_files,
     run_simple,
 )
@@ -37,7 +36,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def packaged(request, e2e_media, tmp_path_factory) -> tuple[str, JobRun]:  # noqa: F811
+def packaged(request, e2e_media, tmp_path_factory) -> tuple[str, JobRun]:
     options, _ = CASES[request.param]
     root = tmp_path_factory.mktemp(request.param.replace("+", "-"))
     return request.param, run_simple(root, e2e_media.five_seconds(), **options)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from e2e_helpers import (
     check_progress,
-    e2e_media,  # noqa: F401 (fixture)
     input_folder,
     make_job,
 )
@@ -60,7 +59,7 @@ def peak_rss_of_job(root: Path, source: Path) -> tuple[int, list[dict]]:
     return peak, events
 
 
-def test_peak_memory_does_not_grow_with_duration(e2e_media, tmp_path):  # noqa: F811
+def test_peak_memory_does_not_grow_with_duration(e2e_media, tmp_path):
     short, short_events = peak_rss_of_job(tmp_path / "short", e2e_media.long(15))
     long, long_events = peak_rss_of_job(tmp_path / "long", e2e_media.long(60))
     print(f"peak RSS: 15 s source {short / 1024:.1f} MiB, 60 s source {long / 1024:.1f} MiB")

@@ -13,7 +13,6 @@ import pytest
 from e2e_helpers import (
     check_events,
     check_package,
-    e2e_media,  # noqa: F401 (fixture)
     input_folder,
     make_job,
     output_files,
@@ -35,7 +34,7 @@ def _extract(archive: Path, target: Path) -> list[str]:
     return names
 
 
-def test_archiving_tar(e2e_media, tmp_path):  # noqa: F811
+def test_archiving_tar(e2e_media, tmp_path):
     """Tar: one archive per output format folder."""
     job_run = run_simple(tmp_path, e2e_media.cfr(), formats=["Dash", "Hls"], Archiving="Tar")
     job_run.assert_success()
@@ -54,7 +53,7 @@ def test_archiving_tar(e2e_media, tmp_path):  # noqa: F811
     )
 
 
-def test_archiving_single_tar(e2e_media, tmp_path):  # noqa: F811
+def test_archiving_single_tar(e2e_media, tmp_path):
     """SingleTar: everything in one archive, the format folders inside it."""
     job_run = run_simple(tmp_path, e2e_media.cfr(), formats=["Dash", "Hls"], Archiving="SingleTar")
     job_run.assert_success()
@@ -68,7 +67,7 @@ def test_archiving_single_tar(e2e_media, tmp_path):  # noqa: F811
     )
 
 
-def test_naming(e2e_media, tmp_path):  # noqa: F811
+def test_naming(e2e_media, tmp_path):
     naming = {
         "VideoChunksPattern": "v",
         "AudioChunksPattern": "a",
@@ -99,7 +98,7 @@ def test_naming(e2e_media, tmp_path):  # noqa: F811
     assert sorted(check.video) == ["v-H264-120-150k", "v-H264-180-300k"]
 
 
-def test_delete_files_from_source_when_done(e2e_media, tmp_path):  # noqa: F811
+def test_delete_files_from_source_when_done(e2e_media, tmp_path):
     job_run = run_simple(
         tmp_path,
         e2e_media.cfr(),
@@ -115,7 +114,7 @@ def test_delete_files_from_source_when_done(e2e_media, tmp_path):  # noqa: F811
     check_events(job_run)
 
 
-def test_sources_kept_when_the_job_fails(e2e_media, tmp_path):  # noqa: F811
+def test_sources_kept_when_the_job_fails(e2e_media, tmp_path):
     """DeleteFilesFromSourceWhenDone deletes only after success."""
     folder = input_folder(tmp_path, e2e_media.cfr())
     (folder / "broken.mkv").write_bytes(b"\x1a\x45\xdf\xa3 not really a matroska file" * 100)
@@ -131,7 +130,7 @@ def test_sources_kept_when_the_job_fails(e2e_media, tmp_path):  # noqa: F811
     assert output_files(tmp_path / "out") == []
 
 
-def test_native_language_names(e2e_media, tmp_path):  # noqa: F811
+def test_native_language_names(e2e_media, tmp_path):
     job_run = run_simple(
         tmp_path,
         e2e_media.two_languages_mkv(),
@@ -150,7 +149,7 @@ def test_native_language_names(e2e_media, tmp_path):  # noqa: F811
         assert text == expected
 
 
-def test_english_names_by_default(e2e_media, tmp_path):  # noqa: F811
+def test_english_names_by_default(e2e_media, tmp_path):
     job_run = run_simple(
         tmp_path,
         e2e_media.two_languages_mkv(),
@@ -163,7 +162,7 @@ def test_english_names_by_default(e2e_media, tmp_path):  # noqa: F811
     assert labels == {"en": "English", "de": "German"}
 
 
-def test_per_scene_warns_and_encodes(e2e_media, tmp_path):  # noqa: F811
+def test_per_scene_warns_and_encodes(e2e_media, tmp_path):
     job_run = run_simple(tmp_path, e2e_media.cfr(), formats=["Dash"], EncodingMode="PerScene")
     check_package(job_run)
     check_events(job_run)

@@ -11,7 +11,6 @@ import pytest
 from e2e_helpers import (
     check_events,
     check_package,
-    e2e_media,  # noqa: F401 (fixture)
     input_folder,
     make_job,
     output_files,
@@ -29,7 +28,7 @@ MAPPINGS = {
 
 
 @pytest.fixture(scope="module")
-def packaged(e2e_media, tmp_path_factory):  # noqa: F811
+def packaged(e2e_media, tmp_path_factory):
     root = tmp_path_factory.mktemp("passthrough")
     folder = input_folder(
         root,
@@ -57,7 +56,7 @@ def test_package_reads_back(packaged):
     assert packaged.report["Encoder"] == "copy"
 
 
-def test_video_not_reencoded(packaged, e2e_media):  # noqa: F811
+def test_video_not_reencoded(packaged, e2e_media):
     """The packaged samples are the source's bytes, one for one."""
     _, tracks = read_dash(packaged.output_dir / "dash" / "manifest.mpd")
     by_height = {t.attributes["height"]: t for t in tracks if t.kind == "video"}
@@ -69,7 +68,7 @@ def test_video_not_reencoded(packaged, e2e_media):  # noqa: F811
         assert packaged_samples == original, height
 
 
-def test_misaligned_key_frames_fail(e2e_media, tmp_path):  # noqa: F811
+def test_misaligned_key_frames_fail(e2e_media, tmp_path):
     other = make_media(
         tmp_path / "media" / "movie_144.mp4",
         duration=4.0,

@@ -16,7 +16,6 @@ import pytest
 from e2e_helpers import (
     check_events,
     check_package,
-    e2e_media,  # noqa: F401 (fixture)
     read_dash,
     read_hls,
     run_simple,
@@ -33,7 +32,7 @@ def _aspect(rendition: dict) -> float:
 @pytest.mark.parametrize(
     ("source", "ratio"), [("four_three", 4 / 3), ("portrait", 9 / 16)], ids=["4x3", "9x16"]
 )
-def test_aspect_ratio_kept(e2e_media, tmp_path, source, ratio):  # noqa: F811
+def test_aspect_ratio_kept(e2e_media, tmp_path, source, ratio):
     ladder = [{"Height": 240, "BitrateInKbps": 300}, {"Height": 160, "BitrateInKbps": 150}]
     if source == "portrait":  # a portrait source's rungs are given by their height as well
         ladder = [{"Height": 320, "BitrateInKbps": 300}, {"Height": 160, "BitrateInKbps": 150}]
@@ -51,7 +50,7 @@ def test_aspect_ratio_kept(e2e_media, tmp_path, source, ratio):  # noqa: F811
     }
 
 
-def test_ntsc_frame_rate(e2e_media, tmp_path):  # noqa: F811
+def test_ntsc_frame_rate(e2e_media, tmp_path):
     """29.97 fps: segment boundaries fall between frames; every rendition cuts at the same
     frame nearest to each, and the rate is kept exactly."""
     job_run = run_simple(tmp_path, e2e_media.ntsc(), formats=["Dash", "Hls"])
@@ -62,7 +61,7 @@ def test_ntsc_frame_rate(e2e_media, tmp_path):  # noqa: F811
     assert rates == {"30000/1001"}, rates
 
 
-def test_rotated_phone_video(e2e_media, tmp_path):  # noqa: F811
+def test_rotated_phone_video(e2e_media, tmp_path):
     """Stored landscape with a 90° display rotation: portrait renditions, pictures upright."""
     ladder = [{"Height": 320, "BitrateInKbps": 300}, {"Height": 160, "BitrateInKbps": 150}]
     job_run = run_simple(
@@ -83,7 +82,7 @@ def test_rotated_phone_video(e2e_media, tmp_path):  # noqa: F811
         assert numbers == list(range(100)), track.name
 
 
-def test_jittery_frame_rate_becomes_constant(e2e_media, tmp_path):  # noqa: F811
+def test_jittery_frame_rate_becomes_constant(e2e_media, tmp_path):
     """Frames 36 ms and 44 ms apart (a 25 fps average): every frame kept, once, in order."""
     job_run = run_simple(tmp_path, e2e_media.jittery(), formats=["Dash"])
     streams = job_run.one("EncodingFinished")["Streams"]
@@ -92,7 +91,7 @@ def test_jittery_frame_rate_becomes_constant(e2e_media, tmp_path):  # noqa: F811
     check_events(job_run)
 
 
-def test_variable_frame_rate(e2e_media, tmp_path):  # noqa: F811
+def test_variable_frame_rate(e2e_media, tmp_path):
     """Frame gaps of 40 and 80 ms: a constant output at the average rate, source order kept."""
     job_run = run_simple(tmp_path, e2e_media.vfr(), formats=["Dash", "Hls"])
     _, dash_tracks = read_dash(job_run.output_dir / "dash" / "manifest.mpd")
@@ -131,7 +130,7 @@ def _dominant_frequency(data: bytes) -> float:
 
 
 @pytest.fixture(scope="module")
-def mkv_run(e2e_media, tmp_path_factory):  # noqa: F811
+def mkv_run(e2e_media, tmp_path_factory):
     root = tmp_path_factory.mktemp("mkv")
     return run_simple(
         root,
@@ -174,7 +173,7 @@ def test_mkv_subtitles_in_both_manifests(mkv_run, manifest):
         assert "00:00:00.500 --> 00:00:01.500" in vtt, language
 
 
-def test_audio_only(e2e_media, tmp_path):  # noqa: F811
+def test_audio_only(e2e_media, tmp_path):
     job_run = run_simple(
         tmp_path,
         (e2e_media.audio_only(), "audio-en.m4a"),
@@ -206,7 +205,7 @@ def test_audio_only(e2e_media, tmp_path):  # noqa: F811
     assert job_run.report["BitratesCount"] == 0
 
 
-def test_h265(e2e_media, tmp_path):  # noqa: F811
+def test_h265(e2e_media, tmp_path):
     ladder = [{"Height": 180, "BitrateInKbps": 250}, {"Height": 144, "BitrateInKbps": 150}]
     job_run = run_simple(
         tmp_path, e2e_media.cfr(), formats=["Cmaf"], VideoFormat="H265", VideoRepresentations=ladder
@@ -224,7 +223,7 @@ def test_h265(e2e_media, tmp_path):  # noqa: F811
     assert job_run.report["Encoder"] == "libx265"
 
 
-def test_hdr10(e2e_media, tmp_path):  # noqa: F811
+def test_hdr10(e2e_media, tmp_path):
     ladder = [{"Height": 180, "BitrateInKbps": 300}, {"Height": 144, "BitrateInKbps": 200}]
     job_run = run_simple(
         tmp_path,
@@ -266,7 +265,7 @@ def _loudness(data: bytes) -> float:
     return -0.691 + 10 * np.log10(np.sum(np.mean(steady**2, axis=1)))
 
 
-def test_normalize_audio(e2e_media, tmp_path):  # noqa: F811
+def test_normalize_audio(e2e_media, tmp_path):
     job_run = run_simple(tmp_path, e2e_media.cfr(), formats=["Dash"], NormalizeAudio=True)
     check_package(job_run)
     check_events(job_run)

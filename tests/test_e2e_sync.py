@@ -13,7 +13,6 @@ from e2e_helpers import (
     CLICKS,
     check_events,
     check_package,
-    e2e_media,  # noqa: F401 (fixture)
     onsets,
     read_dash,
     read_hls,
@@ -33,7 +32,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bursts_with_their_frames(e2e_media, tmp_path, case):  # noqa: F811
+def test_bursts_with_their_frames(e2e_media, tmp_path, case):
     video_start, audio_start, audio_end = CASES[case]
     source = e2e_media.offset(video_start, audio_start, audio_end)
     options = {"NormalizeAudio": True} if case == "normalized" else {}

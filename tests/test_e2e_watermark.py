@@ -16,7 +16,6 @@ from e2e_helpers import (
     FPS,
     check_events,
     check_package,
-    e2e_media,  # noqa: F401 (fixture)
     input_folder,
     make_job,
     read_dash,
@@ -41,7 +40,7 @@ def expected_strength(t: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def watermarked(e2e_media, tmp_path_factory):  # noqa: F811
+def watermarked(e2e_media, tmp_path_factory):
     root = tmp_path_factory.mktemp("watermark")
     folder = input_folder(root, e2e_media.cfr())
     Image.new("RGBA", (64, 64), (255, 0, 0, 255)).save(folder / "logo.png")
@@ -83,7 +82,7 @@ def test_package_and_events(watermarked):
     assert not [w for w in watermarked.of_type("Warning") if w["Code"] == "IgnoredFile"]
 
 
-def test_watermark_inside_its_window_only(watermarked, e2e_media):  # noqa: F811
+def test_watermark_inside_its_window_only(watermarked, e2e_media):
     source = _source_frames(e2e_media.cfr())
     _, tracks = read_dash(watermarked.output_dir / "manifest.mpd")
     top = next(t for t in tracks if t.name == "video-H264-180-1500k")
@@ -114,7 +113,7 @@ def test_watermark_inside_its_window_only(watermarked, e2e_media):  # noqa: F811
     assert max(outside_errors) < 2.0, outside_errors
 
 
-def test_watermark_scaled_in_the_small_rendition(watermarked, e2e_media):  # noqa: F811
+def test_watermark_scaled_in_the_small_rendition(watermarked, e2e_media):
     _, tracks = read_dash(watermarked.output_dir / "manifest.mpd")
     small = next(t for t in tracks if t.name == "video-H264-90-300k")
     samples: dict[int, np.ndarray] = {}

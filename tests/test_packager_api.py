@@ -16,7 +16,6 @@ from packager_media import (
     dash_renditions,
     decode,
     hls_renditions,
-    packager_inputs,  # noqa: F401 (fixture)
     write_video,
 )
 from PIL import Image
@@ -69,17 +68,17 @@ def test_misaligned_keyframes_are_refused(tmp_path):
         ([], "no output format"),
     ],
 )
-def test_invalid_format_lists(packager_inputs, tmp_path, formats, message):  # noqa: F811
+def test_invalid_format_lists(packager_inputs, tmp_path, formats, message):
     with pytest.raises(PackagingError, match=message):
         package([_video(packager_inputs)], [], PackageSpec(formats), tmp_path)
 
 
-def test_format_names_are_case_insensitive(packager_inputs, tmp_path):  # noqa: F811
+def test_format_names_are_case_insensitive(packager_inputs, tmp_path):
     result = package([_video(packager_inputs)], [], PackageSpec(["dash", "HLS"]), tmp_path)
     assert result.manifests[-2:] == ["dash/manifest.mpd", "hls/manifest.m3u8"]
 
 
-def test_bad_inputs(packager_inputs, tmp_path):  # noqa: F811
+def test_bad_inputs(packager_inputs, tmp_path):
     spec = PackageSpec(["Dash"])
     video = _video(packager_inputs)
     with pytest.raises(PackagingError, match="unique"):
@@ -103,7 +102,7 @@ def test_bad_inputs(packager_inputs, tmp_path):  # noqa: F811
         package([protected], [], PackageSpec(["HlsTs"]), tmp_path)
 
 
-def test_explicit_boundaries(packager_inputs, tmp_path):  # noqa: F811
+def test_explicit_boundaries(packager_inputs, tmp_path):
     spec = PackageSpec(["Dash"], boundaries=[0.0, 4.0])
     result = package([_video(packager_inputs)], [], spec, tmp_path)
     renditions = dash_renditions(tmp_path / "manifest.mpd")
@@ -112,7 +111,7 @@ def test_explicit_boundaries(packager_inputs, tmp_path):  # noqa: F811
 
 
 @pytest.mark.parametrize("formats", [["Dash"], ["DashOnDemand"], ["HlsTs"], ["Dash", "Hls"]])
-def test_cancel_stops_before_the_next_segment(packager_inputs, tmp_path, formats):  # noqa: F811
+def test_cancel_stops_before_the_next_segment(packager_inputs, tmp_path, formats):
     class Stop(Exception):
         pass
 
@@ -130,7 +129,7 @@ def test_cancel_stops_before_the_next_segment(packager_inputs, tmp_path, formats
     assert not list(tmp_path.rglob("*.mpd")) and not list(tmp_path.rglob("*.m3u8"))
 
 
-def test_audio_only_package(packager_inputs, tmp_path):  # noqa: F811
+def test_audio_only_package(packager_inputs, tmp_path):
     tracks = [
         TrackInput(packager_inputs.audio_en, "audio", "audio-en", language="en",
                    priming_samples=AAC_PRIMING),
@@ -148,7 +147,7 @@ def test_audio_only_package(packager_inputs, tmp_path):  # noqa: F811
     assert len(dash_renditions(tmp_path / "dash/manifest.mpd")) == 2
 
 
-def test_thumbnail_tracks(packager_inputs, tmp_path):  # noqa: F811
+def test_thumbnail_tracks(packager_inputs, tmp_path):
     tiles = []
     for number in (1, 2):
         tile = tmp_path / f"tile{number}.jpg"
@@ -185,7 +184,7 @@ def test_thumbnail_tracks(packager_inputs, tmp_path):  # noqa: F811
     assert m3u8.loads(playlist).is_endlist
 
 
-def test_webvtt_for_ts_gets_timestamp_map(packager_inputs, tmp_path):  # noqa: F811
+def test_webvtt_for_ts_gets_timestamp_map(packager_inputs, tmp_path):
     texts = [TextInput(packager_inputs.subtitle, "subtitle-en", "en")]
     package([_video(packager_inputs)], texts, PackageSpec(["HlsTs", "Hls"]), tmp_path)
     ts_vtt = (tmp_path / "hlsts/subtitle-en.vtt").read_text()
@@ -196,7 +195,7 @@ def test_webvtt_for_ts_gets_timestamp_map(packager_inputs, tmp_path):  # noqa: F
     assert playlist.segments[0].duration == pytest.approx(5.0)
 
 
-def test_ts_byte_range(packager_inputs, tmp_path):  # noqa: F811
+def test_ts_byte_range(packager_inputs, tmp_path):
     result = package([_video(packager_inputs)], [], PackageSpec(["HlsTs"], byte_range=True),
                      tmp_path)  # fmt: skip
     assert "video.ts" in result.files
@@ -223,7 +222,7 @@ class _Signalled(TrackProtection):
         return [ET.Element("ContentProtection", {"schemeIdUri": "urn:test", "value": self.key_id})]
 
 
-def test_tracks_with_different_keys_get_switchable_adaptation_sets(packager_inputs, tmp_path):  # noqa: F811
+def test_tracks_with_different_keys_get_switchable_adaptation_sets(packager_inputs, tmp_path):
     tracks = [
         TrackInput(packager_inputs.video_high, "video", "video-hd", protection=_Signalled("hd")),
         TrackInput(packager_inputs.video_low, "video", "video-sd", protection=_Signalled("sd")),

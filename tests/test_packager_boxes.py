@@ -18,7 +18,6 @@ from packager_media import (
     child_box,
     decode,
     ffmpeg_pts_shift,
-    packager_inputs,  # noqa: F401 (fixture)
     run_shaka,
     top_boxes,
     write_audio,
@@ -34,7 +33,7 @@ NON_SYNC = 0x00010000
 
 
 @pytest.fixture(scope="module")
-def cmaf_package(packager_inputs, tmp_path_factory):  # noqa: F811
+def cmaf_package(packager_inputs, tmp_path_factory):
     """Cmaf segments and a DashOnDemand single-file package of one video and one audio."""
     tracks = [
         TrackInput(packager_inputs.video_high, "video", "video"),
@@ -52,7 +51,7 @@ def cmaf_package(packager_inputs, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.parametrize("attribute", ["video_high", "video_hevc", "audio_en"])
-def test_reader_matches_ffmpeg(packager_inputs, attribute):  # noqa: F811
+def test_reader_matches_ffmpeg(packager_inputs, attribute):
     """Sample sizes, times, key flags and bytes as FFmpeg's demuxer reads the same file."""
     path = getattr(packager_inputs, attribute)
     track = read_track(path)
@@ -312,7 +311,7 @@ def _shaka_codecs(path: Path, tmp_path: Path, stream: str) -> str:
     return mpd.periods[0].adaptation_sets[0].representations[0].codecs
 
 
-def test_codec_strings(packager_inputs, tmp_path):  # noqa: F811
+def test_codec_strings(packager_inputs, tmp_path):
     high = read_track(packager_inputs.video_high)
     expected = _sps_codec_string(packager_inputs.video_high)
     assert avc_codec_string("avc1", high.entry.boxes["avcC"]) == expected

@@ -22,7 +22,6 @@ from packager_media import (
     decode,
     ffmpeg_pts_shift,
     hls_renditions,
-    packager_inputs,  # noqa: F401 (fixture)
 )
 
 from packagers import PackageResult, PackageSpec, TextInput, TrackInput, package
@@ -71,7 +70,7 @@ def texts_of(inputs: Inputs) -> list[TextInput]:
 
 
 @pytest.fixture(scope="module")
-def packages(packager_inputs, tmp_path_factory) -> dict[str, tuple[Path, PackageResult]]:  # noqa: F811
+def packages(packager_inputs, tmp_path_factory) -> dict[str, tuple[Path, PackageResult]]:
     """Every case packaged once."""
     results = {}
     for case, (formats, byte_range, _) in CASES.items():

@@ -19,7 +19,6 @@ from packager_media import (
     child_box,
     decode,
     ffmpeg_pts_shift,
-    packager_inputs,  # noqa: F401 (fixture)
     run_shaka,
     top_boxes,
 )
@@ -49,7 +48,7 @@ def _joined(folder: Path, name: str, count: int = 3) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def clear_package(packager_inputs, tmp_path_factory) -> Path:  # noqa: F811
+def clear_package(packager_inputs, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("shaka-clear")
     package(_tracks(packager_inputs), [], PackageSpec(["Cmaf"], segment_seconds=2), folder)
     return folder
@@ -74,7 +73,7 @@ def test_shaka_repackages_cmaf_segments(clear_package, tmp_path):
     assert seen.frame_numbers == list(range(FRAMES))
 
 
-def test_shaka_reads_on_demand_file(packager_inputs, tmp_path):  # noqa: F811
+def test_shaka_reads_on_demand_file(packager_inputs, tmp_path):
     folder = tmp_path / "ondemand"
     package(_tracks(packager_inputs), [], PackageSpec(["DashOnDemand"], segment_seconds=2), folder)
     result = run_shaka(f"in={folder / 'video.mp4'},stream=video,output=copy.mp4",
@@ -154,7 +153,7 @@ class ClearKeyCenc(TrackProtection):
                 'KEYFORMAT="identity"']  # fmt: skip
 
 
-def test_drm_hooks_round_trip_through_shaka(packager_inputs, clear_package, tmp_path):  # noqa: F811
+def test_drm_hooks_round_trip_through_shaka(packager_inputs, clear_package, tmp_path):
     folder = tmp_path / "encrypted"
     result = package(
         _tracks(packager_inputs, ClearKeyCenc), [], PackageSpec(["Cmaf"], segment_seconds=2), folder
@@ -213,7 +212,7 @@ def test_drm_hooks_round_trip_through_shaka(packager_inputs, clear_package, tmp_
 
 
 @pytest.mark.parametrize("scheme", ["cenc", "cbcs"])
-def test_drm_track_encryption_through_hooks(packager_inputs, clear_package, tmp_path, scheme):  # noqa: F811
+def test_drm_track_encryption_through_hooks(packager_inputs, clear_package, tmp_path, scheme):
     """The project's own DRM plug-in (`drm.track.TrackEncryption`) through the hooks: Shaka
     decrypts the package back to the clear samples, bit for bit."""
     track_module = pytest.importorskip("drm.track")

@@ -33,8 +33,6 @@ from engine.events import EventEmitter
 from engine.publishers import Publisher, RetryPolicy, open_hub
 from engine.validation import validate_job
 
-pytest_plugins = ["servers", "publisher_helpers"]
-
 FAST = RetryPolicy(attempts=3, initial_delay=0.05, max_delay=0.2)
 HOOK_SECRET = "hmac-Key-for-webhooks-42"
 

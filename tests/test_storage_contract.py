@@ -27,8 +27,6 @@ from servers import (
 from storage import REGISTRY, StorageError, content_type, is_manifest, open_storage
 from storage.http import HttpStorage
 
-pytest_plugins = ["servers"]  # the server fixtures
-
 MiB = 1 << 20
 
 # name -> size; contents are random bytes (seeded per name).

@@ -35,8 +35,6 @@ from storage.ftps import FtpsStorage
 from storage.http import HttpStorage
 from storage.s3 import S3CompatibleStorage, S3Storage
 
-pytest_plugins = ["servers"]  # the server fixtures
-
 WRONG_SECRET = "Wrong-Secret-7f3a9c"  # must never show up in a message
 
 

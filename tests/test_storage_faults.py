@@ -29,8 +29,6 @@ from servers import (
 from engine.locations import storage_error_to_engine
 from storage import Storage, StorageError, StorageLocation, is_manifest, open_storage
 
-pytest_plugins = ["servers"]  # the server fixtures
-
 MiB = 1 << 20
 DOWNLOAD_CASES = ["S3Compatible", "AzureBlob", "Ftps", "Http"]
 UPLOAD_CASES = ["S3Compatible", "AzureBlob", "Ftps"]

@@ -47,8 +47,6 @@ from engine.pipeline import run_job
 from storage import Storage, is_manifest
 from storage.azure import AzureBlobStorage
 
-pytest_plugins = ["servers"]  # the server fixtures
-
 # One rung at the source's own size; 1 s segments give two segments per track.
 LADDER = [{"Height": 90, "BitrateInKbps": 150}]
 SECRET_LIKE = "ThisIs-Not-The-Key-0123456789"  # a wrong secret, distinctive enough to grep for
