@@ -156,7 +156,8 @@ def _adaptation_set(
     if kind == "video":
         attributes["maxWidth"] = str(max(layout.track.file.entry.width for layout in group))
         attributes["maxHeight"] = str(max(layout.track.file.entry.height for layout in group))
-        rates = {layout.track.frame_rate for layout in group}
+        # every video track has a frame rate (None is for the other kinds)
+        rates = {r for layout in group if (r := layout.track.frame_rate) is not None}
         if len(rates) == 1:
             attributes["frameRate"] = _frame_rate(rates.pop())
         else:

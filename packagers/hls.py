@@ -210,9 +210,11 @@ def master_playlist(
         lines.append("")
 
     if videos:
+        # each video with each audio group, or alone when there is no audio
+        variants: list[tuple[str | None, list[TrackLayout]]] = [*groups.items()] or [(None, [])]
         for video in videos:
-            for group_id, members in groups.items() or [(None, [])]:
-                lines += _stream_inf(video, members, group_id, subtitles)
+            for audio_group, members in variants:
+                lines += _stream_inf(video, members, audio_group, subtitles)
     else:  # audio-only package: the main audio renditions are the variants
         for group_id, members in groups.items():
             for audio in members:

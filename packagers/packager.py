@@ -374,7 +374,7 @@ def _streams(output: FormatOutput, duration: Fraction) -> list[StreamInfo]:
         template = layout.media_template or layout.segments[0].uri
         streams.append(
             StreamInfo(
-                type=track.kind,
+                type=track.input.kind,  # what `track.kind` returns, as its Literal type
                 name=track.name,
                 codecs=track.codecs,
                 width=entry.width if video else None,
