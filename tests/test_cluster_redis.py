@@ -1,6 +1,6 @@
 """The cluster on Redis: the API (Celery queue) and two `vipe worker` processes on the
-machine's Redis and PostgreSQL: spreading, exactly-once runs, kill -9 mid-encode, a job that
-kills its worker every time, cancellation on a worker, SIGTERM mid-job.
+machine's Redis and PostgreSQL: spreading, exactly-once runs, kill -9 mid-encode, a job whose
+worker is killed at every attempt, cancellation on a worker, SIGTERM mid-job.
 
 Each run has its own PostgreSQL schema, Redis database and key prefix (cluster_helpers). The
 workers use a 4 s lease and 2 attempts so that crash recovery is quick to watch.
@@ -9,11 +9,10 @@ workers use a 4 s lease and 2 attempts so that crash recovery is quick to watch.
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from api_helpers import TokenIssuer, event_types, job_state, wait_final
+from api_helpers import TokenIssuer, event_types, job_state, wait_final, wait_for
 from cluster_helpers import (
     Cluster,
     cluster_sources,
@@ -27,7 +26,6 @@ from cluster_helpers import (
     wait_state,
 )
 
-POISON = f"poison-{uuid.uuid4().hex[:8]}"
 GRACE = 1.0
 
 
@@ -45,9 +43,8 @@ def cluster(tmp_path_factory):
         redis_broker() as broker,
         Cluster(root, broker, database, issuer, lease=4.0, attempts=2) as cluster,
     ):
-        options = {"env": {"VIPE_TEST_KILL_EXTERNAL_ID": POISON}}
         workers = [
-            cluster.worker(name, "--grace-seconds", str(GRACE), start=False, **options)
+            cluster.worker(name, "--grace-seconds", str(GRACE), start=False)
             for name in ("w1", "w2")
         ]
         for worker in workers:
@@ -76,6 +73,21 @@ def client(cluster):
 
 def by_owner(workers, owner: str):
     return next(w for w in workers if w.owner == owner)
+
+
+def kill_mid_encode(client, workers, job_id: str, attempt: int):
+    """SIGKILL the worker that runs attempt `attempt` of the job, once that attempt encodes
+    (a job that crashes its worker); the victim."""
+
+    def encoding() -> dict | None:
+        view = job_state(client, job_id)
+        assert view["State"] not in ("Succeeded", "Failed", "Cancelled"), view
+        running = view["State"] == "Running" and view["Attempts"] == attempt
+        return view if running and encodes(view) == attempt else None
+
+    victim = by_owner(workers, wait_for(encoding, 60, 0.05)["Worker"])
+    victim.kill()
+    return victim
 
 
 def test_ten_jobs_spread_over_both_workers_each_run_once(workers, client, sources, tmp_path):
@@ -135,9 +147,10 @@ def test_kill_9_mid_encode_reruns_on_the_other_worker(workers, client, sources, 
 def test_a_job_that_kills_its_worker_every_time_fails_after_the_attempts(
     workers, client, sources, tmp_path
 ):
-    job = quick_job(sources["tiny"], tmp_path / "out")
-    job["ExternalId"] = POISON
-    job_id = client.post("/Job", json=job).json()["JobId"]
+    job_id = client.post("/Job", json=slow_job(sources["long"], tmp_path / "out")).json()["JobId"]
+    first = kill_mid_encode(client, workers, job_id, 1)
+    second = kill_mid_encode(client, workers, job_id, 2)
+    assert first is not second  # the job went to the worker still alive
     view = wait_final(client, job_id, 90)
     assert view["State"] == "Failed" and view["ErrorCode"] == 5000, view
     assert view["Attempts"] == 2  # --max-attempts 2: both workers died once each
