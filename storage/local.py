@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from storage.base import (
+    ErrorKind,
     Progress,
     RemoteFile,
     Storage,
@@ -81,13 +82,14 @@ class LocalStorage(Storage):
                 break
 
     def _error(self, what: str, error: OSError) -> StorageError:
-        kind = {
+        kinds: dict[int | None, ErrorKind] = {
             errno.ENOENT: "missing",
             errno.ENOTDIR: "missing",
             errno.EACCES: "denied",
             errno.EPERM: "denied",
             errno.EROFS: "denied",
-        }.get(error.errno, "unreachable")
+        }
+        kind = kinds.get(error.errno, "unreachable")
         return StorageError(f"Local {self.root}: {what}: {error.strerror}", kind)
 
 
