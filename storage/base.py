@@ -75,6 +75,9 @@ class StorageLocation:
     # folders a location must lie in (None: anywhere, the operator's own trust).
     egress: EgressPolicy = UNRESTRICTED
     local_roots: tuple[Path, ...] | None = None
+    # The job field that names this location (e.g. `ContentAcquisition.UriPath`), for the
+    # messages of egress refusals.
+    field: str = "UriPath"
 
     def __repr__(self) -> str:  # never show the secret
         return f"StorageLocation({self.provider}, {self.uri})"
