@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -13,6 +15,7 @@ from engine.job import (
     EncryptionScheme,
     Job,
     MediaMappings,
+    Provider,
     PublisherType,
     VideoFormat,
 )
@@ -43,9 +46,15 @@ def test_example_is_valid_without_warnings(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_example_uses_local_demo_paths_or_remote_storage(name: str) -> None:
     job = _load(name)
-    for storage in (job.content_acquisition, job.content_publishing):
-        if storage.provider == "Local":
-            assert storage.uri_path.startswith("file:///tmp/vipe-demo/")
+    storages = [job.content_acquisition, job.content_publishing]
+    if job.image_extraction is not None:
+        storages.append(job.image_extraction.location)
+    for storage in storages:
+        if storage.provider == Provider.Local:
+            assert storage.uri_path.startswith("file:///tmp/vipe-demo/"), storage.uri_path
+        else:  # remote: a full https URL, never a local path
+            assert urlsplit(storage.uri_path).scheme == "https", storage.uri_path
+            assert urlsplit(storage.uri_path).hostname, storage.uri_path
 
 
 def test_minimal_is_the_contract_minimal_job() -> None:
@@ -114,9 +123,27 @@ def test_drm_base64_has_a_16_byte_test_key() -> None:
     assert processing.scheme == EncryptionScheme.cbcs  # Dash + Hls share cbcs
 
 
+# The contract's secret fields; the examples that hold any (the others must hold none).
+SECRET_FIELDS = {"CredentialsSecret", "ContentKey", "ManagementKey", "KeySeedId", "Connection"}
+WITH_SECRETS = {"full", "drm-base64"}
+
+
+def _secret_values(value: Any) -> list[str]:
+    """The values of every secret field in the raw JSON, at any depth."""
+    if isinstance(value, dict):
+        found = [v for k, v in value.items() if k in SECRET_FIELDS and isinstance(v, str)]
+        return found + [s for v in value.values() for s in _secret_values(v)]
+    if isinstance(value, list):
+        return [s for item in value for s in _secret_values(item)]
+    return []
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_example_secrets_stay_hidden(name: str) -> None:
+    raw = _secret_values(json.loads((EXAMPLES / f"{name}.json").read_text()))
+    assert bool(raw) == (name in WITH_SECRETS)
     job = _load(name)
+    assert sorted(job.secrets) == sorted(raw)  # every secret field is held as a secret
     shown = repr(job) + str(job) + job.model_dump_json()
-    for secret in job.secrets:
+    for secret in raw:
         assert secret not in shown
