@@ -7,6 +7,10 @@ resumes with a Range request (guarded by If-Range, so a file that changed meanwh
 again from the start). TLS certificates are verified against the system's trust store
 (`SSL_CERT_FILE` is honoured); `VIPE_HTTP_CA_FILE` adds a private CA.
 
+Connections go through the location's egress policy (`storage.egress`): with a restricted one,
+every connection (redirects included) goes only to an admitted address, and a refusal is a
+StorageError(kind='denied') that names the field and the rule.
+
 Uploads and deletes raise StorageError(kind='invalid'): Http is input only.
 """
 
@@ -34,6 +38,7 @@ from storage.base import (
     StorageLocation,
     safe_name,
 )
+from storage.egress import EgressDenied
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +75,7 @@ class HttpStorage(Storage):
         if not self.name:
             raise StorageError(f"Http: {self.url} does not name a file", "invalid")
         safe_name(self.name)  # the file lands in the work folder under this name
-        self._opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=self._context())
-        )
+        self._opener = location.egress.opener(location.field, context=self._context())
 
     def describe(self) -> str:
         parsed = urlparse(self.url)
@@ -210,6 +213,8 @@ def _strong_etag(answer: http.client.HTTPResponse) -> str | None:
 
 
 def _classify(error: BaseException) -> tuple[ErrorKind, bool, str]:
+    if isinstance(error, EgressDenied):
+        return "denied", False, str(error)
     if isinstance(error, urllib.error.HTTPError):
         status = error.code
         label = f"HTTP {status}"
