@@ -84,7 +84,7 @@ class FtpsStorage(Storage):
     """A folder on an FTP server, plain or over TLS."""
 
     provider = "Ftps"
-    timeout_seconds: ClassVar[float] = 60.0
+    timeout_seconds: float = 60.0  # an instance may set its own (the FTPS publisher does)
     block_size: ClassVar[int] = 256 * 1024
     # Resumes of one download after broken connections, and how many of them in a row may
     # add no byte before the download is handed back to Storage.retrying.

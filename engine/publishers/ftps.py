@@ -30,6 +30,7 @@ from engine.publishers.base import (
 )
 from storage import StorageError, StorageLocation, open_storage
 from storage.base import Storage
+from storage.ftps import FtpsStorage
 
 
 def file_time(epoch_ms: int) -> str:
@@ -68,11 +69,13 @@ class FtpsPublisher(Publisher):
             credentials_secret=secrets.credentials_secret,
         )
         try:
-            self.storage: Storage = open_storage(location)
+            storage = open_storage(location)
         except StorageError as error:
             raise PublisherConfigError("UriPath", str(error)) from None
+        assert isinstance(storage, FtpsStorage)  # the class registered for provider "Ftps"
         # An instance attribute: the storage class's own default is meant for big files.
-        self.storage.timeout_seconds = self.timeout_seconds  # type: ignore[misc]
+        storage.timeout_seconds = self.timeout_seconds
+        self.storage: Storage = storage
         self._last_ms = 0
         self._current: tuple[int, str] | None = None  # (sequence, file name) being delivered
         self._folder: tempfile.TemporaryDirectory[str] | None = None
