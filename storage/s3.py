@@ -21,6 +21,12 @@ parts (`multipart_threshold`, `multipart_chunksize`; env `VIPE_S3_MULTIPART_THRE
 `VIPE_S3_MULTIPART_CHUNKSIZE`) and downloaded in ranged parts straight to disk. botocore's
 `standard` retry mode retries throttling, 5xx and connection errors `sdk_attempts` times in total;
 what still fails is raised as a StorageError marked retryable for `Storage.retrying`.
+
+Egress policy (`storage.egress`): with a restricted one, the endpoint of each client (S3, and STS
+for a role) is checked when the client is made, and the client's connections go only to
+admitted addresses (botocore's connection pools are swapped for guarded ones; with a proxy from
+the environment the proxy's address is what the connect-time check sees). A refusal is a
+StorageError(kind='denied') naming the field and the rule.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from storage.base import (
     safe_name,
     safe_relative_path,
 )
+from storage.egress import EgressDenied, guard_botocore_client
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +176,13 @@ class S3Storage(Storage):
             if self._client is None:
                 try:
                     session = self._session()
-                    self._client = session.client(
+                    client = session.client(
                         "s3",
                         endpoint_url=self.endpoint,
                         config=self._config("path" if self.endpoint else "virtual"),
                     )
+                    self._hold_to_egress(client, self.location.field)
+                    self._client = client
                 except Exception as error:
                     raise self._error("cannot connect", error) from None
             return self._client
@@ -199,6 +208,8 @@ class S3Storage(Storage):
                 read_timeout=self.timeout_seconds,
             ),
         )
+        folder_field = self.location.field.rpartition(".")[0]
+        self._hold_to_egress(sts, f"{folder_field}.RoleArnToAssume (STS)".lstrip("."))
         answer = sts.assume_role(
             RoleArn=loc.role_arn,
             RoleSessionName=f"vipe-{uuid.uuid4().hex[:16]}",
@@ -212,6 +223,15 @@ class S3Storage(Storage):
             aws_secret_access_key=credentials["SecretAccessKey"],
             aws_session_token=credentials["SessionToken"],
         )
+
+    def _hold_to_egress(self, client: Any, what: str) -> None:
+        """Hold a new botocore client to the location's egress policy: its endpoint is checked
+        now (a refusal before any request), and its connections go only to admitted addresses
+        (the connect-time check, against DNS answers that change)."""
+        policy = self.location.egress
+        if policy.restricted:
+            policy.check_url(client.meta.endpoint_url, what)
+            guard_botocore_client(client, policy, what)
 
     def _transfer_config(self) -> TransferConfig:
         return TransferConfig(
@@ -391,7 +411,8 @@ def _classify(error: BaseException) -> tuple[ErrorKind, bool, str]:
     """(kind, retryable, reason) for an exception out of boto3/botocore/s3transfer.
 
     boto3 wraps upload failures (S3UploadFailedError) and s3transfer wraps exhausted retries
-    (RetriesExceededError), so the chain of causes is searched for the first known error."""
+    (RetriesExceededError), so the chain of causes is searched for the first known error; an
+    egress refusal anywhere in it (botocore wraps it in HTTPClientError) is what counts."""
     chain: list[BaseException] = []
     current: BaseException | None = error
     while current is not None and len(chain) < 8 and current not in chain:
@@ -399,6 +420,9 @@ def _classify(error: BaseException) -> tuple[ErrorKind, bool, str]:
         current = (
             getattr(current, "last_exception", None) or current.__cause__ or current.__context__
         )
+    for candidate in chain:
+        if isinstance(candidate, EgressDenied):
+            return "denied", False, str(candidate)
     for candidate in chain:
         known = _classify_one(candidate)
         if known is not None:
