@@ -83,6 +83,7 @@ def check_job(source: Any, *, strict: bool = False) -> CheckedJob:
     if strict:
         errors += [FieldError(u.field, "unknown property") for u in unknown]
         unknown = []
+    unknown = _capped_warnings(unknown)
     try:
         job = Job.model_validate(normalized)
     except ValidationError as error:
@@ -101,6 +102,23 @@ def validate_job(source: dict | str | bytes | Path, *, strict: bool = False) -> 
     if checked.job is None or checked.errors:  # i.e. not checked.valid, spelled out to narrow
         raise JobValidationError(checked.errors, checked.warnings)
     return ValidJob(checked.job, checked.errors, checked.warnings)
+
+
+# Unknown-property warnings kept per job: each one becomes a Warning event and a stored row,
+# so a job with thousands of misspelled properties must not become thousands of events.
+MAX_UNKNOWN_WARNINGS = 20
+
+
+def _capped_warnings(unknown: list[FieldError]) -> list[FieldError]:
+    """The first `MAX_UNKNOWN_WARNINGS` warnings, then one that counts the rest."""
+    if len(unknown) <= MAX_UNKNOWN_WARNINGS:
+        return unknown
+    rest = len(unknown) - MAX_UNKNOWN_WARNINGS
+    summary = FieldError(
+        "$",
+        f"{rest} more unknown properties (not listed; only the first {MAX_UNKNOWN_WARNINGS} are)",
+    )
+    return [*unknown[:MAX_UNKNOWN_WARNINGS], summary]
 
 
 # ------------------------------------------------------------------------------------ helpers
