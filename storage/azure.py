@@ -11,6 +11,11 @@ Large files are uploaded as blocks (`max_block_size`) in parallel (`max_concurre
 exceed `max_single_put_size` (env `VIPE_AZURE_SINGLE_PUT_SIZE`, `VIPE_AZURE_BLOCK_SIZE`), and
 downloaded in parallel ranged chunks. The SDK's own retry policy makes `sdk_attempts` attempts per
 request; what still fails is raised as a StorageError marked retryable for `Storage.retrying`.
+
+Egress policy (`storage.egress`): with a restricted one, the client gets a transport of its own
+(requests with guarded connection pools, no proxy from the environment) whose connections go
+only to admitted addresses, redirects included; a refusal is a StorageError(kind='denied')
+naming the field and the rule.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobPrefix, ContainerClient, ContentSettings, ExponentialRetry
 
 from storage.base import (
@@ -47,6 +53,7 @@ from storage.base import (
     safe_name,
     safe_relative_path,
 )
+from storage.egress import EgressDenied, guarded_requests_session
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +118,31 @@ class AzureBlobStorage(Storage):
                     max_block_size=self.max_block_size,
                     max_single_get_size=self.max_single_put_size,
                     max_chunk_get_size=self.max_block_size,
+                    **self._egress_transport(),
                 )
             return self._client
+
+    def _egress_transport(self) -> dict[str, RequestsTransport]:
+        """With a restricted egress policy, a transport whose connections go only to admitted
+        addresses (the SDK's own otherwise)."""
+        policy = self.location.egress
+        if not policy.restricted:
+            return {}
+        from urllib3.util.retry import Retry
+
+        session = guarded_requests_session(
+            policy,
+            self.location.field,
+            # As the SDK's own adapter: its retry policy retries, not urllib3.
+            max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+        )
+        transport = RequestsTransport(
+            session=session,
+            session_owner=True,
+            connection_timeout=self.timeout_seconds,
+            read_timeout=self.timeout_seconds,
+        )
+        return {"transport": transport}
 
     def close(self) -> None:
         with self._lock:
@@ -245,6 +275,8 @@ def _parse(uri: str) -> tuple[str, str, str, str]:
 
 def _classify(error: BaseException) -> tuple[ErrorKind, bool, str]:
     """(kind, retryable, reason) for an exception out of the Azure SDK."""
+    if isinstance(error, EgressDenied):
+        return "denied", False, str(error)
     code = getattr(error, "error_code", None) or ""
     # The SDK hands a StorageErrorCode (a str enum): its value reads "AuthorizationFailure",
     # its format() "StorageErrorCode.AUTHORIZATION_FAILURE".
