@@ -29,6 +29,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from engine.errors import JobValidationError
+from engine.policy import DEFAULT_MAX_INPUT_PIXELS, TRUSTED, JobPolicy, PolicyError, server_policy
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-workdir", action="store_true", help="keep the work folder")
     run.add_argument("--data-dir", type=Path, help="data folder (service key)")
     run.add_argument("--strict", action="store_true", help="unknown properties are errors")
+    _add_policy_arguments(run, trusted=True)
     run.set_defaults(command=_run)
 
     validate = commands.add_parser("validate", help="check a job without running it")
@@ -99,6 +101,51 @@ def _parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------- commands
 
 
+def _add_policy_arguments(parser: argparse.ArgumentParser, trusted: bool) -> None:
+    """The server policy's flags (engine.policy), the same for run, serve and worker."""
+    what = "when given, " if trusted else ""
+    parser.add_argument(
+        "--local-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help=f"{what}Local locations must lie in one of these folders ({{tenant}}: the "
+        "tenant's name); repeatable; VIPE_LOCAL_ROOTS"
+        + ("" if trusted else "; none: every Local location is refused"),
+    )
+    parser.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help=f"{what}connections go to public addresses and these networks only (e.g. an "
+        "on-prem MinIO or key service); repeatable; VIPE_ALLOW_NETWORKS",
+    )
+    parser.add_argument(
+        "--max-input-pixels",
+        type=int,
+        default=DEFAULT_MAX_INPUT_PIXELS,
+        help="largest source frame accepted, in pixels (default 8192x4320); FinalError 3002",
+    )
+
+
+def _policy(args: argparse.Namespace, trusted: bool) -> JobPolicy | None:
+    """The policy from the flags, or None after printing why it cannot be had."""
+    from engine.config import data_dir
+
+    try:
+        return server_policy(
+            args.local_root,
+            args.allow_network,
+            args.max_input_pixels,
+            data_dir=data_dir(args.data_dir),
+            trusted=trusted,
+        )
+    except PolicyError as error:
+        console.print(f"[red]error[/red]: {error}", highlight=False)
+        return None
+
+
 def _validate(args) -> int:
     from engine.validation import check_job, load_job_json
 
@@ -124,8 +171,12 @@ def _print_problems(problems, kind: str) -> None:
 
 
 def _run(args) -> int:
+    policy = _policy(args, trusted=True)
+    if policy is None:
+        return EXIT_INVALID
     return run_job_file(
         args.job,
+        policy=policy,
         events_file=args.events,
         report_file=args.report,
         workdir=args.workdir,
@@ -144,6 +195,7 @@ def run_job_file(
     keep_workdir: bool = False,
     data_dir: Path | None = None,
     strict: bool = False,
+    policy: JobPolicy = TRUSTED,
 ) -> int:
     from engine.cancel import CancelToken
     from engine.pipeline import run_job
@@ -174,6 +226,7 @@ def run_job_file(
                 keep_workdir=keep_workdir,
                 data_dir=data_dir,
                 strict=strict,
+                policy=policy,
             )
     except JobValidationError as error:
         _print_problems(error.errors, "error")
@@ -443,6 +496,7 @@ def _add_server_commands(commands) -> None:
         help="with VIPE_BROKER_URL: an Nvidia job fails (3102) after waiting this long while "
         "no GPU worker is alive (0: it waits)",
     )
+    _add_policy_arguments(serve, trusted=False)
     serve.set_defaults(command=_serve)
     _add_worker_command(commands)
 
@@ -457,6 +511,8 @@ def _add_server_commands(commands) -> None:
     remove = actions.add_parser("remove", help="remove a tenant")
     remove.add_argument("name")
     remove.set_defaults(command=_tenant_remove)
+    for action in (add, listing, remove):  # `vipe tenant add NAME --data-dir DIR` works too
+        action.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
 
 
 def _serve(args) -> int:
@@ -469,6 +525,9 @@ def _serve(args) -> int:
         return EXIT_INVALID
     if not args.verbose:
         logging.getLogger().setLevel(logging.INFO)
+    policy = _policy(args, trusted=False)
+    if policy is None:
+        return EXIT_INVALID
     auth = AuthSettings(
         jwks_url=args.jwks_url,
         jwt_public_key=args.jwt_public_key,
@@ -506,6 +565,7 @@ def _serve(args) -> int:
             lease_seconds=args.lease_seconds,
             max_attempts=args.max_attempts,
             queue_factory=queue_factory,
+            policy=policy,
         )
     )
     return EXIT_OK
@@ -541,6 +601,7 @@ def _add_worker_command(commands) -> None:
     )
     worker.add_argument("--log-format", choices=("text", "json"), default="text")
     worker.add_argument("--strict", action="store_true", help="unknown properties are errors")
+    _add_policy_arguments(worker, trusted=False)
     worker.set_defaults(command=_worker)
 
 
@@ -555,6 +616,9 @@ def _worker(args) -> int:
         return EXIT_INVALID
     if args.concurrency < 1:
         console.print("[red]error[/red]: --concurrency must be at least 1")
+        return EXIT_INVALID
+    policy = _policy(args, trusted=False)
+    if policy is None:
         return EXIT_INVALID
     queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
     try:
@@ -575,6 +639,7 @@ def _worker(args) -> int:
             keys_dir=args.keys_dir,
             strict=args.strict,
             log_format=args.log_format,
+            policy=policy,
         )
     )
 

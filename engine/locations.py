@@ -66,6 +66,7 @@ def location_from_spec(
         role_session_seconds=spec.role_session_duration_in_seconds,
         egress=policy.egress,
         local_roots=policy.roots_for(tenant_id),
+        local_excluded=policy.excluded,
     )
 
 

@@ -8,6 +8,7 @@ file operations each provider implements.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import posixpath
@@ -17,17 +18,22 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 from storage.egress import UNRESTRICTED, EgressPolicy
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 CancelCheck = Callable[[], None]  # raises to stop a transfer between chunks
 ErrorKind = Literal["unreachable", "denied", "missing", "invalid"]
 
 MANIFEST_SUFFIXES = (".mpd", ".m3u8")
+
+# How often a waiting transfer, retry or backoff calls the cancel check (seconds).
+CANCEL_TICK = 0.2
 
 CONTENT_TYPES = {
     ".mpd": "application/dash+xml",
@@ -75,6 +81,7 @@ class StorageLocation:
     # folders a location must lie in (None: anywhere, the operator's own trust).
     egress: EgressPolicy = UNRESTRICTED
     local_roots: tuple[Path, ...] | None = None
+    local_excluded: tuple[Path, ...] = ()  # never reachable, even inside a root (data folder)
     # The job field that names this location (e.g. `ContentAcquisition.UriPath`), for the
     # messages of egress refusals.
     field: str = "UriPath"
@@ -109,6 +116,86 @@ def env_int(name: str, default: int) -> int:
     """An integer setting from the environment (e.g. a multipart threshold)."""
     value = os.environ.get(name)
     return int(value) if value else default
+
+
+def pause(seconds: float, cancel: CancelCheck | None) -> None:
+    """Sleep `seconds` (a retry backoff), calling `cancel` every CANCEL_TICK: a cancel ends the
+    wait with the exception `cancel` raises."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if cancel:
+            cancel()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(CANCEL_TICK, left))
+
+
+def run_cancellable(
+    action: Callable[[], T],
+    cancel: CancelCheck | None,
+    *,
+    interrupt: Callable[[], None] | None = None,
+    abandoned: Callable[[bool], None] | None = None,
+) -> T:
+    """Run a blocking transfer (an SDK call, a socket read that may stall) so that a cancel is
+    noticed within CANCEL_TICK: `action` runs in a helper thread while this thread calls
+    `cancel`. When `cancel` raises, that exception is raised here at once; `interrupt` (if any)
+    is started on a thread of its own to make the helper stop sooner (shut its socket down,
+    abort a multipart upload: it may block, nobody waits for it), and the helper is left to end
+    on its own (its progress callback raising the cancel, or its own timeout). When it does end,
+    `abandoned(succeeded)` runs in the helper thread to undo what arrived too late (delete an
+    object that landed after all, remove a partial file). Without `cancel`, `action` simply runs
+    here. An exception `action` raises is raised here."""
+    if cancel is None:
+        return action()
+    cancel()
+    outcome: list[tuple[bool, object]] = []
+    finished = threading.Event()
+    lock = threading.Lock()
+    given_up = False
+
+    def work() -> None:
+        nonlocal given_up
+        succeeded = False
+        try:
+            outcome.append((True, action()))
+            succeeded = True
+        except BaseException as error:  # handed to the waiting thread, or dropped if it left
+            outcome.append((False, error))
+        with lock:
+            finished.set()
+            late = given_up
+        if late and abandoned is not None:
+            try:
+                abandoned(succeeded)
+            except Exception as error:  # best effort: nobody is waiting any more
+                log.warning("clean-up after a cancelled transfer failed: %s", error)
+
+    threading.Thread(target=work, name="vipe-transfer", daemon=True).start()
+    while not finished.wait(CANCEL_TICK):
+        try:
+            cancel()
+        except BaseException:
+            with lock:
+                given_up = not finished.is_set()
+            if given_up and interrupt is not None:
+                threading.Thread(
+                    target=_quietly, args=(interrupt,), name="vipe-interrupt", daemon=True
+                ).start()
+            raise
+    succeeded, value = outcome[0]
+    if not succeeded:
+        assert isinstance(value, BaseException)
+        raise value
+    return value  # type: ignore[return-value]  # action's own result
+
+
+def _quietly(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception as error:  # the helper then ends with its own timeout
+        log.debug("could not interrupt a cancelled transfer: %s", error)
 
 
 class TransferStopped(Exception):
@@ -162,6 +249,12 @@ class Storage(ABC):
 
     def __init__(self, location: StorageLocation):
         self.location = location
+        # Names this instance's uploads created (nothing was there before): the only names a
+        # rollback of this job may delete. `rolled_back`: the names a rollback removed, so that
+        # an upload landing late (after a cancel) is removed again.
+        self.created: list[str] = []
+        self.rolled_back: set[str] = set()
+        self._rollback_lock = threading.Lock()
 
     def describe(self) -> str:
         return f"{self.provider} {self.location.uri}"
@@ -183,16 +276,39 @@ class Storage(ABC):
         StorageError(kind='missing')."""
 
     @abstractmethod
-    def download_file(self, name: str, target: Path, progress: Progress | None = None) -> None:
-        """Download one file of the folder to `target`."""
+    def download_file(
+        self,
+        name: str,
+        target: Path,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """Download one file of the folder to `target`. `cancel` is called at least about once a
+        second, stalled or not; the exception it raises aborts the transfer and is raised."""
 
     @abstractmethod
-    def upload_file(self, source: Path, name: str, progress: Progress | None = None) -> None:
-        """Upload `source` as `name` (a relative path, may contain sub-folders)."""
+    def upload_file(
+        self,
+        source: Path,
+        name: str,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """Upload `source` as `name` (a relative path, may contain sub-folders); `cancel` as for
+        download_file."""
 
     @abstractmethod
     def delete_file(self, name: str) -> None:
         """Delete `name` (a relative path); deleting a missing file is not an error."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool:
+        """Whether an object `name` (a relative path) is there now."""
+
+    def existing(self, names: list[str]) -> set[str]:
+        """Those of `names` that are there now (before an upload: what a rollback must spare).
+        Providers with a cheap recursive listing override this to list once."""
+        return {name for name in names if self.exists(name)}
 
     def check_access(self) -> None:
         """Raise StorageError when the folder cannot be reached or read with these credentials.
@@ -204,9 +320,12 @@ class Storage(ABC):
 
     # -- folder operations, written once ----------------------------------------------------
 
-    def retrying(self, what: str, action: Callable[[], object]) -> object:
-        """Run `action`, retrying StorageErrors marked retryable with backoff and a bound."""
+    def retrying(self, what: str, action: Callable[[], T], cancel: CancelCheck | None = None) -> T:
+        """Run `action`, retrying StorageErrors marked retryable with backoff and a bound; the
+        backoff waits call `cancel` every CANCEL_TICK."""
         for attempt in range(1, self.attempts + 1):
+            if cancel:
+                cancel()
             try:
                 return action()
             except StorageError as error:
@@ -221,7 +340,7 @@ class Storage(ABC):
                     attempt,
                     delay,
                 )
-                time.sleep(delay)
+                pause(delay, cancel)
         raise AssertionError("unreachable")
 
     def download_folder(
@@ -232,7 +351,8 @@ class Storage(ABC):
     ) -> list[Path]:
         """Download every file of the folder into `target`; an empty or missing folder raises
         StorageError(kind='missing')."""
-        files = self.retrying("listing", self.list_files)  # a 503 or reset is transient here too
+        # a 503 or reset is transient here too
+        files = self.retrying("listing", lambda: run_cancellable(self.list_files, cancel), cancel)
         if not files:
             raise StorageError(f"{self.describe()}: the folder holds no files", "missing")
         target.mkdir(parents=True, exist_ok=True)
@@ -253,7 +373,8 @@ class Storage(ABC):
 
             self.retrying(
                 f"download of {remote.name}",
-                lambda r=remote, p=path: self.download_file(r.name, p, report),
+                functools.partial(self.download_file, remote.name, path, report, cancel),
+                cancel,
             )
             done += remote.size
             if progress:
@@ -268,42 +389,87 @@ class Storage(ABC):
         cancel: CancelCheck | None = None,
     ) -> list[str]:
         """Upload every file under `source` (sub-folders kept), manifests last, so a reader never
-        sees a manifest that points at a missing file. If anything fails (or is cancelled), the
-        files already uploaded are deleted again before the error is raised."""
+        sees a manifest that points at a missing file.
+
+        If anything fails (or is cancelled), the upload is rolled back before the error is
+        raised: the files it created are deleted again. Objects that were there before it
+        started are never deleted (the folder may hold another job's files): an object this
+        upload overwrote cannot be restored, so it is left with the new content, and a warning
+        names it. Which names were there is read once, before the first upload."""
         files = sorted(p for p in source.rglob("*") if p.is_file())
         ordered = [p for p in files if not is_manifest(p.name)] + [
             p for p in files if is_manifest(p.name)
         ]
+        names = [safe_relative_path(p.relative_to(source).as_posix()) for p in ordered]
+        before = self.retrying(
+            "check of the existing files",
+            lambda: run_cancellable(functools.partial(self.existing, names), cancel),
+            cancel,
+        )
         total = sum(p.stat().st_size for p in ordered)
         done = 0
         uploaded: list[str] = []
         in_flight: list[str] = []  # the file being uploaded when a failure or cancel hits
         try:
-            for path in ordered:
+            for path, name in zip(ordered, names, strict=True):
                 if cancel:
                     cancel()
-                name = safe_relative_path(path.relative_to(source).as_posix())
                 in_flight = [name]
                 base = done
 
                 def report(current: int, _total: int, base: int = base) -> None:
+                    if cancel:
+                        cancel()
                     if progress:
                         progress(base + current, total)
 
                 self.retrying(
-                    f"upload of {name}", lambda p=path, n=name: self.upload_file(p, n, report)
+                    f"upload of {name}",
+                    functools.partial(self.upload_file, path, name, report, cancel),
+                    cancel,
                 )
                 uploaded.append(name)
+                if name not in before:
+                    self.created.append(name)
                 in_flight = []
                 done += path.stat().st_size
                 if progress:
                     progress(done, total)
         except BaseException:
+            overwritten = [n for n in [*uploaded, *in_flight] if n in before]
+            if overwritten:
+                log.warning(
+                    "%s: rolling back; %d file(s) that were there before are left as this "
+                    "upload overwrote them (first: %s)",
+                    self.describe(),
+                    len(overwritten),
+                    overwritten[0],
+                )
             # The file in flight may have landed although its upload raised (a cancel after the
-            # last byte, a lost response), so it is removed too.
-            self.delete_files([*reversed(uploaded), *in_flight])
+            # last byte, a lost response), so it is removed too, unless it was there before.
+            created = [n for n in uploaded if n not in before]
+            self.rollback([*reversed(created), *(n for n in in_flight if n not in before)])
             raise
         return uploaded
+
+    def rollback(self, names: Iterable[str]) -> None:
+        """Delete `names`, objects this job created, after a failed or cancelled publish (best
+        effort, manifests first); an upload of one of them that lands later is removed then."""
+        names = list(names)
+        with self._rollback_lock:
+            self.rolled_back.update(names)
+        self.delete_files(names)
+        with self._rollback_lock:
+            self.created = [n for n in self.created if n not in self.rolled_back]
+
+    def landed_late(self, name: str) -> None:
+        """An upload of `name` that a cancel stopped waiting for completed after all: removed
+        again when the rollback already took `name` away (else the rollback still will)."""
+        with self._rollback_lock:
+            rolled_back = name in self.rolled_back
+        if rolled_back:
+            log.warning("%s: %s landed after the rollback; removing it", self.describe(), name)
+            self.delete_files([name])
 
     def delete_files(self, names: Iterable[str]) -> None:
         """Best-effort removal (used to roll back a failed publish): manifests go first."""

@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -181,6 +182,12 @@ class ServeProcess:
             ISSUER,
             "--jwt-audience",
             AUDIENCE,
+            # The tests' jobs read and write under the temporary folder and reach their
+            # servers on loopback: both refused by default.
+            "--local-root",
+            tempfile.gettempdir(),
+            "--allow-network",
+            "127.0.0.0/8",
             *extra,
         ]
         self.process: subprocess.Popen | None = None

@@ -21,6 +21,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -170,6 +171,12 @@ class WorkerProcess:
             str(settings["attempts"]),
             "--log-format",
             "json",
+            # The tests' jobs read and write under the temporary folder and reach their
+            # servers on loopback: both refused by default.
+            "--local-root",
+            tempfile.gettempdir(),
+            "--allow-network",
+            "127.0.0.0/8",
             *self.args,
         ]
         if not any(a.startswith("--queues") for a in self.args):

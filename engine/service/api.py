@@ -52,6 +52,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.config import data_dir as default_data_dir
+from engine.policy import TRUSTED, JobPolicy
 from engine.service.auth import (
     UNAUTHORIZED_MESSAGE,
     Authenticator,
@@ -91,6 +92,9 @@ class ServerSettings:
     drain_seconds: float = 10.0  # at stop: time for running jobs to end before they are requeued
     # Builds the queue for the service (default: InProcessQueue with `workers` threads).
     queue_factory: Callable[[JobService], JobQueue] | None = None
+    # What jobs may touch (engine.policy). `vipe serve` builds it from its flags (no
+    # --local-root: Local refused; egress restricted); embedding code gives its own.
+    policy: JobPolicy = TRUSTED
 
 
 # --------------------------------------------------------------------------- middleware
@@ -201,6 +205,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         strict=settings.strict,
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
+        policy=settings.policy,
     )
     service = JobService(store, options, service_key)
     queue = (

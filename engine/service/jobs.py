@@ -49,6 +49,7 @@ from engine.events import EVENT_PHASE, EventEmitter, EventSink, EventType, Phase
 from engine.keys import keys_again, keys_from_job, possible_quality_groups
 from engine.locations import location_from_spec
 from engine.pipeline import job_created_fields, run_job
+from engine.policy import TRUSTED, JobPolicy
 from engine.report import ReportFacts, reporting_entry
 from engine.service.metrics import ServiceMetrics
 from engine.service.owners import owner_gone
@@ -65,6 +66,7 @@ from engine.service.store import (
     utcnow,
 )
 from engine.validation import FieldError, check_job, validate_job
+from storage import StorageError, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class ServiceOptions:
     # Keep a job's work folder across attempts and skip the phases whose checkpoints are
     # complete (engine.pipeline.checkpoints); `vipe worker` sets it, the embedded pool starts clean.
     checkpoints: bool = False
+    # What jobs may touch (engine.policy); `vipe serve`/`vipe worker` build it from their flags.
+    policy: JobPolicy = TRUSTED
 
 
 @dataclass
@@ -144,7 +148,7 @@ class JobService:
             raise InvalidJob(checked.errors)
         job = checked.job
         assert job is not None
-        errors = self._secret_errors(job) + _publisher_errors(job, self.service_key)
+        errors = self._location_errors(job, tenant_id) + _publisher_errors(job, self.service_key)
         if errors:
             raise InvalidJob(errors)
         job_id = str(uuid.uuid4())
@@ -174,9 +178,10 @@ class JobService:
         log.info("job %s: accepted for tenant %s (%d key id(s))", job_id, tenant_id, len(key_ids))
         return answer
 
-    def _secret_errors(self, job: Any) -> list[FieldError]:
-        """Protected storage secrets that do not decrypt with the service key: found now,
-        not as a failed job later."""
+    def _location_errors(self, job: Any, tenant_id: str) -> list[FieldError]:
+        """Protected storage secrets that do not decrypt with the service key, and `Local`
+        locations outside the tenant's roots (`--local-root`): found now, not as a failed job
+        later. A refusal names the field, never what lies outside the roots."""
         specs = [
             (job.content_acquisition, "ContentAcquisition"),
             (job.content_publishing, "ContentPublishing"),
@@ -184,11 +189,18 @@ class JobService:
         if job.image_extraction is not None:
             specs.append((job.image_extraction.location, "ImageExtraction.Location"))
         errors: list[FieldError] = []
+        policy = self.options.policy
         for spec, name in specs:
             try:
-                location_from_spec(spec, self.service_key, name)
+                location = location_from_spec(spec, self.service_key, name, policy, tenant_id)
             except JobValidationError as error:
                 errors += error.errors
+                continue
+            if location.provider == "Local":  # confinement is checked when it opens
+                try:
+                    open_storage(location).close()
+                except StorageError as error:
+                    errors.append(FieldError(f"{name}.UriPath", str(error)))
         return errors
 
     def _creation_keys(self, job: Any, job_id: str) -> Any:
@@ -302,6 +314,7 @@ class JobService:
                     capabilities=self._capabilities(document),
                     strict=self.options.strict,
                     keys=keys,
+                    policy=self.options.policy,
                     keep_workdir=self.options.checkpoints,
                     checkpoints=self.options.checkpoints,
                 )

@@ -20,6 +20,7 @@ from typing import Any
 from drm.credentials import CERTIFICATE_FILE, KEY_FILE, ServiceKey
 from engine.cancel import CancelToken
 from engine.encoders import NodeCapabilities, cpu_capabilities
+from engine.policy import TRUSTED, JobPolicy
 from engine.service.cluster.dispatch import (
     CPU,
     GPU,
@@ -69,6 +70,7 @@ class WorkerSettings:
     strict: bool = False
     log_format: str = "text"
     capabilities: NodeCapabilities | None = None  # given (tests); None: probed
+    policy: JobPolicy = TRUSTED  # what jobs may touch; `vipe worker` builds it from its flags
 
 
 class WorkerSetupError(RuntimeError):
@@ -155,6 +157,7 @@ def service_options(settings: WorkerSettings, capabilities: NodeCapabilities) ->
         max_attempts=settings.max_attempts,
         capabilities=capabilities,
         checkpoints=True,
+        policy=settings.policy,
     )
 
 
