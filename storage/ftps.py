@@ -11,6 +11,10 @@ a private CA (or a self-signed server certificate), point `VIPE_FTPS_CA_FILE` at
 
 Downloads resume with REST after a broken data connection (as long as the last attempt made
 progress) and are checked against the file's size; uploads create the folders they need.
+
+Egress policy (`storage.egress`): the control connection goes only to an admitted address of the
+host, and the data connections only to that same address (the address in a PASV reply is
+ignored); a refusal is a StorageError(kind='denied') naming the field and the rule.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import posixpath
 import socket
 import ssl
+import sys
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -37,15 +42,22 @@ from storage.base import (
     safe_name,
     safe_relative_path,
 )
+from storage.egress import UNRESTRICTED, EgressDenied, EgressPolicy
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"ftp": 21, "ftpes": 21, "ftps": 990}
 
 
-class ImplicitFTP_TLS(ftplib.FTP_TLS):
-    """FTP over implicit TLS: the control connection is TLS from the first byte, so the socket
-    is wrapped at connect, before the server's greeting is read (ftplib only knows AUTH TLS)."""
+class EgressFTP(ftplib.FTP):
+    """ftplib.FTP held to an egress policy (`egress`, set before connecting; `egress_what` is
+    the job field named by a refusal): the control connection goes to a checked address of the
+    host. Passive data connections go to the control connection's peer (the address in a PASV
+    reply is ignored, as ftplib does by default), and that address is checked again."""
+
+    egress: EgressPolicy = UNRESTRICTED
+    egress_what: str = "UriPath"
+    trust_server_pasv_ipv4_address = False  # never connect where a PASV reply points
 
     def connect(
         self,
@@ -54,6 +66,7 @@ class ImplicitFTP_TLS(ftplib.FTP_TLS):
         timeout: float = -999,
         source_address: tuple[str, int] | None = None,
     ) -> str:
+        """ftplib's connect, with the socket from the egress policy."""
         if host:
             self.host = host
         if port > 0:
@@ -62,11 +75,12 @@ class ImplicitFTP_TLS(ftplib.FTP_TLS):
             self.timeout = timeout
         if source_address is not None:
             self.source_address = source_address
-        sock = socket.create_connection(
-            (self.host, self.port), self.timeout, source_address=self.source_address
+        sys.audit("ftplib.connect", self, self.host, self.port)
+        sock = self.egress.create_connection(
+            (self.host, self.port), self.timeout, self.source_address, what=self.egress_what
         )
         try:
-            self.sock = self.context.wrap_socket(sock, server_hostname=self.host)
+            self.sock = self.secure(sock)
         except BaseException:
             sock.close()
             raise
@@ -74,6 +88,27 @@ class ImplicitFTP_TLS(ftplib.FTP_TLS):
         self.file = self.sock.makefile("r", encoding=self.encoding)
         self.welcome = self.getresp()
         return self.welcome
+
+    def secure(self, sock: socket.socket) -> socket.socket:
+        """The control socket as the greeting is read over it (plain here)."""
+        return sock
+
+    def makepasv(self) -> tuple[str, int]:
+        host, port = super().makepasv()
+        self.egress.check_host(host, port, self.egress_what)
+        return host, port
+
+
+class EgressFTP_TLS(EgressFTP, ftplib.FTP_TLS):
+    """FTP with explicit TLS (AUTH TLS), held to an egress policy."""
+
+
+class ImplicitFTP_TLS(EgressFTP_TLS):
+    """FTP over implicit TLS: the control connection is TLS from the first byte, so the socket
+    is wrapped at connect, before the server's greeting is read (ftplib only knows AUTH TLS)."""
+
+    def secure(self, sock: socket.socket) -> socket.socket:
+        return self.context.wrap_socket(sock, server_hostname=self.host)
 
 
 class _ShortTransfer(Exception):
@@ -135,15 +170,17 @@ class FtpsStorage(Storage):
         if self._ftp is not None:
             return self._ftp
         if self.scheme == "ftp":
-            ftp: ftplib.FTP = ftplib.FTP(timeout=self.timeout_seconds, encoding="utf-8")
+            ftp: EgressFTP = EgressFTP(timeout=self.timeout_seconds, encoding="utf-8")
         elif self.scheme == "ftpes":
-            ftp = ftplib.FTP_TLS(
+            ftp = EgressFTP_TLS(
                 context=self._context(), timeout=self.timeout_seconds, encoding="utf-8"
             )
         else:
             ftp = ImplicitFTP_TLS(
                 context=self._context(), timeout=self.timeout_seconds, encoding="utf-8"
             )
+        ftp.egress = self.location.egress
+        ftp.egress_what = self.location.field
         try:
             ftp.connect(self.host, self.port)
             user = self.location.credentials_name or "anonymous"
@@ -323,7 +360,7 @@ class FtpsStorage(Storage):
             self.connection().delete(path)
         except ftplib.error_perm:
             pass  # 550: never created (or not ours to delete)
-        except (OSError, EOFError, ftplib.Error) as error:
+        except (OSError, EOFError, ftplib.Error, EgressDenied) as error:
             log.warning("%s: could not remove %s: %s", self.describe(), path, type(error).__name__)
             self._reset()
 
@@ -371,6 +408,8 @@ class FtpsStorage(Storage):
 def _classify(error: BaseException, perm: ErrorKind) -> tuple[ErrorKind, bool, str]:
     """(kind, retryable, reason); `perm` is the kind a 550 reply means for this operation
     (missing when reading, denied when writing)."""
+    if isinstance(error, EgressDenied):
+        return "denied", False, str(error)
     if isinstance(error, ssl.SSLCertVerificationError):
         return (
             "unreachable",
