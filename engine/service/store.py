@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -63,8 +63,16 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    aliased,
+    mapped_column,
+    sessionmaker,
+)
+from sqlalchemy.sql import Executable
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +116,18 @@ class UTCDateTime(TypeDecorator):
     impl = DateTime
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(
+        self, value: datetime.datetime | None, dialect: Dialect
+    ) -> datetime.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the store")
         return value.astimezone(datetime.UTC).replace(tzinfo=None)
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(
+        self, value: datetime.datetime | None, dialect: Dialect
+    ) -> datetime.datetime | None:
         return value.replace(tzinfo=datetime.UTC) if value is not None else None
 
 
@@ -274,6 +286,15 @@ class NewJob:
     report: dict[str, Any]
 
 
+class TenantQueueFull(Exception):
+    """The tenant has as many Queued jobs as it may (429 at `POST /Job`)."""
+
+    def __init__(self, tenant_id: str, limit: int):
+        super().__init__(f"tenant {tenant_id} has {limit} queued jobs already")
+        self.tenant_id = tenant_id
+        self.limit = limit
+
+
 class CancelOutcome:
     """What `request_cancel` found: `unknown`, `finished`, `queued` (cancelled now, never
     started) or `running` (the flag is set; the worker stops it)."""
@@ -291,6 +312,7 @@ class Store:
         options: dict[str, Any] = {"echo": echo, "future": True}
         if self.is_sqlite:
             options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            _private_sqlite_file(url)
         else:
             options.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
         self.engine: Engine = create_engine(url, **options)
@@ -329,10 +351,17 @@ class Store:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def create_job(self, new: NewJob) -> None:
-        """Store a job in state Queued with its first reporting entry; committed on return."""
+    def create_job(self, new: NewJob, *, max_queued_per_tenant: int | None = None) -> None:
+        """Store a job in state Queued with its first reporting entry; committed on return.
+
+        Raises TenantQueueFull when the tenant has `max_queued_per_tenant` Queued jobs already
+        (counted in the writing transaction: exact on SQLite; on PostgreSQL posts racing in
+        separate transactions may pass it by a few)."""
         now = utcnow()
         with self.writing() as session:
+            if max_queued_per_tenant is not None:
+                if _queued_count(session, new.tenant_id) >= max_queued_per_tenant:
+                    raise TenantQueueFull(new.tenant_id, max_queued_per_tenant)
             session.add(
                 JobRow(
                     id=new.job_id,
@@ -375,34 +404,51 @@ class Store:
         """The accepted job JSON, secrets and all (for the worker only)."""
         return self.sealer.unseal(row.id, row.job_sealed)
 
-    def claim_next(self, owner: str) -> JobRow | None:
-        """Take the oldest Queued job for `owner` (state Running), or None.
+    def claim_next(
+        self, owner: str, *, max_running_per_tenant: int | None = None
+    ) -> JobRow | None:
+        """Take the next Queued job for `owner` (state Running), or None.
+
+        Fair across tenants (round-robin): of the tenants with a Queued job and fewer than
+        `max_running_per_tenant` Running ones, the tenant whose last job started least
+        recently (one that never ran first) gives its oldest Queued job. So one tenant's 300
+        queued jobs do not all run before another tenant's first.
 
         The conditional UPDATE makes the claim atomic across threads and processes: of two
         workers racing for one job, one changes the row and the other sees no row changed.
         """
         for _ in range(5):
             with self.reading() as session:
-                job_id = session.scalar(
-                    select(JobRow.id)
-                    .where(JobRow.state == QUEUED)
-                    .order_by(JobRow.created_at, JobRow.id)
-                    .limit(1)
-                )
+                job_id = _next_fair(session, max_running_per_tenant)
             if job_id is None:
                 return None
-            row = self.claim(job_id, owner)
+            row = self.claim(job_id, owner, max_running_per_tenant=max_running_per_tenant)
             if row is not None:
                 return row
         return None
 
-    def claim(self, job_id: str, owner: str) -> JobRow | None:
-        """Take one Queued job (used by `claim_next`, and by queue workers that get job ids)."""
+    def claim(
+        self, job_id: str, owner: str, *, max_running_per_tenant: int | None = None
+    ) -> JobRow | None:
+        """Take one Queued job (used by `claim_next`, and by queue workers that get job ids);
+        with `max_running_per_tenant`, only while its tenant runs fewer jobs than that (on
+        PostgreSQL, claims racing in separate transactions may pass it by one each)."""
         now = utcnow()
+        conditions = [JobRow.id == job_id, JobRow.state == QUEUED]
+        if max_running_per_tenant is not None:
+            other = aliased(JobRow)
+            running = (
+                select(func.count())
+                .select_from(other)
+                .where(other.state == RUNNING, other.tenant_id == JobRow.tenant_id)
+                .scalar_subquery()
+            )
+            conditions.append(running < max_running_per_tenant)
         with self.writing() as session:
-            changed = session.execute(
+            changed = _rows_changed(
+                session,
                 update(JobRow)
-                .where(JobRow.id == job_id, JobRow.state == QUEUED)
+                .where(*conditions)
                 .values(
                     state=RUNNING,
                     owner=owner,
@@ -411,8 +457,8 @@ class Store:
                     updated_at=now,
                     started_at=func.coalesce(JobRow.started_at, literal(now, UTCDateTime)),
                     attempts=JobRow.attempts + 1,
-                )
-            ).rowcount
+                ),
+            )
             if changed != 1:
                 return None
             row = session.get(JobRow, job_id)
@@ -429,11 +475,12 @@ class Store:
         """Renew the lease of a running job; False when this owner no longer holds it."""
         now = utcnow()
         with self.writing() as session:
-            changed = session.execute(
+            changed = _rows_changed(
+                session,
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.owner == owner, JobRow.state == RUNNING)
-                .values(heartbeat_at=now)
-            ).rowcount
+                .values(heartbeat_at=now),
+            )
         return changed == 1
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -533,11 +580,12 @@ class Store:
             if self.is_sqlite:  # SQLite spells it max()
                 values["attempts"] = func.max(JobRow.attempts - 1, 0)
         with self.writing() as session:
-            changed = session.execute(
+            changed = _rows_changed(
+                session,
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.state == RUNNING, JobRow.owner == owner)
-                .values(**values)
-            ).rowcount
+                .values(**values),
+            )
         return changed == 1
 
     def set_queue(self, job_id: str, queue: str | None) -> None:
@@ -568,7 +616,8 @@ class Store:
         False when it is no longer Queued (a worker claimed it meanwhile)."""
         now = utcnow()
         with self.writing() as session:
-            changed = session.execute(
+            changed = _rows_changed(
+                session,
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.state == QUEUED)
                 .values(
@@ -577,8 +626,8 @@ class Store:
                     updated_at=now,
                     error_code=error_code,
                     error_message=error_message,
-                )
-            ).rowcount
+                ),
+            )
             if changed != 1:
                 return False
             report = session.get(ReportRow, job_id)
@@ -633,11 +682,12 @@ class Store:
     def worker_heartbeat(self, worker_id: str, state: str, running: int) -> bool:
         """Renew a worker's row; False when it is gone (pruned): the caller registers again."""
         with self.writing() as session:
-            changed = session.execute(
+            changed = _rows_changed(
+                session,
                 update(WorkerRow)
                 .where(WorkerRow.id == worker_id)
-                .values(state=state, running=running, heartbeat_at=utcnow())
-            ).rowcount
+                .values(state=state, running=running, heartbeat_at=utcnow()),
+            )
         return changed == 1
 
     def remove_worker(self, worker_id: str) -> None:
@@ -715,6 +765,11 @@ class Store:
             counts.update({state: count for state, count in rows})
             return counts
 
+    def queued_count(self, tenant_id: str) -> int:
+        """How many jobs of the tenant are Queued."""
+        with self.reading() as session:
+            return _queued_count(session, tenant_id)
+
     def count_jobs(self, tenant_id: str | None = None) -> int:
         query = select(func.count()).select_from(JobRow)
         if tenant_id is not None:
@@ -723,9 +778,87 @@ class Store:
             return int(session.scalar(query) or 0)
 
 
+def _rows_changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE and return how many rows it changed. (An UPDATE executes to a
+    `CursorResult`, which has `rowcount`; `Session.execute` is typed with the plain `Result`.)"""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
+def _queued_count(session: Session, tenant_id: str) -> int:
+    query = select(func.count()).where(JobRow.tenant_id == tenant_id, JobRow.state == QUEUED)
+    return int(session.scalar(query) or 0)
+
+
+def _next_fair(session: Session, max_running: int | None) -> str | None:
+    """The id of the job `claim_next` takes (three small aggregate queries, portable SQL)."""
+    oldest = dict(
+        session.execute(
+            select(JobRow.tenant_id, func.min(JobRow.created_at))
+            .where(JobRow.state == QUEUED)
+            .group_by(JobRow.tenant_id)
+        ).tuples()
+    )
+    if not oldest:
+        return None
+    tenants = list(oldest)
+    running = dict(
+        session.execute(
+            select(JobRow.tenant_id, func.count())
+            .where(JobRow.state == RUNNING, JobRow.tenant_id.in_(tenants))
+            .group_by(JobRow.tenant_id)
+        ).tuples()
+    )
+    last_start = dict(
+        session.execute(
+            select(JobRow.tenant_id, func.max(JobRow.started_at))
+            .where(JobRow.started_at.is_not(None), JobRow.tenant_id.in_(tenants))
+            .group_by(JobRow.tenant_id)
+        ).tuples()
+    )
+    eligible = [t for t in tenants if max_running is None or running.get(t, 0) < max_running]
+    if not eligible:
+        return None
+    never = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+    def turn(tenant: str) -> tuple[datetime.datetime, datetime.datetime, str]:
+        return (_aware(last_start.get(tenant)) or never, _aware(oldest[tenant]) or never, tenant)
+
+    tenant = min(eligible, key=turn)
+    return session.scalar(
+        select(JobRow.id)
+        .where(JobRow.state == QUEUED, JobRow.tenant_id == tenant)
+        .order_by(JobRow.created_at, JobRow.id)
+        .limit(1)
+    )
+
+
+def _aware(moment: Any) -> datetime.datetime | None:
+    """An aggregate's datetime as aware UTC (SQLite hands aggregates back as text)."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.datetime.fromisoformat(moment)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC)
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would follow the umask: 0644); its
+    -wal and -shm files take the database file's mode."""
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if not path or path.startswith((":memory:", "file:")):
+        return
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:  # there already, or a folder missing: SQLite reports what it must
+        return
+    os.close(descriptor)
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record) -> None:
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" hook below issue BEGIN itself (pysqlite's own is deferred).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -736,7 +869,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(connection) -> None:
+    def _begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get("vipe_immediate")
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -757,6 +890,7 @@ __all__ = [
     "ReportRow",
     "SealError",
     "Store",
+    "TenantQueueFull",
     "WorkerRow",
     "database_url",
 ]

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 
 
-def config():
+def config() -> Config:
     """An Alembic `Config` whose scripts are this folder."""
     from alembic.config import Config
 
