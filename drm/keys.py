@@ -66,6 +66,8 @@ class ContentKey:
     (cenc tracks start at IVs of their own, see `drm.track`); None: the encryptor picks.
     `quality_group`: the group the key is for (`AUDIO`, `SD`, …) in multi-key mode, else None.
     `signalling`: per DRM system id, what the Key Service returned (empty for job keys).
+    `systems`: the DRM system ids the job chose to signal for this key (None: every system
+    the output can carry); init segments and manifests carry these systems only.
     """
 
     key_id: uuid.UUID
@@ -73,6 +75,7 @@ class ContentKey:
     iv: bytes | None = None
     quality_group: str | None = None
     signalling: Mapping[uuid.UUID, SystemSignalling] = field(default_factory=dict, compare=False)
+    systems: tuple[uuid.UUID, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key_id, uuid.UUID):
@@ -98,6 +101,10 @@ class ContentKey:
     def key_id_hex(self) -> str:
         """The key id as 32 lower-case hex digits (as in `skd://` URIs and `KEYID=0x…`)."""
         return self.key_id.hex
+
+    def signals(self, system_id: uuid.UUID) -> bool:
+        """Whether `system_id` is signalled for this key (the job's choice of systems)."""
+        return self.systems is None or system_id in self.systems
 
     def for_system(self, system_id: uuid.UUID) -> SystemSignalling:
         """What the Key Service returned for `system_id` (empty when nothing)."""

@@ -12,7 +12,8 @@
 - Common (W3C, `1077efec-…`): a version 1 `pssh` listing the key ids, no data.
 
 `pssh_boxes` gives the boxes for an init segment: what the Key Service returned for a key and
-a system is used as given, and vipe generates only what it left out.
+a system is used as given, and vipe generates only what it left out; a system the job did not
+choose for a key (`ContentKey.systems`) gets no box.
 """
 
 from __future__ import annotations
@@ -243,8 +244,12 @@ def pssh_boxes(
     system_ids: Sequence[uuid.UUID] = systems.ALL_SYSTEMS,
     playready_la_url: str | None = None,
 ) -> list[bytes]:
-    """Every `pssh` box for an init segment's `moov` protected with `keys`."""
+    """Every `pssh` box for an init segment's `moov` protected with `keys`: per system of
+    `system_ids`, for the keys that signal it (`ContentKey.systems`, the job's choice)."""
+    keys = [keys] if isinstance(keys, ContentKey) else list(keys)
     out: list[bytes] = []
     for system_id in system_ids:
-        out += pssh_for_system(keys, scheme, system_id, playready_la_url=playready_la_url)
+        chosen = [key for key in keys if key.signals(system_id)]
+        if chosen:
+            out += pssh_for_system(chosen, scheme, system_id, playready_la_url=playready_la_url)
     return out

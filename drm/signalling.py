@@ -11,7 +11,8 @@ Widevine (the `pssh` as a data URI, `KEYID`), PlayReady (the PRO as a UTF-16 dat
 ClearKey has no HLS signalling.
 
 What the Key Service returned for a key and a system (ContentProtectionData, HLS signalling
-data, PSSH) replaces what vipe would generate. Results are `xml.etree` elements (or strings)
+data, PSSH) replaces what vipe would generate. Only the systems the job chose for a key
+(`ContentKey.systems`; None: all) are signalled. Results are `xml.etree` elements (or strings)
 and plain lines, for the packager's manifest writers to insert.
 """
 
@@ -122,7 +123,7 @@ def dash_content_protection(
         )
     ]
     for system_id in system_ids:
-        if system_id == systems.FAIRPLAY:
+        if system_id == systems.FAIRPLAY or not key.signals(system_id):
             continue
         given = key.for_system(system_id)
         if given.content_protection_data:
@@ -201,6 +202,8 @@ def hls_key_tags(
     segment / `#EXT-X-MAP`)."""
     lines: list[str] = []
     for system_id in system_ids:
+        if not key.signals(system_id):
+            continue
         given = key.for_system(system_id).hls_media
         if given:
             lines += _lines(given)
@@ -223,6 +226,8 @@ def hls_session_key_tags(
     lines: list[str] = []
     for key in keys:
         for system_id in system_ids:
+            if not key.signals(system_id):
+                continue
             given = key.for_system(system_id)
             if given.hls_master:
                 found = _lines(given.hls_master)

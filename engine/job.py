@@ -440,6 +440,100 @@ class VisibleVideoWatermark(JobModel):
         return parse_time(self.end_time) if self.end_time else None
 
 
+class DrmSystem(ContractEnum):
+    """A DRM system a job can choose (`DrmManaged.DrmSystems`, a vipe extension)."""
+
+    Widevine = "Widevine"
+    PlayReady = "PlayReady"
+    FairPlay = "FairPlay"
+    ClearKey = "ClearKey"
+
+
+class AuthenticationType(ContractEnum):
+    Basic = "Basic"
+    Bearer = "Bearer"
+    Header = "Header"
+    AwsSigV4 = "AwsSigV4"
+
+
+# The fields each Authentication type uses (the others must be absent), and those it needs.
+_AUTH_FIELDS: dict[AuthenticationType, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    AuthenticationType.Basic: ((), ()),
+    AuthenticationType.Bearer: (("Token",), ("Token",)),
+    AuthenticationType.Header: (("Name", "Value"), ("Name", "Value")),
+    AuthenticationType.AwsSigV4: (
+        ("Region", "Service", "AccessKeyId", "SecretAccessKey", "SessionToken"),
+        ("Region",),
+    ),
+}
+_ALL_AUTH_FIELDS = (
+    "Token",
+    "Name",
+    "Value",
+    "Region",
+    "Service",
+    "AccessKeyId",
+    "SecretAccessKey",
+    "SessionToken",
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
+# Headers vipe sets itself (or the transport does): an authentication header cannot be one.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "accept",
+        "accept-encoding",
+        "x-speke-version",
+        "x-amz-date",
+        "x-amz-security-token",
+    }
+)
+
+
+class DrmAuthentication(JobModel):
+    """How vipe authenticates to the Key Service (`DrmManaged.Authentication`, a vipe
+    extension): `Basic` (TenantId:ManagementKey, the default), `Bearer` (Token), `Header`
+    (Name, Value) or `AwsSigV4` (Region, Service, and optionally AccessKeyId,
+    SecretAccessKey, SessionToken; absent: the node's AWS credential chain)."""
+
+    type: AuthenticationType = AuthenticationType.Basic
+    token: Secret | None = None
+    name: str | None = Field(default=None, max_length=100)
+    value: Secret | None = None
+    region: str | None = Field(default=None, max_length=50, pattern=r"^[a-z0-9-]+$")
+    service: str | None = Field(default=None, max_length=100, pattern=r"^[a-z0-9-]+$")
+    access_key_id: str | None = Field(default=None, max_length=200)
+    secret_access_key: Secret | None = None
+    session_token: Secret | None = None
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("Token", "Value", "SecretAccessKey", "SessionToken")
+
+    def rules(self) -> list[Problem]:
+        problems: list[Problem] = []
+        uses, needs = _AUTH_FIELDS[self.type]
+        for alias in _ALL_AUTH_FIELDS:
+            value = getattr(self, _field_name(type(self), alias))
+            if alias in needs and value is None:
+                problems.append((alias, f"required when Type is {self.type}"))
+            elif alias not in uses and value is not None:
+                problems.append((alias, f"not used when Type is {self.type}"))
+        if self.type == AuthenticationType.Header and self.name is not None:
+            if not _HEADER_NAME.match(self.name):
+                problems.append(("Name", "must be an HTTP header name"))
+            elif self.name.lower() in _RESERVED_HEADERS:
+                problems.append(("Name", f"{self.name} is set by vipe itself"))
+        if self.type == AuthenticationType.AwsSigV4:
+            if (self.access_key_id is None) != (self.secret_access_key is None):
+                problems.append(("SecretAccessKey", "AccessKeyId and SecretAccessKey go together"))
+            if self.session_token is not None and self.access_key_id is None:
+                problems.append(("SessionToken", "needs AccessKeyId and SecretAccessKey"))
+        return problems
+
+
 class DrmManaged(JobModel):
     api_url: str | None = Field(default=None, max_length=2048)
     tenant_id: str | None = Field(default=None, max_length=200)
@@ -449,21 +543,42 @@ class DrmManaged(JobModel):
     multi_key: bool = False
     proxy: str | None = None
     keys_protection: Protection = Protection.Unencrypted
+    # vipe extensions (docs/job-contract.md): the DRM systems to signal (None: every system
+    # the output formats can signal) and how to authenticate to the Key Service.
+    drm_systems: list[DrmSystem] | None = Field(default=None, min_length=1, max_length=4)
+    authentication: DrmAuthentication | None = None
 
     legacy_names: ClassVar[dict[str, str]] = {"keyseed": "KeySeedId"}
 
+    @property
+    def authentication_type(self) -> AuthenticationType:
+        """The authentication's type (Basic when none is given)."""
+        return self.authentication.type if self.authentication else AuthenticationType.Basic
+
     def rules(self) -> list[Problem]:
         problems: list[Problem] = []
-        for alias in ("ApiUrl", "TenantId", "ManagementKey"):
+        required = ["ApiUrl"]
+        if self.authentication_type == AuthenticationType.Basic:
+            required += ["TenantId", "ManagementKey"]
+        for alias in required:
             if getattr(self, _field_name(type(self), alias)) is None:
                 problems.append((alias, "required when DrmProtection is Managed"))
         if self.api_url and not self.api_url.lower().startswith(("https://", "http://")):
             problems.append(("ApiUrl", "must be an http(s) URL"))
+        if self.drm_systems and len(set(self.drm_systems)) != len(self.drm_systems):
+            problems.append(("DrmSystems", "lists a system twice"))
         if self.keys_protection == Protection.Encrypted:
             for alias in ("ManagementKey", "KeySeedId"):
                 value = getattr(self, _field_name(type(self), alias))
                 if value is not None and not _is_base64(value.get_secret_value()):
                     problems.append((alias, "an Encrypted secret must be base64"))
+            auth = self.authentication
+            for alias in DrmAuthentication.SECRETS if auth else ():
+                value = getattr(auth, _field_name(DrmAuthentication, alias))
+                if value is not None and not _is_base64(value.get_secret_value()):
+                    problems.append(
+                        (f"Authentication.{alias}", "an Encrypted secret must be base64")
+                    )
         return problems
 
 
@@ -601,6 +716,13 @@ class ContentProcessing(JobModel):
                 problems.append(("ContentKey", "an Encrypted key must be base64 ciphertext"))
         if mode == DrmProtection.Managed and self.drm_managed is None:
             problems.append(("DrmManaged", "required when DrmProtection is Managed"))
+        if mode == DrmProtection.Managed and self.drm_managed and self.drm_managed.drm_systems:
+            from drm import systems  # the one table of what each format can signal
+
+            chosen = [systems.system_id(s.value) for s in self.drm_managed.drm_systems]
+            formats = [f.value for f in self.formats]
+            for problem in systems.choice_problems(chosen, formats, self.scheme.value):
+                problems.append(("DrmManaged.DrmSystems", problem))
         if mode == DrmProtection.Off:
             for alias, value in (
                 ("KeyId", self.key_id),

@@ -4,6 +4,10 @@
 the key in the job (`Base64Key`), the key protected with the service certificate
 (`Encrypted`), or keys from a Key Service speaking CPIX (`Managed`, see `drm.cpix`).
 `keys_again` gets the same keys once more at the worker (the key ids `POST /Job` answered).
+`Managed` keys carry the job's DRM systems (`DrmManaged.DrmSystems`, default: all that the
+output formats can signal), and the Key Service is asked for those only, authenticated as
+`DrmManaged.Authentication` says (Basic by default), each secret decrypted with the service
+key under `KeysProtection: Encrypted`.
 
 Key material never reaches a log line or an exception text: every error names the field or
 the Key Service, never a value.
@@ -13,19 +17,31 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
+import urllib.request
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from drm.cpix import CpixClient, KeyRequest
+from drm import systems
+from drm.cpix import (
+    Authentication,
+    AwsSigV4Authentication,
+    BasicAuthentication,
+    BearerAuthentication,
+    CpixClient,
+    HeaderAuthentication,
+    KeyRequest,
+)
 from drm.credentials import CredentialsError
 from drm.keys import KEY_SIZE, QUALITY_GROUPS, ContentKey, DrmKeyError, KeySet
 from engine import ladder
+from engine.job import AuthenticationType, VideoFormat
 
 if TYPE_CHECKING:
     from drm.credentials import ServiceKey
-    from engine.job import Job
+    from engine.job import DrmManaged, Job
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +55,10 @@ def possible_quality_groups(job: Job) -> set[str]:
     if processing.video_representations:
         heights = [r.height or 2160 for r in processing.video_representations]
     else:
-        codec = "H265" if processing.video_format.value == "H265" else "H264"
-        heights = [h for h, _ in ladder.LADDERS[(processing.bitrate_ladder.value, codec)]]
+        codec = (
+            VideoFormat.H265 if processing.video_format == VideoFormat.H265 else VideoFormat.H264
+        )
+        heights = [h for h, _ in ladder.LADDERS[(processing.bitrate_ladder, codec)]]
     groups |= {ladder.quality_group(h) for h in heights}
     return groups
 
@@ -55,6 +73,7 @@ def keys_from_job(
     timeout: float = 10.0,
     attempts: int = 4,
     backoff: float = 0.5,
+    opener: urllib.request.OpenerDirector | None = None,
 ) -> KeySet | None:
     """Resolve the content keys of a job's `ContentProcessing` (None when DrmProtection is None).
 
@@ -63,7 +82,9 @@ def keys_from_job(
     an empty set means "not known yet" and asks for all five). `content_id` is the CPIX
     `contentId` when the job gives no `KeySeedId` (the job id, typically). The keyword
     arguments go to the CPIX client (`ca_file`: a CA bundle for the Key Service's TLS
-    certificate; the environment variable `VIPE_CPIX_CA_FILE` does the same).
+    certificate; the environment variable `VIPE_CPIX_CA_FILE` does the same; `opener`: the
+    urllib opener that sends the request, one that enforces the server's egress policy, made
+    with `drm.cpix.build_opener`).
     """
     mode = str(processing.drm_protection)
     if mode == "None":
@@ -86,6 +107,7 @@ def keys_from_job(
             timeout=timeout,
             attempts=attempts,
             backoff=backoff,
+            opener=opener,
         )
     raise DrmKeyError("ContentProcessing.DrmProtection", f"unknown mode {mode}")
 
@@ -157,6 +179,63 @@ def _managed_secret(
         raise DrmKeyError(field_name, error.args[0].split(": ", 1)[-1]) from None
 
 
+def _authentication(
+    managed: DrmManaged, protected: bool, service_key: ServiceKey | None
+) -> Authentication:
+    """The job's Key Service authentication, its secrets decrypted (`KeysProtection`)."""
+    base = "ContentProcessing.DrmManaged"
+    auth = managed.authentication
+    kind = managed.authentication_type
+    if auth is None or kind == AuthenticationType.Basic:
+        if not managed.tenant_id:
+            raise DrmKeyError(f"{base}.TenantId", "required when DrmProtection is Managed")
+        management_key = _managed_secret(
+            managed.management_key, f"{base}.ManagementKey", protected, service_key
+        )
+        if not management_key:
+            raise DrmKeyError(f"{base}.ManagementKey", "required when DrmProtection is Managed")
+        return BasicAuthentication(managed.tenant_id, management_key)
+    here = f"{base}.Authentication"
+
+    def secret(value: Any, alias: str, required: bool = True) -> str | None:
+        text = _managed_secret(value, f"{here}.{alias}", protected, service_key)
+        if required and not text:
+            raise DrmKeyError(f"{here}.{alias}", f"required when Type is {kind}")
+        return text
+
+    if kind == AuthenticationType.Bearer:
+        return BearerAuthentication(secret(auth.token, "Token") or "")
+    if kind == AuthenticationType.Header:
+        if not auth.name:
+            raise DrmKeyError(f"{here}.Name", "required when Type is Header")
+        try:
+            return HeaderAuthentication(auth.name, secret(auth.value, "Value") or "")
+        except ValueError as error:
+            raise DrmKeyError(f"{here}.Name", str(error)) from None
+    if not auth.region:
+        raise DrmKeyError(f"{here}.Region", "required when Type is AwsSigV4")
+    try:
+        return AwsSigV4Authentication(
+            auth.region,
+            auth.service or "execute-api",
+            auth.access_key_id,
+            secret(auth.secret_access_key, "SecretAccessKey", required=False),
+            secret(auth.session_token, "SessionToken", required=False),
+        )
+    except ValueError as error:
+        raise DrmKeyError(f"{here}.SecretAccessKey", str(error)) from None
+
+
+def chosen_systems(processing: Any) -> tuple[uuid.UUID, ...]:
+    """The DRM systems a job signals: `DrmManaged.DrmSystems`, else every system its output
+    formats can signal under its scheme."""
+    managed = processing.drm_managed
+    if managed is not None and managed.drm_systems:
+        return tuple(systems.system_id(str(name)) for name in managed.drm_systems)
+    formats = [str(f) for f in processing.formats]
+    return systems.signallable(formats, str(processing.scheme))
+
+
 def _keys_from_key_service(
     processing: Any,
     service_key: ServiceKey | None,
@@ -165,35 +244,35 @@ def _keys_from_key_service(
     requests: list[KeyRequest] | None = None,
     **client_options: Any,
 ) -> KeySet:
-    """Keys from the job's Key Service: new key ids, or `requests` (the ids asked before)."""
+    """Keys from the job's Key Service: new key ids, or `requests` (the ids asked before).
+    Each key carries the job's choice of DRM systems (`ContentKey.systems`)."""
     base = "ContentProcessing.DrmManaged"
     managed = processing.drm_managed
     if managed is None:
         raise DrmKeyError(base, "required when DrmProtection is Managed")
     if not managed.api_url:
         raise DrmKeyError(f"{base}.ApiUrl", "required when DrmProtection is Managed")
-    if not managed.tenant_id:
-        raise DrmKeyError(f"{base}.TenantId", "required when DrmProtection is Managed")
     protected = str(managed.keys_protection) == "Encrypted"
-    management_key = _managed_secret(
-        managed.management_key, f"{base}.ManagementKey", protected, service_key
-    )
-    if not management_key:
-        raise DrmKeyError(f"{base}.ManagementKey", "required when DrmProtection is Managed")
+    authentication = _authentication(managed, protected, service_key)
     key_seed_id = _managed_secret(managed.key_seed_id, f"{base}.KeySeedId", protected, service_key)
 
-    groups = _ordered_groups(quality_groups)
+    groups = _ordered_groups(quality_groups)  # checked in single-key mode too
     if requests is None and managed.multi_key:
         requests = [KeyRequest(uuid.uuid4(), group) for group in groups]
     elif requests is None:
         requests = [KeyRequest(uuid.uuid4(), None)]
-    client = CpixClient(managed.api_url, managed.tenant_id, management_key, **client_options)
-    keys = client.request_keys(
-        content_id=key_seed_id or content_id,
-        requests=requests,
-        scheme=str(processing.scheme),
-        quality_groups=groups,
+    chosen = chosen_systems(processing)
+    client = CpixClient(
+        managed.api_url,
+        managed.tenant_id,
+        authentication=authentication,
+        system_ids=chosen,
+        **client_options,
     )
+    keys = client.request_keys(
+        content_id=key_seed_id or content_id, requests=requests, scheme=str(processing.scheme)
+    )
+    keys = [dataclasses.replace(key, systems=chosen) for key in keys]
     if managed.multi_key:
         return KeySet.per_group(keys)
     return KeySet.single(keys[0])
@@ -223,6 +302,7 @@ def keys_again(
     DrmKeyError when the keys cannot be had or are not the ones the job was created with."""
     processing = job.content_processing
     groups = possible_quality_groups(job)  # as at creation: the same request
+    keys: KeySet | None
     if str(processing.drm_protection) == "Managed":
         requests = [KeyRequest(uuid.UUID(kid), group) for kid, group in key_ids]
         keys = _keys_from_key_service(processing, service_key, groups, content_id, requests)
@@ -230,11 +310,10 @@ def keys_again(
         keys = keys_from_job(processing, service_key, groups, content_id)
     wanted = [kid for kid, _ in key_ids]
     got = [str(key.key_id) for key in keys or []]
-    if got != wanted:
+    if keys is None or got != wanted:
         raise DrmKeyError(
             "content keys",
             f"the keys obtained now ({', '.join(got)}) are not the ones the job was created "
             f"with ({', '.join(wanted)})",
         )
-    assert keys is not None
     return keys

@@ -8,7 +8,15 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
-from cpix_server import FAIRPLAY, PLAYREADY, WIDEVINE, CpixServer, fairplay_uri, server_pssh
+from cpix_server import (
+    FAIRPLAY,
+    PLAYREADY,
+    WIDEVINE,
+    CpixServer,
+    check_request,
+    fairplay_uri,
+    server_pssh,
+)
 from cpix_server import self_signed_certificate as make_certificate
 
 from drm import cpix, signalling, systems
@@ -51,7 +59,8 @@ def assert_no_secret(text: str) -> None:
 
 def test_request_document_follows_cpix_2_3_speke_v2():
     wanted = requests("SD", "HD", "AUDIO")
-    root = ET.fromstring(cpix.build_request(CONTENT_ID, wanted, "cbcs", ["SD", "HD", "AUDIO"]))
+    root = ET.fromstring(cpix.build_request(CONTENT_ID, wanted, "cbcs"))
+    assert check_request(root) == []  # the strict server's SPEKE v2 rules
     assert root.tag == f"{{{cpix.CPIX_NS}}}CPIX"
     assert root.get("contentId") == CONTENT_ID and root.get("version") == "2.3"
     keys = root.findall("cpix:ContentKeyList/cpix:ContentKey", NS)
@@ -69,24 +78,136 @@ def test_request_document_follows_cpix_2_3_speke_v2():
         assert playlists == ["media", "master"]
     rules = root.findall("cpix:ContentKeyUsageRuleList/cpix:ContentKeyUsageRule", NS)
     by_type = {rule.get("intendedTrackType"): rule for rule in rules}
-    assert set(by_type) == {"SD", "HD", "AUDIO"}
-    assert by_type["AUDIO"].find("cpix:AudioFilter", NS) is not None
-    assert by_type["SD"].find("cpix:VideoFilter", NS).get("maxPixels") == str(1280 * 720 - 1)
+    assert set(by_type) == {"SD", "HD", "AUDIO"} and len(rules) == 3  # unique track types
+    assert [c.tag.split("}")[1] for c in by_type["AUDIO"]] == ["AudioFilter"]
+    assert by_type["AUDIO"].find("cpix:AudioFilter", NS).attrib == {}
+    assert by_type["SD"].find("cpix:VideoFilter", NS).attrib == {"maxPixels": str(1280 * 720 - 1)}
     hd = by_type["HD"].find("cpix:VideoFilter", NS)
     assert (hd.get("minPixels"), hd.get("maxPixels")) == (str(1280 * 720), str(1920 * 1080))
     assert by_type["HD"].get("kid") == str(wanted[1].key_id)
 
 
-def test_request_for_cenc_skips_fairplay_and_single_key_covers_every_group():
+def test_request_for_cenc_skips_fairplay_and_single_key_is_one_all_rule():
+    """SPEKE v2: one key for every track is the single rule intendedTrackType="ALL" with an
+    empty AudioFilter and an empty VideoFilter."""
     (single,) = requests(None)
-    root = ET.fromstring(cpix.build_request(CONTENT_ID, [single], "cenc", ["SD", "HD"]))
+    root = ET.fromstring(cpix.build_request(CONTENT_ID, [single], "cenc"))
+    assert check_request(root) == []
     systems_asked = {e.get("systemId") for e in root.iterfind(".//cpix:DRMSystem", NS)}
     assert systems_asked == {str(WIDEVINE), str(PLAYREADY)}
-    rules = root.findall(".//cpix:ContentKeyUsageRule", NS)
-    assert [(r.get("kid"), r.get("intendedTrackType")) for r in rules] == [
-        (str(single.key_id), "SD"),
-        (str(single.key_id), "HD"),
+    (rule,) = root.findall(".//cpix:ContentKeyUsageRule", NS)
+    assert (rule.get("kid"), rule.get("intendedTrackType")) == (str(single.key_id), "ALL")
+    assert [(c.tag.split("}")[1], c.attrib) for c in rule] == [
+        ("AudioFilter", {}),
+        ("VideoFilter", {}),
     ]
+
+
+def _old_single_key_request(kid: uuid.UUID, groups: list[str]) -> bytes:
+    """The single-key request vipe sent before: one rule per quality group for one key."""
+    document = ET.fromstring(cpix.build_request(CONTENT_ID, [KeyRequest(kid)], "cbcs"))
+    rules = document.find("cpix:ContentKeyUsageRuleList", NS)
+    for rule in list(rules):
+        rules.remove(rule)
+    for group in groups:
+        rule = ET.SubElement(
+            rules, f"{{{cpix.CPIX_NS}}}ContentKeyUsageRule", kid=str(kid), intendedTrackType=group
+        )
+        if group == "AUDIO":
+            ET.SubElement(rule, f"{{{cpix.CPIX_NS}}}AudioFilter")
+        else:
+            low, high = cpix.VIDEO_FILTERS[group]
+            bounds = {"minPixels": str(low)} if low else {}
+            ET.SubElement(rule, f"{{{cpix.CPIX_NS}}}VideoFilter", bounds | {"maxPixels": str(high)})
+    return ET.tostring(document)
+
+
+def test_the_strict_server_rejects_the_old_single_key_shape(server, certificate):
+    """The old single-key request (one key, a rule per group) breaks the encryption contract:
+    the strict server answers 400 naming the rule; the new shape (ALL) passes."""
+    kid = uuid.uuid4()
+    old = _old_single_key_request(kid, ["AUDIO", "SD", "HD"])
+    violations = check_request(ET.fromstring(old))
+    assert f"key id {kid} has more than one ContentKeyUsageRule" in violations
+    status, answer = server.handle("POST", "/cpix/v2", _basic_headers(), old)
+    assert status == 400 and b"more than one ContentKeyUsageRule" in answer
+    new = cpix.build_request(CONTENT_ID, [KeyRequest(kid)], "cbcs")
+    assert check_request(ET.fromstring(new)) == []
+    assert server.handle("POST", "/cpix/v2", _basic_headers(), new)[0] == 200
+
+
+def _basic_headers() -> list[tuple[str, str]]:
+    token = base64.b64encode(f"{TENANT}:{SECRET}".encode()).decode()
+    return [("Authorization", f"Basic {token}"), ("X-Speke-Version", "2.0")]
+
+
+@pytest.mark.parametrize(
+    ("damage", "rule"),
+    [
+        ("duplicate type", "intendedTrackType SD is not unique"),
+        ("ALL with attributes", "ALL takes one empty AudioFilter and one empty VideoFilter"),
+        ("ALL with two keys", "ALL is one key for every track"),
+        ("overlapping filters", "overlap"),
+        ("bitrate filter", "BitrateFilter is not supported"),
+        ("audio with video filter", "AUDIO needs an AudioFilter"),
+        ("no rule", "has no ContentKeyUsageRule"),
+        ("fairplay with cenc", "FairPlay is only possible with cbcs"),
+        ("systems differ per key", "the same DRM systems"),
+        ("version", "CPIX@version must be 2.3"),
+    ],
+)
+def test_the_strict_server_checks_each_speke_v2_rule(damage, rule):
+    """Each rule of the check bites: a valid request, damaged one way, breaks that rule."""
+    wanted = requests("SD", "HD")
+    scheme = "cenc" if damage == "fairplay with cenc" else "cbcs"
+    root = ET.fromstring(cpix.build_request(CONTENT_ID, wanted, scheme))
+    rules = root.findall(".//cpix:ContentKeyUsageRule", NS)
+    drm_list = root.find("cpix:DRMSystemList", NS)
+    if damage == "duplicate type":
+        rules[1].set("intendedTrackType", "SD")
+    elif damage == "ALL with attributes":
+        (single,) = requests(None)
+        root = ET.fromstring(cpix.build_request(CONTENT_ID, [single], scheme))
+        root.find(".//cpix:VideoFilter", NS).set("maxPixels", "100")
+    elif damage == "ALL with two keys":
+        rules[0].set("intendedTrackType", "ALL")
+    elif damage == "overlapping filters":
+        rules[0].find("cpix:VideoFilter", NS).set("maxPixels", str(1920 * 1080))
+    elif damage == "bitrate filter":
+        ET.SubElement(rules[0], f"{{{cpix.CPIX_NS}}}BitrateFilter", minBitrate="1")
+    elif damage == "audio with video filter":
+        rules[0].set("intendedTrackType", "AUDIO")
+    elif damage == "no rule":
+        root.find("cpix:ContentKeyUsageRuleList", NS).remove(rules[1])
+    elif damage == "fairplay with cenc":
+        ET.SubElement(
+            drm_list,
+            f"{{{cpix.CPIX_NS}}}DRMSystem",
+            kid=str(wanted[0].key_id),
+            systemId=str(FAIRPLAY),
+        )
+        ET.SubElement(
+            drm_list,
+            f"{{{cpix.CPIX_NS}}}DRMSystem",
+            kid=str(wanted[1].key_id),
+            systemId=str(FAIRPLAY),
+        )
+    elif damage == "systems differ per key":
+        drm_list.remove(drm_list[0])
+    elif damage == "version":
+        root.set("version", "2.0")
+    assert any(rule in violation for violation in check_request(root)), check_request(root)
+
+
+def test_the_request_asks_only_for_the_chosen_systems():
+    """DRMSystemList holds the job's systems only; ClearKey alone asks for none (no list)."""
+    wanted = requests("AUDIO", "SD")
+    root = ET.fromstring(cpix.build_request(CONTENT_ID, wanted, "cbcs", [systems.FAIRPLAY]))
+    assert check_request(root) == []
+    asked = {(e.get("kid"), e.get("systemId")) for e in root.iterfind(".//cpix:DRMSystem", NS)}
+    assert asked == {(str(r.key_id), str(FAIRPLAY)) for r in wanted}
+    root = ET.fromstring(cpix.build_request(CONTENT_ID, wanted, "cenc", [systems.CLEARKEY]))
+    assert root.find("cpix:DRMSystemList", NS) is None and check_request(root) == []
 
 
 # ------------------------------------------------------------------------- good answers
@@ -94,7 +215,7 @@ def test_request_for_cenc_skips_fairplay_and_single_key_covers_every_group():
 
 def test_single_key_over_verified_tls(server, certificate):
     (wanted,) = requests(None)
-    (key,) = client(server, certificate).request_keys(CONTENT_ID, [wanted], "cbcs", ["SD"])
+    (key,) = client(server, certificate).request_keys(CONTENT_ID, [wanted], "cbcs")
     assert key.key_id == wanted.key_id
     assert key.key == CpixServer.key_for(CONTENT_ID, wanted.key_id)
     assert key.iv == CpixServer.iv_for(wanted.key_id)
@@ -120,9 +241,7 @@ def test_single_key_over_verified_tls(server, certificate):
 
 def test_multi_key_one_key_per_quality_group(server, certificate):
     wanted = requests("AUDIO", "SD", "HD")
-    keys = client(server, certificate).request_keys(
-        CONTENT_ID, wanted, "cenc", ["AUDIO", "SD", "HD"]
-    )
+    keys = client(server, certificate).request_keys(CONTENT_ID, wanted, "cenc")
     assert [k.quality_group for k in keys] == ["AUDIO", "SD", "HD"]
     assert [k.key_id for k in keys] == [r.key_id for r in wanted]
     assert len({k.key for k in keys}) == 3
@@ -134,7 +253,7 @@ def test_multi_key_one_key_per_quality_group(server, certificate):
 def test_speke_v1_answer_is_accepted(server, certificate):
     server.mode = "speke_v1"
     wanted = requests("SD", "HD")
-    keys = client(server, certificate).request_keys(CONTENT_ID, wanted, "cbcs", ["SD", "HD"])
+    keys = client(server, certificate).request_keys(CONTENT_ID, wanted, "cbcs")
     for key, request in zip(keys, wanted, strict=True):
         assert key.key == CpixServer.key_for(CONTENT_ID, request.key_id)
         assert key.for_system(WIDEVINE).pssh == server_pssh(WIDEVINE, request.key_id)
@@ -212,7 +331,7 @@ def test_unusable_answers_fail_clearly(server, certificate, mode, expected):
     server.mode = mode
     wanted = requests("SD", "HD")
     with pytest.raises(KeyServiceError, match=expected) as raised:
-        client(server, certificate).request_keys(CONTENT_ID, wanted, "cbcs", ["SD", "HD"])
+        client(server, certificate).request_keys(CONTENT_ID, wanted, "cbcs")
     message = str(raised.value)
     assert server.url.split("//")[1].split("/")[0] in message  # names the Key Service
     assert not raised.value.transient
