@@ -26,7 +26,6 @@ presented at or after it, so the segments of all renditions align.
 from __future__ import annotations
 
 import itertools
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -213,20 +212,16 @@ def fragment(track: TimedTrack, segment: Segment) -> Fragment:
     first, end = segment.first, segment.end
     samples = track.file.samples
     data = track.file.read_samples(first, end)
-    auxiliary: list[ProtectedSample] | None = None
-    count_only_senc = False
+    encrypted: list[ProtectedSample] | None = None  # the samples of an encrypted fragment
     protection = track.input.protection
     if protection is not None:
         protected = [protection.protect_sample(sample, track.file.entry) for sample in data]
         data = [p.data for p in protected]
         if any(p.iv or p.subsamples for p in protected):
-            auxiliary = protected
+            encrypted = protected
         elif protection.sinf(track.file.entry):
-            # Encrypted, but nothing per sample (cbcs audio: constant IV, whole samples): a
-            # senc with only its sample count, no saiz/saio, as Shaka Packager writes it.
-            # CMAF would allow no senc at all, but readers such as Bento4 (Kodi's
-            # inputstream.adaptive) refuse an encrypted fragment without one.
-            count_only_senc = True
+            # encrypted, but nothing per sample (cbcs audio): a senc with the sample count only
+            encrypted = protected
     count = end - first
     sizes = np.fromiter((len(d) for d in data), dtype=np.int64, count=count)
     durations = samples.duration[first:end]
@@ -252,51 +247,19 @@ def fragment(track: TimedTrack, segment: Segment) -> Fragment:
             composition_offsets=offsets if offsets.any() else None,
         )
 
-    entries = _senc_entries(auxiliary) if auxiliary is not None else []
-
-    def auxiliary_boxes(saio_offset: int) -> bytes:
-        if count_only_senc:
-            return mp4.senc([b""] * count, False)
-        if auxiliary is None:
-            return b""
-        subsamples = any(sample.subsamples for sample in auxiliary)
-        return (
-            mp4.saiz([len(entry) for entry in entries])
-            + mp4.saio(saio_offset)
-            + mp4.senc(entries, subsamples)
-        )
-
     head = mp4.mfhd(segment.number)
     # box sizes do not depend on the offsets: lay out once, then write with the real offsets
-    aux_size = len(auxiliary_boxes(0))
     before_aux = 8 + len(head) + 8 + len(header) + len(decode_time) + len(run(0))
-    moof_size = before_aux + aux_size
-    # senc is the last auxiliary box; its per-sample entries follow its header
-    senc_size = mp4.SENC_HEADER_SIZE + sum(len(entry) for entry in entries)
-    senc_entries = moof_size - senc_size + mp4.SENC_HEADER_SIZE
+    auxiliary = b""
+    if encrypted is not None:
+        auxiliary = mp4.traf_encryption_boxes(encrypted, before_aux)
+    moof_size = before_aux + len(auxiliary)
     payload = b"".join(data)
     if len(payload) + 8 > 0xFFFFFFFF:
         raise PackagingError(f"{track.name}: segment {segment.number} is larger than 4 GiB")
-    moof = box(
-        "moof",
-        head,
-        box("traf", header, decode_time, run(moof_size + 8), auxiliary_boxes(senc_entries)),
-    )
+    moof = box("moof", head, box("traf", header, decode_time, run(moof_size + 8), auxiliary))
     first_size = int(sizes[0]) if count else 0
     return Fragment(moof + box("mdat", payload), len(moof) + 8 + first_size)
-
-
-def _senc_entries(samples: list[ProtectedSample]) -> list[bytes]:
-    """Per-sample senc entries: IV, then (when any sample has them) the subsample map."""
-    use_subsamples = any(s.subsamples for s in samples)
-    entries = []
-    for sample in samples:
-        entry = sample.iv
-        if use_subsamples:  # every entry then carries a count, an empty map included
-            entry += struct.pack(">H", len(sample.subsamples))
-            entry += b"".join(struct.pack(">HI", c, p) for c, p in sample.subsamples)
-        entries.append(entry)
-    return entries
 
 
 def write_segment_files(

@@ -17,6 +17,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -258,6 +259,45 @@ def saiz(sizes: Sequence[int]) -> bytes:
 def saio(offset: int) -> bytes:
     """Sample auxiliary information offset: one offset (from the moof, default-base-is-moof)."""
     return full_box("saio", 0, 0, struct.pack(">II", 1, offset))
+
+
+class AuxiliaryInfo(Protocol):
+    """A sample's CENC auxiliary information (`packagers.hooks.ProtectedSample` has it)."""
+
+    @property
+    def iv(self) -> bytes: ...  # per-sample IV; empty with a constant IV
+
+    @property
+    def subsamples(self) -> Sequence[tuple[int, int]]: ...  # (clear, protected) byte counts
+
+
+def senc_entries(samples: Sequence[AuxiliaryInfo]) -> list[bytes]:
+    """Per-sample senc entries: IV, then (when any sample has them) the subsample map."""
+    use_subsamples = any(s.subsamples for s in samples)
+    entries = []
+    for sample in samples:
+        entry = sample.iv
+        if use_subsamples:  # every entry then carries a count, an empty map included
+            entry += struct.pack(">H", len(sample.subsamples))
+            entry += b"".join(struct.pack(">HI", c, p) for c, p in sample.subsamples)
+        entries.append(entry)
+    return entries
+
+
+def traf_encryption_boxes(samples: Sequence[AuxiliaryInfo], position: int) -> bytes:
+    """`saiz` + `saio` + `senc` of one encrypted fragment, to be placed at byte `position` of
+    its `moof`: `saio` points at the first entry inside `senc`. With no auxiliary information
+    at all (cbcs audio: a constant IV, whole samples) only a `senc` holding the sample count
+    is written, with no saiz/saio, as Shaka Packager writes it (CMAF would allow no senc at
+    all, but readers such as Bento4, Kodi's inputstream.adaptive, refuse an encrypted fragment
+    without one)."""
+    entries = senc_entries(samples)
+    if not any(entries):
+        return senc([b""] * len(entries), False)
+    sizes = saiz([len(entry) for entry in entries])
+    # saio's size does not depend on its offset: senc's entries follow saiz, saio, senc header
+    offset = position + len(sizes) + len(saio(0)) + SENC_HEADER_SIZE
+    return sizes + saio(offset) + senc(entries, any(s.subsamples for s in samples))
 
 
 SIDX_ENTRY_SIZE = 12

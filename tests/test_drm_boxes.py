@@ -1,4 +1,5 @@
-"""CENC boxes (sinf/tenc, senc/saiz/saio, pssh) and the per-track object for the packager."""
+"""CENC boxes (sinf/tenc, pssh; the packager's senc/saiz/saio and protected sample entry) and
+the per-track object for the packager."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from drm import boxes, pssh, systems
 from drm.cenc import EncryptedSample, decrypt_sample
 from drm.keys import ContentKey
 from drm.track import TrackEncryption
+from packagers import mp4
 
 KID = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
 KEY = ContentKey(KID, bytes(range(16)))
@@ -51,13 +53,11 @@ def test_sinf_cenc_and_cbcs():
 
 
 def test_protect_sample_entry():
-    entry = boxes.box("mp4a", bytes(28) + boxes.box("esds", b"x"))
-    protected = boxes.protect_sample_entry(entry, boxes.sinf("mp4a", "cenc", KID, 8))
+    entry = mp4.SampleEntry("mp4a", boxes.box("mp4a", bytes(28) + boxes.box("esds", b"x")))
+    protected = entry.rewritten("enca", boxes.sinf("mp4a", "cenc", KID, 8))
     [(kind, body)] = parse(protected)
-    assert kind == "enca" and body.startswith(entry[8:])
+    assert kind == "enca" and body.startswith(entry.data[8:])
     assert parse(body[28:])[-1][0] == "sinf"
-    with pytest.raises(ValueError, match="no protected form"):
-        boxes.protect_sample_entry(boxes.box("wvtt", b""), b"")
 
 
 def test_fragment_boxes_point_saio_at_the_senc_data():
@@ -66,7 +66,7 @@ def test_fragment_boxes_point_saio_at_the_senc_data():
         EncryptedSample(b"", bytes([2] * 8), ((7, 48),)),
     ]
     position = 8 + 16 + 8 + 24  # after moof header, mfhd, traf header and a tfhd
-    aux = boxes.traf_encryption_boxes(samples, True, position)
+    aux = mp4.traf_encryption_boxes(samples, position)
     (saiz, z), (saio, o), (senc, s) = parse(aux)
     assert (saiz, saio, senc) == ("saiz", "saio", "senc")
     assert z == struct.pack(">IBI", 0, 0, 2) + bytes([8 + 2 + 12, 8 + 2 + 6])
@@ -76,14 +76,15 @@ def test_fragment_boxes_point_saio_at_the_senc_data():
     assert struct.unpack(">HHI", moof[offset + 8 : offset + 16]) == (2, 10, 32)
     assert s[:4] == b"\x00\x00\x00\x02"  # flags: subsamples present
     senc_position = position + (8 + len(z)) + (8 + len(o))
-    assert boxes.senc_data_offset(senc_position) == offset
+    assert senc_position + mp4.SENC_HEADER_SIZE == offset
     # audio with a constant IV: nothing to point at, only an empty-entried senc
     constant = [EncryptedSample(b"", b""), EncryptedSample(b"", b"")]
-    [(kind, body)] = parse(boxes.traf_encryption_boxes(constant, False, 100))
+    [(kind, body)] = parse(mp4.traf_encryption_boxes(constant, 100))
     assert kind == "senc" and body == b"\x00\x00\x00\x00\x00\x00\x00\x02"
     # equal entries: one default size in saiz
     equal = [EncryptedSample(b"", bytes(8)), EncryptedSample(b"", bytes(8))]
-    assert parse(boxes.saiz(equal, False))[0][1] == struct.pack(">IBI", 0, 8, 2)
+    [(kind, body), _, _] = parse(mp4.traf_encryption_boxes(equal, 100))
+    assert (kind, body) == ("saiz", struct.pack(">IBI", 0, 8, 2))
 
 
 def test_pssh_box_versions():
