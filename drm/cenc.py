@@ -216,7 +216,7 @@ def _split_clear(clear: int, protected: int) -> list[tuple[int, int]]:
     return entries
 
 
-def _ranges(size: int, subsamples: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+def protected_ranges(size: int, subsamples: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """(start, length) of each protected range; the whole sample when no subsamples."""
     if not subsamples:
         return [(0, size)]
@@ -242,7 +242,7 @@ def _ctr(
 ) -> tuple[bytes, int]:
     """cenc: one keystream over the concatenated protected ranges. Returns the data and the
     number of protected bytes. Encryption and decryption are the same operation."""
-    ranges = _ranges(len(sample), subsamples)
+    ranges = protected_ranges(len(sample), subsamples)
     out = bytearray(sample)
     stream = _ctr_cipher(key, iv).encrypt(b"".join(sample[s : s + n] for s, n in ranges))
     position = 0
@@ -284,7 +284,7 @@ def _cbcs(
     out = bytearray(sample)
     array = np.frombuffer(out, dtype=np.uint8)
     cbc_iv = _cbc_iv(iv)
-    for start, length in _ranges(len(sample), subsamples):
+    for start, length in protected_ranges(len(sample), subsamples):
         blocks = length // BLOCK
         if not blocks:
             continue

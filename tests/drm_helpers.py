@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from drm.cenc import protected_ranges
 from engine.pipeline import run_job
 from packagers.mp4 import read_track
 
@@ -409,19 +410,6 @@ def read_protected(data: bytes) -> tuple[InitInfo, list[Fragment]]:
 
 
 # --------------------------------------------------------------- comparing with the clear
-
-
-def protected_ranges(size: int, subsamples: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(start, length) of the protected ranges of a sample (the whole sample without subsamples)."""
-    if not subsamples:
-        return [(0, size)]
-    ranges, position = [], 0
-    for clear, protected in subsamples:
-        position += clear
-        if protected:
-            ranges.append((position, protected))
-        position += protected
-    return ranges
 
 
 def check_encrypted_against_clear(
