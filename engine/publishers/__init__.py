@@ -36,6 +36,7 @@ from engine.publishers.base import (
     RetryPolicy,
 )
 from engine.validation import FieldError
+from storage.egress import UNRESTRICTED, EgressPolicy
 
 # Type -> (module, class, pip extra that installs its SDK or None)
 REGISTRY: dict[str, tuple[str, str, str | None]] = {
@@ -87,10 +88,13 @@ def _clear(
 
 
 def build_publisher(
-    spec: MessagePublisher, service_key: ServiceKey | None, index: int = 0
+    spec: MessagePublisher,
+    service_key: ServiceKey | None,
+    index: int = 0,
+    egress: EgressPolicy = UNRESTRICTED,
 ) -> Publisher:
-    """One publisher of the job, its secrets decrypted. Errors are JobValidationErrors that
-    name `MessagePublishers[index].<field>`."""
+    """One publisher of the job, its secrets decrypted, its connections held to `egress`.
+    Errors are JobValidationErrors that name `MessagePublishers[index].<field>`."""
     path = f"MessagePublishers[{index}]"
     secrets = PublisherSecrets(
         credentials_secret=_clear(
@@ -111,20 +115,23 @@ def build_publisher(
     except PublisherError as error:
         raise JobValidationError([FieldError(f"{path}.Type", str(error))]) from None
     try:
-        return cls(spec, secrets, index)
+        return cls(spec, secrets, index, egress=egress)
     except PublisherConfigError as error:
         raise JobValidationError([FieldError(f"{path}.{error.field}", error.reason)]) from None
 
 
-def build_publishers(job: Job, service_key: ServiceKey | None) -> list[Publisher]:
-    """The job's publishers, in the order of `MessagePublishers`.
+def build_publishers(
+    job: Job, service_key: ServiceKey | None, egress: EgressPolicy = UNRESTRICTED
+) -> list[Publisher]:
+    """The job's publishers, in the order of `MessagePublishers`, every connection held to
+    `egress` (the server's policy; a refusal gives up on that publisher, naming the field).
 
     Raises JobValidationError (FinalError 1001) when a secret does not decrypt (the error names
     `MessagePublishers[i].CredentialsSecret` or `.Connection`, never the value) or when a type's
     SDK is not installed. Nothing connects here: publishers connect on their first message.
     """
     return [
-        build_publisher(spec, service_key, index)
+        build_publisher(spec, service_key, index, egress)
         for index, spec in enumerate(job.message_publishers or [])
     ]
 
@@ -136,15 +143,17 @@ def open_hub(
     job_id: str = "",
     policy: RetryPolicy | None = None,
     extra_secrets: Iterable[str] = (),
+    egress: EgressPolicy = UNRESTRICTED,
 ) -> PublisherHub:
-    """A started `PublisherHub` for the job's publishers (an idle one when it has none).
+    """A started `PublisherHub` for the job's publishers (an idle one when it has none), their
+    connections held to `egress`.
 
     The hub masks every secret of the job (`Job.secrets`, and the publishers' decrypted ones)
     should one ever appear in an event; `extra_secrets` adds more (e.g. decrypted storage
     secrets).
     """
     return PublisherHub(
-        build_publishers(job, service_key),
+        build_publishers(job, service_key, egress),
         job_id=job_id,
         secrets=[*job.secrets, *extra_secrets],
         policy=policy,

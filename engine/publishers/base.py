@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from engine.job import MessagePublisher
+from storage.egress import UNRESTRICTED, EgressPolicy
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,9 @@ class Publisher(ABC):
     """One event destination of a job (one entry of `MessagePublishers`).
 
     Built from the job's object and the secrets in clear; connects lazily on the first message
-    and reconnects after a failure. Called from one thread only (its lane in the hub).
+    and reconnects after a failure. Called from one thread only (its lane in the hub). Every
+    connection keeps to `egress` (storage.egress); a refusal is a fatal PublisherError naming
+    the field and the rule.
     """
 
     type: ClassVar[str]
@@ -204,10 +207,22 @@ class Publisher(ABC):
     # `VIPE_PUBLISH_TIMEOUT_SECONDS`, read when this module is imported.
     timeout_seconds: ClassVar[float] = _float_env("VIPE_PUBLISH_TIMEOUT_SECONDS", 15.0)
 
-    def __init__(self, spec: MessagePublisher, secrets: PublisherSecrets, index: int = 0):
+    def __init__(
+        self,
+        spec: MessagePublisher,
+        secrets: PublisherSecrets,
+        index: int = 0,
+        *,
+        egress: EgressPolicy = UNRESTRICTED,
+    ):
         self.spec = spec
         self.secrets = secrets
         self.index = index  # position in MessagePublishers, for messages
+        self.egress = egress
+
+    def field(self, name: str) -> str:
+        """The JSON path of one of this publisher's fields, e.g. `MessagePublishers[0].Url`."""
+        return f"MessagePublishers[{self.index}].{name}"
 
     @abstractmethod
     def describe(self) -> str:

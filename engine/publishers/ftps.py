@@ -3,7 +3,8 @@
 The fields are a storage object's (`UriPath` `ftp://`, `ftpes://` or `ftps://`,
 `CredentialsName`, `CredentialsSecret`, `CredentialsProtection`); the upload goes through the
 `Ftps` storage provider (`storage.ftps`: TLS verification, `VIPE_FTPS_CA_FILE`, upload under a
-temporary name and rename, so a reader never sees a half-written file).
+temporary name and rename, so a reader never sees a half-written file, and the egress policy:
+a refusal names `MessagePublishers[i].UriPath` and gives up on the publisher at once).
 
 File name: `<UTC timestamp>_<event name>.json`, the timestamp as `20261128T174812.123Z` (basic
 ISO 8601, millisecond precision: safe in a file name, and sorting the names sorts the events).
@@ -30,6 +31,7 @@ from engine.publishers.base import (
 )
 from storage import StorageError, StorageLocation, open_storage
 from storage.base import Storage
+from storage.egress import UNRESTRICTED, EgressPolicy
 from storage.ftps import FtpsStorage
 
 
@@ -60,13 +62,22 @@ class FtpsPublisher(Publisher):
 
     type = "Ftps"
 
-    def __init__(self, spec: MessagePublisher, secrets: PublisherSecrets, index: int = 0):
-        super().__init__(spec, secrets, index)
+    def __init__(
+        self,
+        spec: MessagePublisher,
+        secrets: PublisherSecrets,
+        index: int = 0,
+        *,
+        egress: EgressPolicy = UNRESTRICTED,
+    ):
+        super().__init__(spec, secrets, index, egress=egress)
         location = StorageLocation(
             provider="Ftps",
             uri=spec.uri_path or "",
             credentials_name=spec.credentials_name,
             credentials_secret=secrets.credentials_secret,
+            egress=egress,
+            field=self.field("UriPath"),
         )
         try:
             storage = open_storage(location)

@@ -20,6 +20,10 @@ restart together with the persistent messages. A user that may not declare gets 
 TLS (`amqps`): the broker's certificate and host name are verified against the system's trust
 store; `VIPE_AMQP_CA_FILE` points at a PEM file of a private CA to trust (tests, in-house CAs).
 
+Egress policy: with a restricted one, `Host` is resolved and checked here and pika is given the
+admitted addresses (so it connects to exactly what was checked; TLS still verifies the name);
+a refusal gives up on the publisher at once, naming `MessagePublishers[i].Host` and the rule.
+
 A connection that sat idle may have been closed by the broker (missed heartbeats: pika's
 blocking connection only answers them while it is called); a send on a reused connection that
 fails at the connection level is therefore tried once more on a fresh connection right away.
@@ -44,6 +48,7 @@ from engine.publishers.base import (
     PublisherError,
     PublisherSecrets,
 )
+from storage.egress import UNRESTRICTED, EgressDenied, EgressPolicy
 
 # pika logs every failed connection several times over, with tracebacks, at ERROR (and chats at
 # INFO); the hub logs one line per failure, with the job id. An application that set pika's
@@ -67,8 +72,15 @@ class RabbitMQPublisher(Publisher):
 
     type = "RabbitMQ"
 
-    def __init__(self, spec: MessagePublisher, secrets: PublisherSecrets, index: int = 0):
-        super().__init__(spec, secrets, index)
+    def __init__(
+        self,
+        spec: MessagePublisher,
+        secrets: PublisherSecrets,
+        index: int = 0,
+        *,
+        egress: EgressPolicy = UNRESTRICTED,
+    ):
+        super().__init__(spec, secrets, index, egress=egress)
         if not spec.host:
             raise PublisherConfigError("Host", "required for a RabbitMQ publisher")
         if not spec.queue:
@@ -87,7 +99,8 @@ class RabbitMQPublisher(Publisher):
 
     # -- connection ----------------------------------------------------------------------------
 
-    def parameters(self) -> pika.ConnectionParameters:
+    def parameters(self, address: str | None = None) -> pika.ConnectionParameters:
+        """The connection parameters, to `address` instead of `Host` when given."""
         options = {}
         if self.spec.credentials_name:
             options["credentials"] = pika.PlainCredentials(
@@ -98,7 +111,7 @@ class RabbitMQPublisher(Publisher):
             context = ssl.create_default_context(cafile=cafile)  # verifies chain and host name
             options["ssl_options"] = pika.SSLOptions(context, server_hostname=self.host)
         return pika.ConnectionParameters(
-            host=self.host,
+            host=address or self.host,
             port=self.port,
             virtual_host=self.virtual_host,
             connection_attempts=1,  # the hub retries, with its backoff and bound
@@ -109,12 +122,20 @@ class RabbitMQPublisher(Publisher):
             **options,
         )
 
+    def connection_parameters(self) -> list[pika.ConnectionParameters]:
+        """One set per address the egress policy admits, in the resolver's order (pika tries
+        them in turn); unrestricted, pika resolves `Host` itself as it always did."""
+        if not self.egress.restricted:
+            return [self.parameters()]
+        addresses = self.egress.check_host(self.host, self.port, self.field("Host"))
+        return [self.parameters(str(address)) for address in addresses]
+
     def channel(self):
         """The confirm-mode channel, connecting and checking the queue on first use."""
         if self._channel is not None and self._channel.is_open:
             return self._channel
         self._reset()
-        connection = pika.BlockingConnection(self.parameters())
+        connection = pika.BlockingConnection(self.connection_parameters())
         self._connection = connection
         try:
             channel = connection.channel()
@@ -186,6 +207,8 @@ class RabbitMQPublisher(Publisher):
 
     def _error(self, error: BaseException) -> PublisherError:
         where = self.describe()
+        if isinstance(error, EgressDenied):
+            return PublisherError(f"{where}: {error}", fatal=True)
         if isinstance(
             error, amqp_errors.ProbableAuthenticationError | amqp_errors.AuthenticationError
         ):

@@ -10,6 +10,12 @@ Message: the event's JSON as body, `content_type` application/json, `subject` = 
 Service Bus drops a repeat itself). The SDK's own retries are off (`retry_total=0`): the hub
 retries with its backoff and bound.
 
+Egress policy: with a restricted one, the namespace host is resolved and checked each time the
+sender is made; a refusal gives up on the publisher at once, naming
+`MessagePublishers[i].Connection` and the rule. Limit: the SDK's AMQP transport resolves and
+connects by itself (no hook for its socket), so an answer that changes between that check and
+its connect is not seen.
+
 Testing: there is no local Service Bus server on the test machines, so the tests replace the
 SDK's transport at its boundary: `ServiceBusClient.from_connection_string` is monkeypatched to
 return a fake client whose sender records the real `ServiceBusMessage` objects built here. The
@@ -33,6 +39,9 @@ from engine.publishers.base import (
     PublisherError,
     PublisherSecrets,
 )
+from storage.egress import UNRESTRICTED, EgressDenied, EgressPolicy
+
+AMQPS_PORT = 5671
 
 # Failures of the destination that another attempt cannot fix.
 _FATAL = (
@@ -48,8 +57,15 @@ class AzureServiceBusQueuePublisher(Publisher):
 
     type = "AzureServiceBusQueue"
 
-    def __init__(self, spec: MessagePublisher, secrets: PublisherSecrets, index: int = 0):
-        super().__init__(spec, secrets, index)
+    def __init__(
+        self,
+        spec: MessagePublisher,
+        secrets: PublisherSecrets,
+        index: int = 0,
+        *,
+        egress: EgressPolicy = UNRESTRICTED,
+    ):
+        super().__init__(spec, secrets, index, egress=egress)
         connection = secrets.connection
         if not connection:
             raise PublisherConfigError("Connection", "required for an AzureServiceBusQueue")
@@ -88,6 +104,8 @@ class AzureServiceBusQueuePublisher(Publisher):
 
     def sender(self) -> Any:
         if self._sender is None:
+            if self.egress.restricted:
+                self.egress.check_host(self.namespace, AMQPS_PORT, self.field("Connection"))
             self._client = ServiceBusClient.from_connection_string(
                 self.secrets.connection or "", retry_total=0
             )
@@ -97,6 +115,8 @@ class AzureServiceBusQueuePublisher(Publisher):
     def publish(self, message: Message) -> None:
         try:
             self.sender().send_messages(self.build_message(message), timeout=self.timeout_seconds)
+        except EgressDenied as error:
+            raise PublisherError(f"{self.describe()}: {error}", fatal=True) from None
         except _FATAL as error:
             self._reset()
             raise PublisherError(f"{self.describe()}: {type(error).__name__}", fatal=True) from None

@@ -13,6 +13,11 @@ A standard queue does not promise order: consumers that need it use a FIFO queue
 Endpoint: `VIPE_SQS_ENDPOINT_URL` when set (moto, LocalStack, ElasticMQ; the tests use it);
 otherwise boto3 decides, which also honours `AWS_ENDPOINT_URL_SQS` and `AWS_ENDPOINT_URL`.
 boto3's own retries are off: the hub retries with its backoff and bound.
+
+Egress policy: with a restricted one, the client's connections go only to admitted addresses
+(botocore's pools guarded, see `storage.egress`); a refusal gives up on the publisher at once,
+naming `MessagePublishers[i].QueueUrl` and the rule. The queue URL's host is not where botocore
+connects (the endpoint is), so it is the endpoint that is checked.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from engine.publishers.base import (
     PublisherError,
     PublisherSecrets,
 )
+from storage.egress import UNRESTRICTED, EgressDenied, EgressPolicy, guard_botocore_client
 
 _REGION_IN_HOST = re.compile(r"^sqs[.-]([a-z0-9-]+)\.amazonaws\.com", re.IGNORECASE)
 # Error codes worth another attempt; any other 4xx (denied, no such queue, bad request) is not.
@@ -72,8 +78,15 @@ class AmazonSqsPublisher(Publisher):
 
     type = "AmazonSqs"
 
-    def __init__(self, spec: MessagePublisher, secrets: PublisherSecrets, index: int = 0):
-        super().__init__(spec, secrets, index)
+    def __init__(
+        self,
+        spec: MessagePublisher,
+        secrets: PublisherSecrets,
+        index: int = 0,
+        *,
+        egress: EgressPolicy = UNRESTRICTED,
+    ):
+        super().__init__(spec, secrets, index, egress=egress)
         self.queue_url = spec.queue_url or ""
         parts = urlsplit(self.queue_url)
         if parts.scheme.lower() not in ("https", "http") or not parts.hostname:
@@ -108,7 +121,9 @@ class AmazonSqsPublisher(Publisher):
                 options["aws_access_key_id"] = self.spec.credentials_name
                 options["aws_secret_access_key"] = self.secrets.credentials_secret
             # A session of its own: boto3's default session is not safe to share across threads.
-            self._client = boto3.session.Session().client("sqs", **options)
+            client = boto3.session.Session().client("sqs", **options)
+            guard_botocore_client(client, self.egress, self.field("QueueUrl"))
+            self._client = client
         return self._client
 
     def publish(self, message: Message) -> None:
@@ -124,6 +139,8 @@ class AmazonSqsPublisher(Publisher):
             request["MessageDeduplicationId"] = message.message_id[-128:]
         try:
             self.client().send_message(**request)
+        except EgressDenied as error:
+            raise PublisherError(f"{self.describe()}: {error}", fatal=True) from None
         except ClientError as error:
             info = error.response.get("Error", {})
             code = str(info.get("Code", ""))
@@ -138,6 +155,8 @@ class AmazonSqsPublisher(Publisher):
         except (NoCredentialsError, PartialCredentialsError):
             raise PublisherError(f"{self.describe()}: no AWS credentials", fatal=True) from None
         except BotoCoreError as error:  # connection refused, timeouts, DNS
+            if (refusal := _egress_refusal(error)) is not None:  # wrapped by botocore
+                raise PublisherError(f"{self.describe()}: {refusal}", fatal=True) from None
             self._client = None
             raise PublisherError(
                 f"{self.describe()}: {type(error).__name__}", retryable=True
@@ -147,3 +166,13 @@ class AmazonSqsPublisher(Publisher):
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _egress_refusal(error: BaseException) -> EgressDenied | None:
+    """The egress refusal among the causes of a botocore error (HTTPClientError wraps it)."""
+    current: BaseException | None = error
+    for _ in range(8):
+        if current is None or isinstance(current, EgressDenied):
+            return current
+        current = current.__cause__ or current.__context__
+    return None

@@ -12,6 +12,8 @@ Redirects are not followed: a POST that is redirected would be replayed to an ad
 did not name (and urllib would turn it into a GET), so a 3xx makes the hub give up on the
 webhook, as an untrusted certificate does. HTTPS certificates are verified against the
 system's trust store; `VIPE_WEBHOOK_CA_FILE` adds a private CA (tests, internal receivers).
+With a restricted egress policy the POST goes only to an admitted address of the host; a refusal
+gives up on the webhook at once, naming `MessagePublishers[i].Url` and the rule.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import os
 import ssl
 import urllib.error
 import urllib.request
-from typing import Any
 from urllib.parse import urlsplit
 
 from engine.job import MessagePublisher
@@ -34,6 +35,7 @@ from engine.publishers.base import (
     PublisherError,
     PublisherSecrets,
 )
+from storage.egress import UNRESTRICTED, EgressDenied, EgressPolicy
 
 SIGNATURE_HEADER = "X-Vipe-Signature"
 EVENT_HEADER = "X-Vipe-Event"
@@ -46,18 +48,20 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # urllib then raises HTTPError with the 3xx status
-
-
 class WebhookPublisher(Publisher):
     """POSTs each event to an HTTP(S) URL, signed with HMAC-SHA256 when a secret is given."""
 
     type = "Webhook"
 
-    def __init__(self, spec: MessagePublisher, secrets: PublisherSecrets, index: int = 0):
-        super().__init__(spec, secrets, index)
+    def __init__(
+        self,
+        spec: MessagePublisher,
+        secrets: PublisherSecrets,
+        index: int = 0,
+        *,
+        egress: EgressPolicy = UNRESTRICTED,
+    ):
+        super().__init__(spec, secrets, index, egress=egress)
         self.url = spec.url or ""
         parts = urlsplit(self.url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
@@ -70,9 +74,10 @@ class WebhookPublisher(Publisher):
         port = f":{parts.port}" if parts.port else ""
         self._where = f"{parts.scheme.lower()}://{parts.hostname}{port}{parts.path or '/'}"
         cafile = os.environ.get("VIPE_WEBHOOK_CA_FILE") or None
-        self._opener = urllib.request.build_opener(
-            _NoRedirects(),
-            urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cafile)),
+        self._opener = self.egress.opener(
+            self.field("Url"),
+            context=ssl.create_default_context(cafile=cafile),
+            redirects=False,  # a 3xx raises HTTPError with its status
         )
 
     def describe(self) -> str:
@@ -94,6 +99,8 @@ class WebhookPublisher(Publisher):
             with self._opener.open(request, timeout=self.timeout_seconds) as response:
                 response.read()
                 status = response.status
+        except EgressDenied as error:
+            raise PublisherError(f"{self.describe()}: {error}", fatal=True) from None
         except urllib.error.HTTPError as error:
             status = error.code
             error.close()
