@@ -140,17 +140,7 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
             hw_decode=plan.hw_decode,
             quality=_quality_settings(scope, plan),
         )
-        encoders = list(dict.fromkeys(o.encoder.name for o in outputs)) or ["aac"]
-        scope.events.emit(
-            EventType.VIDEO_ENCODING_STARTED,
-            Renditions=[
-                video_rendition_fields(r, Encoder=o.encoder.name)
-                for r, o in zip(plan.video, outputs, strict=True)
-            ]
-            + [audio_rendition_fields(r) for r in plan.audio],
-            Encoder=",".join(encoders),
-            HardwareDecoding=plan.hw_decode,
-        )
+        _encoding_started(scope, plan, outputs)
         tracks = transcode(
             transcode_plan,
             progress=lambda f: scope.events.progress(EventType.ENCODING_PROGRESS, 100 * f),
@@ -168,6 +158,23 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
         plan.duration,
         video_tracks[0].duration if video_tracks else plan.duration,
         _quality_entries(scope, plan.video, tracks),
+    )
+
+
+def _encoding_started(
+    scope: JobScope, plan: EncodingPlan, outputs: tuple[VideoOutput, ...]
+) -> None:
+    """VideoEncodingStarted: the planned renditions and the encoder chosen for each."""
+    encoders = list(dict.fromkeys(o.encoder.name for o in outputs)) or ["aac"]
+    scope.events.emit(
+        EventType.VIDEO_ENCODING_STARTED,
+        Renditions=[
+            video_rendition_fields(r, Encoder=o.encoder.name)
+            for r, o in zip(plan.video, outputs, strict=True)
+        ]
+        + [audio_rendition_fields(r) for r in plan.audio],
+        Encoder=",".join(encoders),
+        HardwareDecoding=plan.hw_decode,
     )
 
 
