@@ -41,6 +41,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobPrefix, ContainerClient, ContentSettings, ExponentialRetry
 
 from storage.base import (
+    CancelCheck,
     ErrorKind,
     Progress,
     ProgressRelay,
@@ -50,6 +51,7 @@ from storage.base import (
     StorageLocation,
     content_type,
     env_int,
+    run_cancellable,
     safe_name,
     safe_relative_path,
 )
@@ -184,11 +186,20 @@ class AzureBlobStorage(Storage):
         except Exception as error:
             raise self._error("cannot list the folder", error) from None
 
-    def download_file(self, name: str, target: Path, progress: Progress | None = None) -> None:
+    def download_file(
+        self,
+        name: str,
+        target: Path,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """Chunked; a cancel is noticed within CANCEL_TICK even while a chunk stalls
+        (run_cancellable): the transfer stops at its next chunk, its partial file is removed."""
         blob = self.client().get_blob_client(self.blob_name(safe_name(name)))
         partial = target.with_name(f".{target.name}.partial")
         relay = ProgressRelay(0, progress)
-        try:
+
+        def download() -> None:
             with open(partial, "wb") as file:
                 # Ranged chunks in parallel; a chunk whose stream breaks is fetched again.
                 stream = blob.download_blob(
@@ -196,6 +207,13 @@ class AzureBlobStorage(Storage):
                 )
                 relay.total = stream.size
                 stream.readinto(file)
+
+        try:
+            run_cancellable(
+                download,
+                cancel,
+                abandoned=lambda _succeeded: partial.unlink(missing_ok=True),
+            )
             os.replace(partial, target)
         except Exception as error:
             partial.unlink(missing_ok=True)
@@ -207,11 +225,22 @@ class AzureBlobStorage(Storage):
         if progress:
             progress(relay.total, relay.total)
 
-    def upload_file(self, source: Path, name: str, progress: Progress | None = None) -> None:
+    def upload_file(
+        self,
+        source: Path,
+        name: str,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """Blocks; a cancel is noticed within CANCEL_TICK even while a block stalls
+        (run_cancellable): the transfer stops at its next block, its staged blocks are never
+        committed (Azure drops them), and a blob that lands late after the rollback is deleted
+        again (Storage.landed_late)."""
         blob = self.client().get_blob_client(self.blob_name(safe_relative_path(name)))
         size = source.stat().st_size
         relay = ProgressRelay(size, progress)
-        try:
+
+        def upload() -> None:
             with open(source, "rb") as file:
                 # Above max_single_put_size: staged blocks in parallel, committed at the end, so
                 # readers never see a half-written blob.
@@ -223,11 +252,35 @@ class AzureBlobStorage(Storage):
                     content_settings=ContentSettings(content_type=content_type(name)),
                     progress_hook=relay.report,
                 )
+
+        try:
+            run_cancellable(
+                upload,
+                cancel,
+                abandoned=lambda succeeded: self.landed_late(name) if succeeded else None,
+            )
         except Exception as error:
             relay.reraise()
             raise self._error(f"cannot upload {name}", error) from None
         if progress:
             progress(size, size)
+
+    def exists(self, name: str) -> bool:
+        return name in self.existing([name])
+
+    def existing(self, names: list[str]) -> set[str]:
+        """One listing of everything under the folder (sub-folders too), not one request a
+        name."""
+        wanted = set(names)
+        try:
+            blobs = self.client().list_blobs(
+                name_starts_with=self.prefix or None, results_per_page=self.list_page_size
+            )
+            return {n for blob in blobs if (n := blob.name[len(self.prefix) :]) in wanted}
+        except ResourceNotFoundError:
+            return set()  # no container yet: nothing there
+        except Exception as error:
+            raise self._error("cannot list the folder", error) from None
 
     def delete_file(self, name: str) -> None:
         blob = self.client().get_blob_client(self.blob_name(safe_relative_path(name)))

@@ -21,30 +21,36 @@ from __future__ import annotations
 
 import contextlib
 import ftplib
+import functools
 import logging
 import os
 import posixpath
 import socket
 import ssl
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import BinaryIO, ClassVar, TypeVar
 from urllib.parse import unquote, urlparse
 
 from storage.base import (
+    CANCEL_TICK,
+    CancelCheck,
     ErrorKind,
     Progress,
     RemoteFile,
     Storage,
     StorageError,
     StorageLocation,
+    pause,
     safe_name,
     safe_relative_path,
 )
 from storage.egress import UNRESTRICTED, EgressDenied, EgressPolicy
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_PORTS = {"ftp": 21, "ftpes": 21, "ftps": 990}
 
@@ -247,11 +253,17 @@ class FtpsStorage(Storage):
             files.append(RemoteFile(name, int(size or 0)))
         return files
 
-    def download_file(self, name: str, target: Path, progress: Progress | None = None) -> None:
+    def download_file(
+        self,
+        name: str,
+        target: Path,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
         path = self.path(safe_name(name))
         partial = target.with_name(f".{target.name}.partial")
         try:
-            self._download(path, partial, progress)
+            self._download(path, partial, progress, cancel)
             os.replace(partial, target)
         except Exception as error:
             partial.unlink(missing_ok=True)
@@ -262,7 +274,9 @@ class FtpsStorage(Storage):
             self._reset()
             raise
 
-    def _download(self, path: str, partial: Path, progress: Progress | None) -> None:
+    def _download(
+        self, path: str, partial: Path, progress: Progress | None, cancel: CancelCheck | None
+    ) -> None:
         ftp = self.connection()
         ftp.voidcmd("TYPE I")  # listing switched to ASCII, where servers refuse SIZE
         total: int | None
@@ -280,6 +294,8 @@ class FtpsStorage(Storage):
 
                 def write(block: bytes) -> None:
                     nonlocal done
+                    if cancel:
+                        cancel()
                     file.write(block)
                     done += len(block)
                     if progress:
@@ -287,7 +303,7 @@ class FtpsStorage(Storage):
 
                 try:
                     ftp = self.connection()
-                    ftp.retrbinary(f"RETR {path}", write, self.block_size, rest=done or None)
+                    self._retrieve(ftp, f"RETR {path}", write, done or None, cancel)
                     if total is not None and done != total:
                         raise _ShortTransfer(f"{done} of {total} bytes")
                     return
@@ -305,13 +321,19 @@ class FtpsStorage(Storage):
                         raise
                     resumes += 1
                     log.warning("%s: %s broke at %d bytes; resuming", self.describe(), path, done)
-                    time.sleep(self.backoff_seconds * stalls)
+                    pause(self.backoff_seconds * stalls, cancel)
                     self._reset()
                     file.flush()
                     file.truncate(done)
                     file.seek(done)
 
-    def upload_file(self, source: Path, name: str, progress: Progress | None = None) -> None:
+    def upload_file(
+        self,
+        source: Path,
+        name: str,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
         """Upload under a temporary name, then rename: a broken transfer leaves a partial file
         on the server, which must never be a half-written manifest under its real name."""
         name = safe_relative_path(name)
@@ -325,6 +347,8 @@ class FtpsStorage(Storage):
 
         def sent(block: bytes) -> None:
             nonlocal done
+            if cancel:
+                cancel()
             done += len(block)
             if progress:
                 progress(done, total)
@@ -333,7 +357,7 @@ class FtpsStorage(Storage):
             ftp = self.connection()
             self._make_dirs(ftp, folder)
             with open(source, "rb") as file:
-                ftp.storbinary(f"STOR {temporary}", file, self.block_size, callback=sent)
+                self._store(ftp, f"STOR {temporary}", file, sent, cancel)
             self._rename(ftp, temporary, path)
         except Exception as error:
             self._reset()
@@ -343,6 +367,60 @@ class FtpsStorage(Storage):
             self._reset()
             self._remove_quietly(temporary)
             raise
+
+    # -- data connections: short timeouts, so that a stalled transfer still sees a cancel ------
+
+    def _retrieve(
+        self,
+        ftp: ftplib.FTP,
+        command: str,
+        write: Callable[[bytes], None],
+        rest: int | None,
+        cancel: CancelCheck | None,
+    ) -> None:
+        """ftplib's retrbinary, but while the data connection stalls `cancel` is called every
+        CANCEL_TICK; `timeout_seconds` without a byte is still a timeout."""
+        ftp.voidcmd("TYPE I")
+        with ftp.transfercmd(command, rest) as conn:
+            tick = self._tick(conn, cancel)
+            while block := _patient(
+                lambda: conn.recv(self.block_size), tick, self.timeout_seconds, cancel
+            ):
+                write(block)
+            conn.settimeout(self.timeout_seconds)
+            if isinstance(conn, ssl.SSLSocket):
+                conn.unwrap()
+        ftp.voidresp()
+
+    def _store(
+        self,
+        ftp: ftplib.FTP,
+        command: str,
+        file: BinaryIO,
+        sent: Callable[[bytes], None],
+        cancel: CancelCheck | None,
+    ) -> None:
+        """ftplib's storbinary, with the same short timeouts as `_retrieve`. A send that timed
+        out sent nothing (TLS: SSL_write is retried with the same bytes, as OpenSSL needs)."""
+        ftp.voidcmd("TYPE I")
+        with ftp.transfercmd(command) as conn:
+            tick = self._tick(conn, cancel)
+            while block := file.read(self.block_size):
+                view = memoryview(block)
+                while view:
+                    send = functools.partial(conn.send, view)
+                    count = _patient(send, tick, self.timeout_seconds, cancel)
+                    view = view[count:]
+                sent(block)
+            conn.settimeout(self.timeout_seconds)
+            if isinstance(conn, ssl.SSLSocket):
+                conn.unwrap()
+        ftp.voidresp()
+
+    def _tick(self, conn: socket.socket, cancel: CancelCheck | None) -> float:
+        tick = min(CANCEL_TICK, self.timeout_seconds) if cancel else self.timeout_seconds
+        conn.settimeout(tick)
+        return tick
 
     @staticmethod
     def _rename(ftp: ftplib.FTP, source: str, target: str) -> None:
@@ -379,6 +457,22 @@ class FtpsStorage(Storage):
                 if not str(error).startswith("550"):
                     raise
             self._made_dirs.add(current)
+
+    def exists(self, name: str) -> bool:
+        path = self.path(safe_relative_path(name))
+        try:
+            ftp = self.connection()
+            ftp.voidcmd("TYPE I")  # servers refuse SIZE in ASCII mode
+            ftp.size(path)
+            return True
+        except ftplib.error_perm as error:
+            if str(error).startswith("550"):
+                return False  # no such file (or a folder)
+            self._reset()
+            raise self._error(f"cannot look at {name}", error, perm="denied") from None
+        except Exception as error:
+            self._reset()
+            raise self._error(f"cannot look at {name}", error, perm="denied") from None
 
     def delete_file(self, name: str) -> None:
         path = self.path(safe_relative_path(name))
@@ -442,6 +536,21 @@ def _classify(error: BaseException, perm: ErrorKind) -> tuple[ErrorKind, bool, s
     if isinstance(error, ValueError):
         return "invalid", False, "invalid name"
     return "unreachable", False, f"unexpected failure: {type(error).__name__}"
+
+
+def _patient(action: Callable[[], T], tick: float, limit: float, cancel: CancelCheck | None) -> T:
+    """`action` (one recv or send on a socket whose timeout is `tick`), tried again after each
+    timeout until `limit` seconds passed without progress; `cancel` is called at each one."""
+    waited = 0.0
+    while True:
+        try:
+            return action()
+        except TimeoutError:
+            waited += tick
+            if cancel:
+                cancel()
+            if waited >= limit:
+                raise
 
 
 def _reply(error: BaseException) -> str:

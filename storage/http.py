@@ -21,8 +21,8 @@ import http.client
 import logging
 import os
 import re
+import socket
 import ssl
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,12 +30,15 @@ from typing import ClassVar
 from urllib.parse import unquote, urlparse
 
 from storage.base import (
+    CancelCheck,
     ErrorKind,
     Progress,
     RemoteFile,
     Storage,
     StorageError,
     StorageLocation,
+    pause,
+    run_cancellable,
     safe_name,
 )
 from storage.egress import EgressDenied
@@ -110,12 +113,29 @@ class HttpStorage(Storage):
             raise self._error("cannot reach the file", error) from None
         return [RemoteFile(self.name, size or 0)]
 
-    def download_file(self, name: str, target: Path, progress: Progress | None = None) -> None:
+    def download_file(
+        self,
+        name: str,
+        target: Path,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """The reads keep `timeout_seconds` as their stall limit, and a cancel is noticed
+        within CANCEL_TICK all the same: the download runs in a helper thread
+        (run_cancellable) that checks `cancel` at every chunk, and a cancel shuts the socket
+        being read down, so that a stalled read ends at once. (A socket timeout of its own
+        cannot do it: a file object over a socket refuses every read after one timed out.)"""
         if safe_name(name) != self.name:
             raise StorageError(f"{self.describe()}: holds no file named {name!r}", "missing")
         partial = target.with_name(f".{target.name}.partial")
+        answers: list[http.client.HTTPResponse] = []  # the answer being read
         try:
-            self._download(partial, progress)
+            run_cancellable(
+                lambda: self._download(partial, progress, cancel, answers),
+                cancel,
+                interrupt=lambda: _shut_down(answers),
+                abandoned=lambda _succeeded: partial.unlink(missing_ok=True),
+            )
             os.replace(partial, target)
         except Exception as error:
             partial.unlink(missing_ok=True)
@@ -124,7 +144,13 @@ class HttpStorage(Storage):
             partial.unlink(missing_ok=True)
             raise
 
-    def _download(self, partial: Path, progress: Progress | None) -> None:
+    def _download(
+        self,
+        partial: Path,
+        progress: Progress | None,
+        cancel: CancelCheck | None,
+        answers: list[http.client.HTTPResponse],
+    ) -> None:
         done = 0
         total: int | None = None
         validator: str | None = None  # ETag or Last-Modified of the first answer
@@ -137,8 +163,11 @@ class HttpStorage(Storage):
                     headers["Range"] = f"bytes={done}-"
                     if validator:
                         headers["If-Range"] = validator
+                if cancel:
+                    cancel()
                 try:
                     with self._request(headers) as answer:
+                        answers.append(answer)
                         if answer.status == 206:
                             start = _range_start(answer)
                             if start != done:
@@ -152,6 +181,8 @@ class HttpStorage(Storage):
                             validator = _strong_etag(answer) or answer.headers.get("Last-Modified")
                         # read1: whatever has arrived, so a reset loses little progress
                         while chunk := answer.read1(self.chunk_size):
+                            if cancel:
+                                cancel()
                             file.write(chunk)
                             done += len(chunk)
                             if progress:
@@ -177,10 +208,19 @@ class HttpStorage(Storage):
                         raise
                     resumes += 1
                     log.warning("%s: broke at %d bytes; resuming", self.describe(), done)
-                    time.sleep(self.backoff_seconds * stalls)
+                    pause(self.backoff_seconds * stalls, cancel)
                     file.flush()
 
-    def upload_file(self, source: Path, name: str, progress: Progress | None = None) -> None:
+    def upload_file(
+        self,
+        source: Path,
+        name: str,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        raise StorageError(f"{self.describe()}: Http is input only", "invalid")
+
+    def exists(self, name: str) -> bool:
         raise StorageError(f"{self.describe()}: Http is input only", "invalid")
 
     def delete_file(self, name: str) -> None:
@@ -190,6 +230,15 @@ class HttpStorage(Storage):
 
     def _error(self, what: str, error: BaseException) -> StorageError:
         return self.failure(what, *_classify(error))
+
+
+def _shut_down(answers: list[http.client.HTTPResponse]) -> None:
+    """Shut the socket of the answer being read down (a cancel), so that a read blocked on it
+    returns now. Through a duplicate descriptor: shutdown acts on the connection itself, and
+    closing the duplicate leaves the reader's descriptor to its owner."""
+    if answers:
+        with socket.socket(fileno=os.dup(answers[-1].fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _total_size(answer: http.client.HTTPResponse) -> int | None:

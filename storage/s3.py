@@ -36,6 +36,7 @@ import os
 import re
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlparse
@@ -46,6 +47,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from storage.base import (
+    CancelCheck,
     ErrorKind,
     Progress,
     ProgressRelay,
@@ -55,6 +57,7 @@ from storage.base import (
     StorageLocation,
     content_type,
     env_int,
+    run_cancellable,
     safe_name,
     safe_relative_path,
 )
@@ -63,6 +66,9 @@ from storage.egress import EgressDenied, guard_botocore_client
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+# A cancelled upload aborts the multipart uploads of its key begun since it started, by the
+# server's clock: this much earlier, for clocks that disagree.
+_CLOCK_SLACK = timedelta(minutes=5)
 
 # <bucket>.s3.<region>.amazonaws.com, <bucket>.s3-<region>.amazonaws.com, dualstack, China.
 _VIRTUAL_HOST = re.compile(
@@ -277,7 +283,23 @@ class S3Storage(Storage):
         except Exception as error:
             raise self._error("cannot list the folder", error) from None
 
-    def download_file(self, name: str, target: Path, progress: Progress | None = None) -> None:
+    def download_file(
+        self,
+        name: str,
+        target: Path,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """A cancel is noticed within CANCEL_TICK even while the transfer stalls
+        (run_cancellable); the transfer itself stops at its next progress callback, and a file
+        it completes late is removed."""
+        run_cancellable(
+            lambda: self._download(name, target, progress),
+            cancel,
+            abandoned=lambda succeeded: target.unlink(missing_ok=True) if succeeded else None,
+        )
+
+    def _download(self, name: str, target: Path, progress: Progress | None) -> None:
         key = self.key(safe_name(name))
         client = self.client()
         try:
@@ -298,7 +320,40 @@ class S3Storage(Storage):
         if progress:
             progress(size, size)
 
-    def upload_file(self, source: Path, name: str, progress: Progress | None = None) -> None:
+    def upload_file(
+        self,
+        source: Path,
+        name: str,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """A cancel is noticed within CANCEL_TICK even while the upload stalls
+        (run_cancellable): its multipart upload, if any, is aborted at once, the transfer stops
+        at its next progress callback, and an object that lands late after the rollback is
+        deleted again (Storage.landed_late)."""
+        key = self.key(safe_relative_path(name))
+        started = datetime.now(UTC) - _CLOCK_SLACK
+        multipart = source.stat().st_size >= self.multipart_threshold
+        run_cancellable(
+            lambda: self._upload(source, name, progress),
+            cancel,
+            interrupt=(lambda: self._abort_multipart(key, started)) if multipart else None,
+            abandoned=lambda succeeded: self.landed_late(name) if succeeded else None,
+        )
+
+    def _abort_multipart(self, key: str, since: datetime) -> None:
+        """Abort the multipart uploads of `key` begun since `since`: this upload's, cancelled
+        (its parts are not kept and billed, and its stalled part fails now)."""
+        client = self.client()
+        answer = client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        for upload in answer.get("Uploads", []):
+            if upload["Key"] == key and upload["Initiated"] >= since:
+                client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                )
+                log.info("%s: aborted the multipart upload of %s", self.describe(), key)
+
+    def _upload(self, source: Path, name: str, progress: Progress | None) -> None:
         key = self.key(safe_relative_path(name))
         client = self.client()
         size = source.stat().st_size
@@ -320,6 +375,32 @@ class S3Storage(Storage):
         relay.reraise()
         if progress:
             progress(size, size)
+
+    def exists(self, name: str) -> bool:
+        return name in self.existing([name])
+
+    def existing(self, names: list[str]) -> set[str]:
+        """One listing of everything under the folder (sub-folders too), not one HEAD a name."""
+        wanted = set(names)
+        found = set()
+        try:
+            pages = (
+                self.client()
+                .get_paginator("list_objects_v2")
+                .paginate(
+                    Bucket=self.bucket,
+                    Prefix=self.prefix,
+                    PaginationConfig={"PageSize": self.list_page_size},
+                )
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(self.prefix) :]
+                    if name in wanted:
+                        found.add(name)
+        except Exception as error:
+            raise self._error("cannot list the folder", error) from None
+        return found
 
     def delete_file(self, name: str) -> None:
         key = self.key(safe_relative_path(name))

@@ -112,9 +112,9 @@ def test_round_trip(case, make_target, source_folder, tmp_path):
     order: list[str] = []
     upload = storage.upload_file
 
-    def recording_upload(source, name, progress=None):
+    def recording_upload(source, name, progress=None, cancel=None):
         order.append(name)
-        return upload(source, name, progress)
+        return upload(source, name, progress, cancel)
 
     storage.upload_file = recording_upload  # type: ignore[method-assign]
     reports: list[tuple[int, int]] = []
