@@ -3,9 +3,9 @@
 It checks requests against the SPEKE v2 specification, not against vipe's idea of it
 (`check_request`, AWS "SPEKE API v2" and its "Encryption contract" pages):
 
-- the `X-Speke-Version: 2.0` header (looked up the way the server is told: `header_lookup`
-  "exact" as a case-sensitive handler does, "lower" as behind a gateway that lower-cases
-  names), `CPIX@version="2.3"`, `CPIX@contentId`;
+- the `X-Speke-Version: 2.0` header, read as a handler reading a dict reads it
+  (`header_lookup` "exact": the spelling received; "lower": behind a gateway that lower-cases
+  every name, looked up as `x-speke-version`), `CPIX@version="2.3"`, `CPIX@contentId`;
 - `ContentKey`s with unique GUID `kid`s, one `commonEncryptionScheme`, no key data;
 - `DRMSystem`s only for listed keys, each (kid, system) once, the same systems for every key,
   FairPlay only with cbcs, no SPEKE v1 elements, and only systems the server is configured
@@ -92,14 +92,10 @@ def _local(tag: object) -> str:
 
 
 def header(headers: Headers, name: str, lookup: str = "insensitive") -> str | None:
-    """A request header's value: "insensitive" (HTTP's rule), "exact" (a handler reading a
-    dict keyed by the sent spelling) or "lower" (names lower-cased by a gateway first)."""
+    """A request header's value: "insensitive" (HTTP's rule) or "exact" (a handler reading a
+    dict keyed by the spelling it received)."""
     for sent, value in headers:
-        if lookup == "exact" and sent == name:
-            return value
-        if lookup == "lower" and sent.lower() == name:
-            return value
-        if lookup == "insensitive" and sent.lower() == name.lower():
+        if sent == name or (lookup == "insensitive" and sent.lower() == name.lower()):
             return value
     return None
 
@@ -463,7 +459,9 @@ class CpixServer:
             if status != 200:
                 return status, refusal
         if self.strict and self.mode not in ("malformed", "doctype", "unauthorized"):
-            version = header(headers, "X-Speke-Version", self.header_lookup)
+            # a handler reading a dict: the sent spelling, or the lower-cased one
+            name = "x-speke-version" if self.header_lookup == "lower" else "X-Speke-Version"
+            version = header(headers, name, "exact")
             try:
                 root = ET.fromstring(body)
             except ET.ParseError:
