@@ -219,3 +219,194 @@ def test_managed_protected_secret_that_does_not_decrypt(key_service, service_key
 def test_unknown_quality_group_is_refused(key_service, service_key):
     with pytest.raises(DrmKeyError, match="unknown"):
         keys_from_job(managed_job(key_service), service_key, {"HDR"}, "job-9")
+
+
+# ----------------------------------------------- DrmManaged extensions: systems, authentication
+
+
+def _managed_json(server: CpixServer, **extra) -> dict:
+    return {
+        "ContentAcquisition": {"Provider": "Local", "UriPath": "file:///in"},
+        "MediaMappings": {"FailOnNoVideoTracks": False},
+        "ContentProcessing": {
+            "OutputFormat": extra.pop("formats", ["Cmaf"]),
+            "DrmProtection": "Managed",
+            "DrmManaged": {"ApiUrl": server.url, **extra},
+        },
+        "ContentPublishing": {"Provider": "Local", "UriPath": "file:///out"},
+    }
+
+
+def _errors(document: dict) -> dict[str, str]:
+    from engine.validation import check_job
+
+    found: dict[str, str] = {}
+    for error in check_job(document).errors:
+        found[error.field] = "; ".join(filter(None, [found.get(error.field), error.message]))
+    return found
+
+
+def test_drm_systems_and_authentication_validate(key_service):
+    base = "ContentProcessing.DrmManaged"
+    ok = _managed_json(
+        key_service,
+        DrmSystems=["widevine", "FairPlay"],
+        Authentication={"Type": "Bearer", "Token": "t-1"},
+    )
+    assert _errors(ok) == {}
+    bearer = {"Type": "Bearer", "Token": "t-1"}
+    twice = _managed_json(key_service, DrmSystems=["Widevine", "Widevine"], Authentication=bearer)
+    assert _errors(twice) == {f"{base}.DrmSystems": "lists a system twice"}
+    errors = _errors(_managed_json(key_service, formats=["Dash"], DrmSystems=["FairPlay"]))
+    assert "FairPlay needs EncryptionScheme cbcs" in errors[f"{base}.DrmSystems"]
+    errors = _errors(
+        _managed_json(key_service, formats=["Hls"], DrmSystems=["ClearKey"], TenantId="t")
+    )
+    assert "Hls output needs one of Widevine, PlayReady, FairPlay" in errors[f"{base}.DrmSystems"]
+    assert f"{base}.DrmSystems[0]" in _errors(_managed_json(key_service, DrmSystems=["Nagra"]))
+    # Basic (the default) needs TenantId and ManagementKey; the others do not
+    assert set(_errors(_managed_json(key_service))) == {f"{base}.TenantId", f"{base}.ManagementKey"}
+    auth = f"{base}.Authentication"
+    assert _errors(_managed_json(key_service, Authentication={"Type": "Bearer"})) == {
+        f"{auth}.Token": "required when Type is Bearer"
+    }
+    errors = _errors(
+        _managed_json(key_service, Authentication={"Type": "Header", "Name": "Host", "Value": "v"})
+    )
+    assert errors == {f"{auth}.Name": "Host is set by vipe itself"}
+    errors = _errors(
+        _managed_json(
+            key_service,
+            Authentication={"Type": "AwsSigV4", "Region": "us-east-1", "AccessKeyId": "AK"},
+        )
+    )
+    assert errors == {f"{auth}.SecretAccessKey": "AccessKeyId and SecretAccessKey go together"}
+    errors = _errors(
+        _managed_json(key_service, Authentication={"Type": "Bearer", "Token": "t", "Region": "x"})
+    )
+    assert errors == {f"{auth}.Region": "not used when Type is Bearer"}
+    errors = _errors(
+        _managed_json(
+            key_service,
+            KeysProtection="Encrypted",
+            Authentication={"Type": "Bearer", "Token": "not base64!"},
+        )
+    )
+    assert errors == {f"{auth}.Token": "an Encrypted secret must be base64"}
+
+
+def test_authentication_secrets_are_masked_in_the_model(key_service):
+    from engine.validation import validate_job
+
+    document = _managed_json(
+        key_service,
+        Authentication={
+            "Type": "AwsSigV4",
+            "Region": "us-east-1",
+            "AccessKeyId": "AKIDEXAMPLE",
+            "SecretAccessKey": "sigv4-secret-in-job",
+            "SessionToken": "session-in-job",
+        },
+    )
+    job = validate_job(document).job
+    managed = job.content_processing.drm_managed
+    dumped = managed.model_dump_json(by_alias=True) + repr(managed) + str(managed)
+    assert "sigv4-secret-in-job" not in dumped and "session-in-job" not in dumped
+    assert {"sigv4-secret-in-job", "session-in-job"} <= set(job.secrets)
+
+
+@pytest.mark.parametrize(
+    ("systems_chosen", "formats", "expected"),
+    [
+        (None, ["Cmaf"], {"Widevine", "PlayReady", "FairPlay", "ClearKey"}),
+        (None, ["Dash"], {"Widevine", "PlayReady", "ClearKey"}),
+        (["PlayReady"], ["Dash"], {"PlayReady"}),
+        (["FairPlay", "ClearKey"], ["Cmaf"], {"FairPlay", "ClearKey"}),
+    ],
+)
+def test_managed_keys_carry_the_chosen_systems(
+    key_service, service_key, systems_chosen, formats, expected
+):
+    """The keys carry the job's systems (default: all the formats can signal), the Key Service
+    is asked for those it serves, and the init segment's pssh boxes follow."""
+    from drm import pssh, systems
+
+    key_service.mode = "ok"
+    settings = DrmManaged(
+        api_url=key_service.url,
+        tenant_id="tenant-7",
+        management_key="mgmt-key-7",
+        multi_key=True,
+        drm_systems=systems_chosen,
+    )
+    job = processing(output_format=formats, drm_protection="Managed", drm_managed=settings)
+    keys = keys_from_job(job, service_key, {"AUDIO", "SD"}, "job-5", ca_file=key_service.ca_file)
+    wanted = {systems.system_id(name) for name in expected}
+    for key in keys:
+        assert set(key.systems) == wanted
+        boxes = pssh.pssh_boxes(key, str(job.scheme))
+        assert {uuid.UUID(bytes=box[12:28]) for box in boxes} == wanted - {systems.FAIRPLAY}
+    asked = {e.get("systemId") for e in _drm_systems(key_service.requests[-1])}
+    assert asked == {str(s) for s in systems.key_service_systems(wanted, str(job.scheme))}
+
+
+def _drm_systems(document: bytes):
+    import xml.etree.ElementTree as ET
+
+    return ET.fromstring(document).iter("{urn:dashif:org:cpix}DRMSystem")
+
+
+@pytest.mark.parametrize("kind", ["Bearer", "Header", "AwsSigV4"])
+def test_protected_authentication_secrets_are_decrypted_for_the_request(
+    tmp_path, service_key, kind
+):
+    """KeysProtection Encrypted: the Token / Value / SecretAccessKey and SessionToken are
+    decrypted with the service key and the strict server accepts the request."""
+    from cpix_server import BearerCheck, HeaderCheck, SigV4Check
+
+    from engine.job import DrmAuthentication
+
+    def protect(value: str) -> str:
+        return encrypt_for_certificate(value.encode(), service_key.certificate_base64)
+
+    checks = {
+        "Bearer": BearerCheck("tok-3"),
+        "Header": HeaderCheck("X-Api-Key", "api-3"),
+        "AwsSigV4": SigV4Check("AKID3", "secret-3", session_token="token-3"),
+    }
+    fields = {
+        "Bearer": {"token": protect("tok-3")},
+        "Header": {"name": "X-Api-Key", "value": protect("api-3")},
+        "AwsSigV4": {
+            "region": "us-east-1",
+            "access_key_id": "AKID3",
+            "secret_access_key": protect("secret-3"),
+            "session_token": protect("token-3"),
+        },
+    }
+    certificate = self_signed_certificate(tmp_path)
+    with CpixServer(certificate=certificate, auth=checks[kind]) as server:
+        settings = DrmManaged(
+            api_url=server.url,
+            keys_protection="Encrypted",
+            authentication=DrmAuthentication(type=kind, **fields[kind]),
+        )
+        job = processing(drm_protection="Managed", drm_managed=settings)
+        keys = keys_from_job(job, service_key, {"SD"}, "job-3", ca_file=str(certificate[0]))
+        key = keys.key_for("SD")
+        assert key.key == CpixServer.key_for("job-3", key.key_id)
+        assert server.violations == [[]]
+
+
+def test_a_protected_token_that_does_not_decrypt_names_the_field(key_service, service_key):
+    from engine.job import DrmAuthentication
+
+    settings = DrmManaged(
+        api_url=key_service.url,
+        keys_protection="Encrypted",
+        authentication=DrmAuthentication(type="Bearer", token=base64.b64encode(b"x" * 256)),
+    )
+    job = processing(drm_protection="Managed", drm_managed=settings)
+    with pytest.raises(DrmKeyError) as raised:
+        keys_from_job(job, service_key, {"SD"}, "job-9", ca_file=key_service.ca_file)
+    assert raised.value.source == "ContentProcessing.DrmManaged.Authentication.Token"
