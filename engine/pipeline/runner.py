@@ -130,7 +130,7 @@ class JobRunner:
         JobCreated reaches them too; then the phase itself."""
         scope = self.scope
         service_key = load_service_key(scope)
-        self.hub = open_hub(scope.job, service_key, job_id=scope.job_id)
+        self.hub = open_hub(scope.job, service_key, job_id=scope.job_id, egress=scope.policy.egress)
         self.events.sinks.append(self.hub)
         return pre_validate(scope, service_key, self.given_keys)
 
