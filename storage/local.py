@@ -84,10 +84,8 @@ class LocalStorage(Storage):
         return any(path == root or path.is_relative_to(root) for root in self.roots)
 
     def _refused(self, what: str) -> StorageError:
-        # Names only what the job gave: never where a symlink leads.
-        return StorageError(
-            f"Local {self.root}: {what} lies outside the folders this server allows", "denied"
-        )
+        # Names neither the location (it may be outside) nor where a symlink leads.
+        return StorageError(f"Local: {what} lies outside the folders this server allows", "denied")
 
     def _check_opened(self, fd: int, fallback: str, what: str) -> None:
         """Refuse an opened file or folder that is not inside a root (closing it)."""
@@ -124,7 +122,14 @@ class LocalStorage(Storage):
                 if create:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, dir_fd=fds[-1])
-                fds.append(os.open(part, flags, dir_fd=fds[-1]))
+                try:
+                    fds.append(os.open(part, flags, dir_fd=fds[-1]))
+                except OSError as error:
+                    if self.confined and error.errno in (errno.ENOTDIR, errno.ELOOP):
+                        info = os.stat(part, dir_fd=fds[-1], follow_symlinks=False)
+                        if stat.S_ISLNK(info.st_mode):  # O_NOFOLLOW met a symlink
+                            raise self._refused(f"a symbolic link on the way to {name}") from None
+                    raise
         except BaseException:
             _close_all(fds)
             raise
