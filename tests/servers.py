@@ -4,8 +4,9 @@
   `access_key`/`secret_key` belong to an IAM user allowed everything, `role_arn` to a role that
   may be assumed and may use S3. Wrong keys get SignatureDoesNotMatch/InvalidAccessKeyId.
 - `azurite_server`: Azurite's blob service in a child process (in memory), the well-known
-  `devstoreaccount1` account. Needs Node and Azurite: `.ci/run` installs it into
-  `.tools/azurite` (or set `VIPE_AZURITE` to an `azurite-blob` executable).
+  `devstoreaccount1` account. Needs Node: the first test that uses it installs Azurite
+  (`AZURITE_VERSION`, from npm) into the git-ignored `.tools/azurite`, once; or set
+  `VIPE_AZURITE` to an `azurite-blob` executable.
 - `ftp_plain`, `ftp_explicit`, `ftp_implicit`: pyftpdlib in a thread: `ftp://`, `ftpes://`
   (AUTH TLS required) and `ftps://` (implicit TLS), certificates from `tls_files` (a CA made in
   the test session; trust it with `VIPE_FTPS_CA_FILE=tls_files.ca_file`).
@@ -323,10 +324,54 @@ def moto_server() -> Iterator[MotoServer]:
 # ------------------------------------------------------------------------------ Azurite
 
 
+AZURITE_VERSION = "3.35.0"  # the emulator the tests run (.ci/run installs it through here)
+AZURITE_PREFIX = REPO / ".tools/azurite"
+
+
+def install_azurite() -> None:
+    """Install Azurite `AZURITE_VERSION` into `.tools/azurite` with npm, unless that version is
+    there. A lock file serialises concurrent test processes; only the first one installs."""
+    import fcntl
+
+    package = AZURITE_PREFIX / "node_modules/azurite/package.json"
+
+    def installed() -> bool:
+        try:
+            return json.loads(package.read_text()).get("version") == AZURITE_VERSION
+        except (OSError, ValueError):
+            return False
+
+    if installed():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FileNotFoundError("npm not found: Azurite cannot be installed (install Node.js)")
+    AZURITE_PREFIX.mkdir(parents=True, exist_ok=True)
+    with open(AZURITE_PREFIX / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if installed():  # another process installed it while this one waited
+            return
+        try:
+            result = subprocess.run(
+                [npm, "install", "--prefix", str(AZURITE_PREFIX), "--no-audit", "--no-fund",
+                 "--silent", f"azurite@{AZURITE_VERSION}"],
+                capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(f"npm install azurite@{AZURITE_VERSION} timed out") from error
+        if result.returncode != 0 or not installed():
+            raise RuntimeError(f"npm install azurite@{AZURITE_VERSION} failed: {result.stderr}")
+
+
 def azurite_executable() -> str | None:
+    """The `azurite-blob` to run: `VIPE_AZURITE`, else the one in `.tools/azurite` (installed
+    there first when npm is available), else one on PATH."""
+    if not os.environ.get("VIPE_AZURITE"):
+        with contextlib.suppress(FileNotFoundError):  # no npm: PATH may still have one
+            install_azurite()
     candidates = [
         os.environ.get("VIPE_AZURITE"),
-        str(REPO / ".tools/azurite/node_modules/.bin/azurite-blob"),
+        str(AZURITE_PREFIX / "node_modules/.bin/azurite-blob"),
         shutil.which("azurite-blob"),
     ]
     for candidate in candidates:
@@ -373,7 +418,7 @@ class AzuriteServer:
 def start_azurite(host: str = LOCALHOST, port: int = 0) -> AzuriteServer:
     executable = azurite_executable()
     if executable is None:
-        raise FileNotFoundError("azurite-blob not found (run .ci/run or set VIPE_AZURITE)")
+        raise FileNotFoundError("azurite-blob not found (needs npm, or set VIPE_AZURITE)")
     process = subprocess.Popen(
         [
             executable,
