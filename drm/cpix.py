@@ -310,6 +310,18 @@ class AwsSigV4Authentication(Authentication):
         return f"AwsSigV4Authentication(region={self.region!r}, service={self.service!r})"
 
 
+class _NoSigningDumps(logging.Filter):
+    """botocore.auth logs the canonical request and string to sign at DEBUG; the canonical
+    request holds every signed header, the session token included: those records go."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not text.startswith(("CanonicalRequest", "StringToSign", "Signature"))
+
+
+logging.getLogger("botocore.auth").addFilter(_NoSigningDumps())
+
+
 def _host_header(url: str) -> str:
     """The Host header urllib sends for `url`: host, and the port when the URL gives one."""
     parts = urllib.parse.urlsplit(url)

@@ -129,9 +129,11 @@ def test_header_authentication_cannot_take_a_header_vipe_sets():
 
 @pytest.mark.parametrize("lookup", ["exact", "lower"])
 @pytest.mark.parametrize("token", [None, SESSION_TOKEN])
-def test_sigv4_signed_by_botocore_is_verified(certificate, lookup, token):
+def test_sigv4_signed_by_botocore_is_verified(certificate, lookup, token, caplog):
     """Signed with botocore's SigV4Auth; the server recomputes the signature over the request
-    as received (header names lower-cased by a gateway or not) and it matches."""
+    as received (header names lower-cased by a gateway or not) and it matches. botocore's
+    DEBUG dump of the canonical request (which holds the session token) is not logged."""
+    caplog.set_level(logging.DEBUG)
     check = SigV4Check(ACCESS_KEY, SECRET_KEY, "eu-west-1", "execute-api", session_token=token)
     with CpixServer(certificate=certificate, auth=check, header_lookup=lookup) as server:
         auth = AwsSigV4Authentication("eu-west-1", "execute-api", ACCESS_KEY, SECRET_KEY, token)
@@ -149,6 +151,8 @@ def test_sigv4_signed_by_botocore_is_verified(certificate, lookup, token):
         assert {"host", "x-amz-date", "x-speke-version", "content-type"} <= set(signed)
         assert ("x-amz-security-token" in signed) == (token is not None)
         assert SECRET_KEY not in repr(auth) and SECRET_KEY not in repr(sent)
+        assert "Calculating signature" in caplog.text  # botocore did log, at DEBUG
+        assert SECRET_KEY not in caplog.text and SESSION_TOKEN not in caplog.text
 
 
 def test_sigv4_verifier_rejects_what_botocore_did_not_sign():
