@@ -104,11 +104,28 @@ class TokenIssuer:
 # ---------------------------------------------------------------------------------- servers
 
 
-class ApiServer:
-    """`create_app` under uvicorn in a thread, with TLS, on a free loopback port."""
+# The tenants a test server knows (a JWT must name one of them): the names the tests use.
+TEST_TENANTS = ("tenant-a", "tenant-b", "tenant-load")
 
-    def __init__(self, data_dir: Path, auth: AuthSettings, **settings: Any):
+
+def known_tenants(data_dir: Path, *names: str) -> TenantRegistry:
+    """The tenants registry of `data_dir` with `names` added (those missing)."""
+    registry = TenantRegistry(data_dir)
+    for name in names:
+        if not registry.known(name):
+            registry.add(name)
+    return registry
+
+
+class ApiServer:
+    """`create_app` under uvicorn in a thread, with TLS, on a free loopback port; it knows
+    the `TEST_TENANTS` and `tenants`."""
+
+    def __init__(
+        self, data_dir: Path, auth: AuthSettings, *, tenants: tuple[str, ...] = (), **settings: Any
+    ):
         self.data_dir = data_dir
+        known_tenants(data_dir, *TEST_TENANTS, *tenants)
         self.settings = ServerSettings(
             data_dir=data_dir, host="127.0.0.1", port=free_port(), auth=auth, **settings
         )
@@ -196,6 +213,7 @@ class ServeProcess:
         self.url = f"https://127.0.0.1:{port}"
 
     def start(self, timeout: float = 60) -> ServeProcess:
+        known_tenants(self.data_dir, *TEST_TENANTS)
         environment = dict(os.environ, PYTHONPATH=str(REPO))
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
-from api_helpers import AUDIENCE, ISSUER, TokenIssuer
+from api_helpers import AUDIENCE, ISSUER, TokenIssuer, known_tenants
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from engine.service.auth import Authenticator, AuthSettings, NotAuthorized
@@ -52,7 +52,8 @@ def jwks_url(issuer):
 def test_jwks_keys_verify_tokens(issuer, jwks_url, tmp_path):
     url, hits = jwks_url
     auth = Authenticator(
-        AuthSettings(jwks_url=url, issuer=ISSUER, audience=AUDIENCE), TenantRegistry(tmp_path)
+        AuthSettings(jwks_url=url, issuer=ISSUER, audience=AUDIENCE),
+        known_tenants(tmp_path, "tenant-j", "tenant-a"),
     )
     for _ in range(3):
         who = auth.authenticate(f"Bearer {issuer.token('tenant-j')}")
@@ -63,7 +64,7 @@ def test_jwks_keys_verify_tokens(issuer, jwks_url, tmp_path):
 
 
 def test_pem_key_claims(issuer, tmp_path):
-    auth = Authenticator(issuer.auth_settings(), TenantRegistry(tmp_path))
+    auth = Authenticator(issuer.auth_settings(), known_tenants(tmp_path, "t", "tenant-a"))
     assert auth.authenticate(f"bearer {issuer.token('t')}").tenant_id == "t"
     refused = [
         issuer.token(expires_in=-61 - 5),
@@ -93,7 +94,7 @@ def test_custom_claims(issuer, tmp_path):
         permission="encode",
         tenant_claim="org",
     )
-    auth = Authenticator(settings, TenantRegistry(tmp_path))
+    auth = Authenticator(settings, known_tenants(tmp_path, "o-1"))
     token = issuer.token(None, audience=None, issuer=None, scope_list=["encode"], org="o-1")
     assert auth.authenticate(f"Bearer {token}").tenant_id == "o-1"
 

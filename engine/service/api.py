@@ -30,6 +30,8 @@ is no plain-HTTP listener: a plain request to the port ends in a failed TLS hand
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime
 import hashlib
 import ipaddress
@@ -60,15 +62,23 @@ from engine.service.auth import (
     NotAuthorized,
     Principal,
 )
-from engine.service.jobs import InvalidJob, JobService, KeyServiceFailed, ServiceOptions
+from engine.service.jobs import (
+    InvalidJob,
+    JobService,
+    KeyServiceFailed,
+    ServiceOptions,
+    Submission,
+)
 from engine.service.queue import InProcessQueue, JobQueue
-from engine.service.store import CancelOutcome, JobSealer, Store, database_url
-from engine.service.tenants import TenantRegistry
+from engine.service.store import CancelOutcome, JobSealer, Store, TenantQueueFull, database_url
+from engine.service.tenants import TenantRegistry, make_private
 from engine.service.views import job_view
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 1024 * 1024
+MAX_JSON_DEPTH = 32  # a job nests 5 levels; deeper bodies are refused before parsing
+RETRY_AFTER_SECONDS = 30  # told with a 429: when a full tenant queue may have room again
 TLS_CERTIFICATE_FILE = "tls-certificate.pem"
 TLS_KEY_FILE = "tls-key.pem"
 
@@ -92,6 +102,12 @@ class ServerSettings:
     drain_seconds: float = 10.0  # at stop: time for running jobs to end before they are requeued
     # Builds the queue for the service (default: InProcessQueue with `workers` threads).
     queue_factory: Callable[[JobService], JobQueue] | None = None
+    # Fairness: Queued jobs per tenant (429 beyond) and its jobs running at once here.
+    max_queued_per_tenant: int | None = 100
+    max_running_per_tenant: int | None = 4
+    # POST /Job of a Managed job: the Key Service's total time (503 beyond), on its own pool.
+    key_service_deadline: float = 15.0
+    key_service_workers: int = 4
     # What jobs may touch (engine.policy). `vipe serve` builds it from its flags (no
     # --local-root: Local refused; egress restricted); embedding code gives its own.
     policy: JobPolicy = TRUSTED
@@ -194,18 +210,23 @@ def create_app(settings: ServerSettings) -> FastAPI:
     """The API with its store, service and queue (started and stopped by the app's
     lifespan). `app.state` holds `store`, `service`, `queue`, `authenticator`."""
     folder = settings.data_dir
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, tenants, jobs: private
+    make_private(folder)  # keys, tenants, jobs: 0700, whoever made it
     from drm.credentials import ServiceKey
 
     service_key = ServiceKey.load_or_create(folder)
     store = Store(settings.database_url or database_url(folder), JobSealer.load_or_create(folder))
     store.migrate()
+    make_private(folder)  # and its files 0600 (the certificates, the database) once made
     options = ServiceOptions(
         data_dir=folder,
         strict=settings.strict,
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
         policy=settings.policy,
+        max_queued_per_tenant=settings.max_queued_per_tenant,
+        max_running_per_tenant=settings.max_running_per_tenant,
+        key_service_deadline=settings.key_service_deadline,
+        key_service_workers=settings.key_service_workers,
     )
     service = JobService(store, options, service_key)
     queue = (
@@ -214,6 +235,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         else InProcessQueue(service, settings.workers)
     )
     authenticator = Authenticator(settings.auth, TenantRegistry(folder))
+    # Key Service calls of POST /Job wait here, never on the shared thread pool that serves
+    # /health, /metrics and the reads.
+    key_pool = concurrent.futures.ThreadPoolExecutor(
+        max(1, settings.key_service_workers), thread_name_prefix="vipe-keys"
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -221,6 +247,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         try:
             yield
         finally:
+            key_pool.shutdown(wait=False, cancel_futures=True)
             await run_in_threadpool(queue.stop, settings.drain_seconds)
             store.close()
 
@@ -233,6 +260,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             "`Authorization: Tenant-Auth <management key>`."
         ),
         docs_url=None,  # served below from local files: nothing is fetched from a CDN
+        redirect_slashes=False,  # `/Job/` is 404, not a redirect built from the Host header
         openapi_url="/api/help/openapi.json",
         redoc_url=None,
         lifespan=lifespan,
@@ -254,6 +282,29 @@ def create_app(settings: ServerSettings) -> FastAPI:
             log.info("request %s %s refused: %s", request.method, request.url.path, refused.reason)
             raise
 
+    async def _creation_keys(submission: Submission) -> Any:
+        """The job's keys; a Key Service is asked on `key_pool`, awaited without holding a
+        thread, and given `key_service_deadline` seconds in all (503 beyond)."""
+        if not submission.asks_key_service:
+            return await run_in_threadpool(service.creation_keys, submission)
+        future = key_pool.submit(service.creation_keys, submission)
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), settings.key_service_deadline
+            )
+        except TimeoutError:
+            future.cancel()  # still waiting for a thread: never asks; else it ends by itself
+            log.warning(
+                "job %s: the Key Service did not answer within %g s",
+                submission.job_id,
+                settings.key_service_deadline,
+            )
+            raise KeyServiceFailed(
+                "The Key Service did not provide the content keys within "
+                f"{settings.key_service_deadline:g} s",
+                503,
+            ) from None
+
     # -- jobs -------------------------------------------------------------------------------
 
     @app.post(
@@ -270,7 +321,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
         responses={400: {"description": "invalid job, every field error listed"}},
     )
     async def create_job(request: Request, who: Principal = Depends(principal)):
+        if not _is_json(request.headers.get("content-type")):
+            return _message(415, "The request body must be JSON (Content-Type: application/json)")
         body = await request.body()
+        if _nesting_deeper_than(body, MAX_JSON_DEPTH):
+            return _message(
+                400,
+                "The request body is nested too deeply",
+                Errors=[{"Field": "$", "Message": f"nested deeper than {MAX_JSON_DEPTH} levels"}],
+            )
         try:
             document = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -280,11 +339,19 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 Errors=[{"Field": "$", "Message": f"not valid JSON: {error}"}],
             )
         try:
-            answer = await run_in_threadpool(service.submit, document, who.tenant_id)
+            submission = await run_in_threadpool(service.prepare, document, who.tenant_id)
+            keys = await _creation_keys(submission)
+            answer = await run_in_threadpool(service.accept, submission, keys)
         except InvalidJob as invalid:
             return _message(400, invalid.message, Errors=[e.as_json() for e in invalid.errors])
         except KeyServiceFailed as failed:
             return _message(failed.status, failed.message)
+        except TenantQueueFull as full:
+            return JSONResponse(
+                {"Message": f"Too many queued jobs: at most {full.limit} per tenant"},
+                status_code=429,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         try:  # in a thread: a Celery queue publishes to its broker (network, retries)
             await run_in_threadpool(queue.enqueue, answer["JobId"])
         except Exception:  # the job is stored: a queue sweep or the next start runs it
@@ -350,7 +417,24 @@ def create_app(settings: ServerSettings) -> FastAPI:
         except Exception as error:
             log.error("health: the job store cannot be read: %s", type(error).__name__)
             return JSONResponse({"Status": "Unhealthy", "Store": "unreachable"}, status_code=503)
-        answer: dict[str, Any] = {"Status": "Healthy", "Store": "ok", "Workers": settings.workers}
+        if not _usable_folder(folder):
+            log.error("health: the data folder %s is missing or not writable", folder)
+            return JSONResponse(
+                {"Status": "Unhealthy", "Store": "ok", "DataFolder": "unusable"}, status_code=503
+            )
+        stalled = queue.stalled_jobs()
+        if stalled:
+            log.error("health: job(s) without progress or heartbeat: %s", ", ".join(stalled))
+            return JSONResponse(
+                {"Status": "Unhealthy", "Store": "ok", "DataFolder": "ok", "Stalled": len(stalled)},
+                status_code=503,
+            )
+        answer: dict[str, Any] = {
+            "Status": "Healthy",
+            "Store": "ok",
+            "DataFolder": "ok",
+            "Workers": settings.workers,
+        }
         describe = getattr(queue, "health", None)
         if describe is not None:  # a cluster queue: the broker and the workers alive
             try:
@@ -369,6 +453,46 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
 def _not_found() -> JSONResponse:
     return _message(404, "Job not found")
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type is JSON (`application/json`, or a `+json` type)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def _nesting_deeper_than(body: bytes, limit: int) -> bool:
+    """Whether JSON text opens more than `limit` arrays/objects at once (strings skipped):
+    checked before parsing, whose recursion a deep body would exhaust."""
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
+def _usable_folder(folder: Path) -> bool:
+    """Whether the data folder is there and this process can write in it."""
+    try:
+        return folder.is_dir() and os.access(folder, os.R_OK | os.W_OK | os.X_OK)
+    except OSError:
+        return False
 
 
 def _interactive_docs(app: FastAPI) -> None:
@@ -447,7 +571,7 @@ def ensure_tls_certificate(folder: Path, host: str | None = None) -> tuple[Path,
     cert_path, key_path = folder / TLS_CERTIFICATE_FILE, folder / TLS_KEY_FILE
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private(folder)
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName("localhost")]
     hostname = socket.gethostname()
@@ -485,7 +609,9 @@ def ensure_tls_certificate(folder: Path, host: str | None = None) -> tuple[Path,
                 serialization.NoEncryption(),
             )
         )
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    descriptor = os.open(cert_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:  # public, but the data folder's files are 0600
+        file.write(certificate.public_bytes(serialization.Encoding.PEM))
     log.info("self-signed TLS certificate created in %s", folder)
     return cert_path, key_path
 

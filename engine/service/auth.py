@@ -10,6 +10,12 @@ audience when configured (`--jwt-issuer`, `--jwt-audience`), the permission (def
 string, or an object whose values are lists, as some identity providers group
 permissions per service), and the tenant claim (default `tenantId`, a non-empty string).
 
+One tenant namespace for both schemes: a JWT's tenant claim must name a tenant the server
+knows (`vipe tenant add NAME`, engine.service.tenants), else 401. The identity provider's
+`tenantId` and the Tenant-Auth tenant name are the same thing: a token for tenant `acme` sees
+exactly the jobs that the management key of tenant `acme` sees, and a token cannot invent a
+tenant (and its empty namespace) the operator never added.
+
 `Authorization: Tenant-Auth <KEY>`: a management key from `engine.service.tenants` (hash compared in
 constant time); the tenant is the tenant's name.
 
@@ -135,6 +141,8 @@ class Authenticator:
         tenant = claims.get(settings.tenant_claim)
         if not isinstance(tenant, str) or not tenant.strip():
             raise NotAuthorized(f"JWT has no tenant claim {settings.tenant_claim!r}")
+        if not self.tenants.known(tenant.strip()):
+            raise NotAuthorized("JWT names a tenant this server does not know")
         subject = claims.get("sub")
         return Principal(tenant.strip(), "Bearer", str(subject) if subject else None)
 

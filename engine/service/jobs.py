@@ -63,6 +63,7 @@ from engine.service.store import (
     NewJob,
     SealError,
     Store,
+    TenantQueueFull,
     utcnow,
 )
 from engine.validation import FieldError, check_job, validate_job
@@ -81,6 +82,22 @@ class InvalidJob(Exception):
         super().__init__(message)
         self.errors = errors
         self.message = message
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A job that passed `JobService.prepare`: what `accept` stores once its keys are known."""
+
+    job_id: str
+    tenant_id: str
+    document: Any
+    job: Any
+    warnings: list[FieldError]
+
+    @property
+    def asks_key_service(self) -> bool:
+        """Whether its keys come from a Key Service (network: the API's bounded pool)."""
+        return str(self.job.content_processing.drm_protection) == "Managed"
 
 
 class KeyServiceFailed(Exception):
@@ -109,6 +126,13 @@ class ServiceOptions:
     checkpoints: bool = False
     # What jobs may touch (engine.policy); `vipe serve`/`vipe worker` build it from their flags.
     policy: JobPolicy = TRUSTED
+    # Fairness: Queued jobs a tenant may have (429 beyond), jobs of one tenant running at once
+    # in this process's pool (None: no limit).
+    max_queued_per_tenant: int | None = 100
+    max_running_per_tenant: int | None = 4
+    # POST /Job: total seconds the Key Service may take (503 beyond), on a pool of this size.
+    key_service_deadline: float = 15.0
+    key_service_workers: int = 4
 
 
 @dataclass
@@ -121,6 +145,9 @@ class RunningJob:
     abandoned: bool = False  # queued again (server stop) or taken over: drop its results
     encoders: list[str] = field(default_factory=list)
     last_heartbeat: float = field(default_factory=time.monotonic)
+    # The last sign of life (a stored heartbeat, an event): /health is Unhealthy when a run
+    # shows none within the lease.
+    last_alive: float = field(default_factory=time.monotonic)
 
 
 class JobService:
@@ -140,9 +167,16 @@ class JobService:
     def submit(self, document: Any, tenant_id: str) -> dict[str, Any]:
         """Validate, check secrets, resolve keys and store a job; the 201 answer.
 
-        Raises InvalidJob (400) or KeyServiceFailed (502/503). The job is committed in the
-        store before this returns.
+        Raises InvalidJob (400), TenantQueueFull (429) or KeyServiceFailed (502/503). The job
+        is committed in the store before this returns. (The API runs the three steps itself:
+        `prepare`, `creation_keys` on its own pool under a deadline, `accept`.)
         """
+        submission = self.prepare(document, tenant_id)
+        return self.accept(submission, self.creation_keys(submission))
+
+    def prepare(self, document: Any, tenant_id: str) -> Submission:
+        """The checks of `POST /Job` that need no network: validation, secrets, `Local`
+        roots, the tenant's queued limit. Raises InvalidJob or TenantQueueFull."""
         checked = check_job(document, strict=self.options.strict)
         if not checked.valid:
             raise InvalidJob(checked.errors)
@@ -151,12 +185,24 @@ class JobService:
         errors = self._location_errors(job, tenant_id) + _publisher_errors(job, self.service_key)
         if errors:
             raise InvalidJob(errors)
-        job_id = str(uuid.uuid4())
-        keys = self._creation_keys(job, job_id)
+        limit = self.options.max_queued_per_tenant
+        if limit is not None and self.store.queued_count(tenant_id) >= limit:
+            raise TenantQueueFull(tenant_id, limit)  # before asking a Key Service for keys
+        return Submission(str(uuid.uuid4()), tenant_id, document, job, list(checked.warnings))
+
+    def creation_keys(self, submission: Submission) -> Any:
+        """The job's content keys (None without DRM); a Managed job asks its Key Service,
+        with timeouts that fit `key_service_deadline`. Raises KeyServiceFailed, InvalidJob."""
+        return self._creation_keys(submission.job, submission.job_id)
+
+    def accept(self, submission: Submission, keys: Any) -> dict[str, Any]:
+        """Store a prepared job with its key ids; the 201 answer. Raises TenantQueueFull."""
+        job, job_id, tenant_id = submission.job, submission.job_id, submission.tenant_id
+        document = submission.document
         key_ids = [
             {"KeyId": str(key.key_id), "QualityGroup": key.quality_group} for key in keys or []
         ]
-        summary = job_created_fields(job, checked.warnings)
+        summary = job_created_fields(job, submission.warnings)
         summary["ContentAcquisitionUriPath"] = _without_userinfo(job.content_acquisition.uri_path)
         summary["ContentPublishingProvider"] = job.content_publishing.provider.value
         summary["ContentPublishingUriPath"] = _without_userinfo(job.content_publishing.uri_path)
@@ -164,7 +210,8 @@ class JobService:
         report["JobStartTime"] = None
         external = (job.external_id, job.external_type, job.external_provider)
         self.store.create_job(
-            NewJob(job_id, tenant_id, external, document, summary, key_ids, report)
+            NewJob(job_id, tenant_id, external, document, summary, key_ids, report),
+            max_queued_per_tenant=self.options.max_queued_per_tenant,
         )
         self.metrics.submitted.inc()
         answer: dict[str, Any] = {"JobId": job_id}
@@ -208,8 +255,15 @@ class JobService:
         if str(processing.drm_protection) == "None":
             return None
         try:
+            # Three attempts that end within the deadline of POST /Job (the API answers 503
+            # at the deadline anyway; this frees the pool's thread soon after).
             return keys_from_job(
-                processing, self.service_key, possible_quality_groups(job), content_id=job_id
+                processing,
+                self.service_key,
+                possible_quality_groups(job),
+                content_id=job_id,
+                timeout=max(1.0, self.options.key_service_deadline / 4),
+                attempts=3,
             )
         except KeyServiceError as error:
             # Down or overloaded: 503 (try later); refused or nonsense: 502 (bad gateway).
@@ -514,6 +568,8 @@ class StoreEventSink:
         if self.run is not None and self.run.abandoned:
             return  # the job was queued again or taken over: this run no longer speaks for it
         store.add_event(self.job_id, event)
+        if self.run is not None:
+            self.run.last_alive = time.monotonic()
         phase = event.get("Phase") if kind == EventType.FINAL_ERROR else _phase_of(kind)
         progress = event.get("Progress") if "Progress" in event else None
         if kind in _PHASE_DONE:
@@ -622,6 +678,7 @@ __all__ = [
     "RunningJob",
     "ServiceOptions",
     "StoreEventSink",
+    "Submission",
     "close_publishers",
     "open_publishers",
 ]

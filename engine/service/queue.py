@@ -60,6 +60,11 @@ class JobQueue(abc.ABC):
     def stop(self, timeout: float = 10.0) -> None:  # noqa: B027 - optional hook
         """Stop taking jobs; interrupted ones are queued again."""
 
+    def stalled_jobs(self) -> list[str]:
+        """Jobs running in this process that showed no sign of life (a stored heartbeat, an
+        event) within their lease: `/health` is Unhealthy while there are any."""
+        return []
+
 
 class InProcessQueue(JobQueue):
     """`workers` threads in this process that claim Queued jobs from the store.
@@ -132,13 +137,23 @@ class InProcessQueue(JobQueue):
                 log.warning("job %s: still running at stop; queued again", run.job_id)
         self._threads.clear()
 
+    def stalled_jobs(self) -> list[str]:
+        lease = self.service.options.lease_seconds
+        now = time.monotonic()
+        with self._lock:
+            runs = list(self._runs.values())
+        return [run.job_id for run in runs if now - run.last_alive > lease]
+
     # -- threads ----------------------------------------------------------------------------
 
     def _work(self) -> None:
         store = self.service.store
         while not self._stopping.is_set():
             try:
-                row = store.claim_next(self.owner)
+                row = store.claim_next(
+                    self.owner,
+                    max_running_per_tenant=self.service.options.max_running_per_tenant,
+                )
             except Exception:
                 log.exception("the job store cannot be read; retrying")
                 row = None
@@ -172,7 +187,9 @@ class InProcessQueue(JobQueue):
                         run.token.cancel("the job was cancelled")
                     if time.monotonic() - run.last_heartbeat >= lease / 4:
                         run.last_heartbeat = time.monotonic()
-                        if not store.heartbeat(run.job_id, self.owner):
+                        if store.heartbeat(run.job_id, self.owner):
+                            run.last_alive = time.monotonic()
+                        else:
                             # Another node took the job over (our lease ran out): stop, so
                             # that two runs do not write one output.
                             run.abandoned = True

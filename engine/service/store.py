@@ -404,9 +404,7 @@ class Store:
         """The accepted job JSON, secrets and all (for the worker only)."""
         return self.sealer.unseal(row.id, row.job_sealed)
 
-    def claim_next(
-        self, owner: str, *, max_running_per_tenant: int | None = None
-    ) -> JobRow | None:
+    def claim_next(self, owner: str, *, max_running_per_tenant: int | None = None) -> JobRow | None:
         """Take the next Queued job for `owner` (state Running), or None.
 
         Fair across tenants (round-robin): of the tenants with a Queued job and fewer than
@@ -796,7 +794,7 @@ def _next_fair(session: Session, max_running: int | None) -> str | None:
             select(JobRow.tenant_id, func.min(JobRow.created_at))
             .where(JobRow.state == QUEUED)
             .group_by(JobRow.tenant_id)
-        ).tuples()
+        ).all()
     )
     if not oldest:
         return None
@@ -806,14 +804,14 @@ def _next_fair(session: Session, max_running: int | None) -> str | None:
             select(JobRow.tenant_id, func.count())
             .where(JobRow.state == RUNNING, JobRow.tenant_id.in_(tenants))
             .group_by(JobRow.tenant_id)
-        ).tuples()
+        ).all()
     )
     last_start = dict(
         session.execute(
             select(JobRow.tenant_id, func.max(JobRow.started_at))
             .where(JobRow.started_at.is_not(None), JobRow.tenant_id.in_(tenants))
             .group_by(JobRow.tenant_id)
-        ).tuples()
+        ).all()
     )
     eligible = [t for t in tenants if max_running is None or running.get(t, 0) < max_running]
     if not eligible:

@@ -8,6 +8,13 @@ in constant time (`hmac.compare_digest`), so the answer time does not tell how m
 
 The file is re-read when it changes, so `vipe tenant add/remove` takes effect on a running
 server without a restart.
+
+The tenants of this file are the only tenants: a JWT's tenant claim must name one of them
+(engine.service.auth), so both schemes share one namespace and a token cannot reach jobs of a
+tenant the operator never added.
+
+The data folder is private: `make_private` makes it 0700 and its files 0600, whoever (the
+server, `vipe tenant add`) creates it first.
 """
 
 from __future__ import annotations
@@ -29,6 +36,25 @@ log = logging.getLogger(__name__)
 TENANTS_FILE = "tenants.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HASH_PREFIX = "sha256:"
+
+
+def make_private(folder: Path) -> None:
+    """Make the data folder (0700) if needed, and take group and other access from it and
+    from the files directly in it (0600): keys, tenants, the database, TLS files."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        try:
+            folder.chmod(0o700)
+            log.warning("data folder %s was open to others; now 0700", folder)
+        except PermissionError:
+            log.warning("data folder %s is open to others and not this process's", folder)
+    for entry in folder.iterdir():
+        # Plain files only, never through a link; files this process does not own are left.
+        if entry.is_file() and not entry.is_symlink() and entry.stat().st_mode & 0o077:
+            try:
+                entry.chmod(0o600)
+            except PermissionError:
+                log.warning("%s is open to others and not this process's to change", entry)
 
 
 class TenantError(ValueError):
@@ -78,6 +104,10 @@ class TenantRegistry:
         entries = sorted(self._entries().items())
         return [Tenant(name, entry.get("created", "")) for name, entry in entries]
 
+    def known(self, name: str) -> bool:
+        """Whether the tenant `name` exists (the check for a JWT's tenant claim)."""
+        return name in self._entries()
+
     def verify(self, key: str) -> str | None:
         """The tenant whose management key this is, or None."""
         presented = key_hash(key).encode()
@@ -115,7 +145,7 @@ class TenantRegistry:
         log.info("tenant %s removed", name)
 
     def _write(self, entries: dict[str, dict[str, str]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(self.path.parent)
         temporary = self.path.with_suffix(".tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
