@@ -3,11 +3,14 @@ subtitles and the captions of a job, and in which language.
 
 Decisions where the contract leaves room, all **(vipe)**:
 
-- In-file audio: the audio tracks of the video file are used when no separate *main* audio file
-  is mapped (descriptive audio files do not count: a film with its own soundtrack plus an
-  audio-description file keeps the soundtrack). When separate audio files are mapped, the video
-  file's audio tracks are left out (listed as ignored tracks), unless
-  `AudioMappings.VideoStreamAudioTracks` names them: an explicit list is always used.
+- Audio is the union of the video file's audio tracks and every mapped separate audio file
+  (main and descriptive): platforms deliver dubs as separate files beside a master that carries
+  the original language, and dropping the original is never what they want. Which in-file tracks
+  count: all of them, or exactly those `AudioMappings.VideoStreamAudioTracks` names. A separate
+  *main* audio file replaces an in-file track of the same language (a separate descriptive file
+  never does: in-file tracks are not descriptive); the replaced track is neither used nor an
+  ignored track: it is listed in `MediaMap.replaced_tracks` (an `AudioTrackReplaced` warning
+  event, vipe's info event). `AudioLanguages` filters the union afterwards.
 - `AudioMappings.VideoStreamAudioTracks[].TrackIndices` are 1-based positions among the audio
   tracks of the video file: `[1, 2]` is its first two audio tracks (for the common file with
   the video as stream 0 these equal the container stream numbers). Two or six tracks are
@@ -135,6 +138,8 @@ class _Mapper:
         self.audio: list[AudioSource] = []
         self.subtitles: list[TextSource] = []
         self.captions: list[TextSource] = []
+        # in-file audio replaced by a separate file of its language: (file, tracks) -> text
+        self.replaced: dict[tuple[Path, tuple[int, ...]], str] = {}
 
     # ------------------------------------------------------------------------------ main flow
 
@@ -169,6 +174,7 @@ class _Mapper:
             watermarks=self.watermarks,
             ignored_files=ignored_files,
             ignored_tracks=tuple(text for _, text in ignored_tracks),
+            replaced_tracks=tuple(self.replaced.values()),
             sources=dict(self.sources),
         )
 
@@ -366,23 +372,31 @@ class _Mapper:
         if groups:
             in_file = self._grouped_audio(groups)
         elif self.main is not None:
-            info = self.sources[self.main]
-            if main_files:
-                for track in info.audio:
-                    self.track_reasons[(self.main, track.index)] = "separate audio files are mapped"
-            else:
-                for track in info.audio:
-                    what = f"audio track {self.main.name}#{track.index}"
-                    language = self._language([(track.language, False)], what)
-                    in_file.append(
-                        AudioSource(self.main, (track.index,), language, False, track.channels)
-                    )
+            for track in self.sources[self.main].audio:
+                what = f"audio track {self.main.name}#{track.index}"
+                language = self._language([(track.language, False)], what)
+                in_file.append(
+                    AudioSource(self.main, (track.index,), language, False, track.channels)
+                )
         separate = [
             source
             for path, role in (*main_files, *descriptive)
             for source in self._audio_file(path, role)
         ]
-        self.audio = in_file + separate
+        # The union; a separate main audio file wins over an in-file track of its language.
+        by_language = {s.language: s for s in separate if not s.descriptive}
+        kept = []
+        for source in in_file:
+            replacement = by_language.get(source.language)
+            if replacement is None:
+                kept.append(source)
+                continue
+            tracks = "+".join(f"#{index}" for index in source.track_indices)
+            self.replaced[(source.path, source.track_indices)] = (
+                f"{source.path.name}{tracks} ({source.language}) by "
+                f"{replacement.path.name}#{replacement.track_indices[0]}"
+            )
+        self.audio = kept + separate
 
     def _grouped_audio(self, groups) -> list[AudioSource]:
         """`AudioMappings.VideoStreamAudioTracks`: pick and group audio tracks of the video
@@ -611,6 +625,7 @@ class _Mapper:
     def _ignored_tracks(self) -> list[tuple[tuple[Path, int], str]]:
         """Audio, video and subtitle tracks of used files that nothing uses."""
         used_files, used_tracks = self._usage()
+        used_tracks |= {(path, i) for path, indices in self.replaced for i in indices}
         ignored = []
         for path, info in self.sources.items():
             if path not in used_files:

@@ -145,6 +145,9 @@ class MediaMap:
     watermarks: tuple[Path, ...] = ()
     ignored_files: tuple[Path, ...] = ()
     ignored_tracks: tuple[str, ...] = ()  # "file.mkv#3" descriptions, for events and warnings
+    # in-file audio that a separate file of the same language replaced: "movie.mkv#1 (en) by
+    # audio-en.m4a#0", for AudioTrackReplaced warnings
+    replaced_tracks: tuple[str, ...] = ()
     sources: dict[Path, SourceInfo] = field(default_factory=dict)  # probe results by path
 
     @property

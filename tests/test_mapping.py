@@ -102,6 +102,7 @@ def summary(media: MediaMap) -> dict[str, Any]:
         "watermarks": [p.name for p in media.watermarks],
         "ignored_files": [p.name for p in media.ignored_files],
         "ignored_tracks": list(media.ignored_tracks),
+        "replaced_tracks": list(media.replaced_tracks),
         "sources": sorted(p.name for p in media.sources),
     }
 
@@ -133,7 +134,13 @@ def run_case(tmp_path, templates, files, mapping_fields, processing_fields, expe
     got = summary(map_media(paths, job_mappings, job_processing))
     for key, value in expected.items():
         assert got[key] == value, f"{key}: {got[key]!r} != {value!r}"
-    defaults = {"ignored_files": [], "ignored_tracks": [], "renditions": [], "watermarks": []}
+    defaults = {
+        "ignored_files": [],
+        "ignored_tracks": [],
+        "replaced_tracks": [],
+        "renditions": [],
+        "watermarks": [],
+    }
     for key, value in defaults.items():
         if key not in expected:
             assert got[key] == value, f"{key}: {got[key]!r}"
@@ -194,12 +201,13 @@ REGEX_CASES = [
         {"VideoStreamExpression": VIDEO, "AudioFileLanguageExpression": r"^audio_(\w+)\.m4a$"},
         None,
         {
-            # the capture wins over the track metadata (audio_fr.m4a says "ger")
+            # the capture wins over the track metadata (audio_fr.m4a says "ger"); the union
+            # with the in-file (English) track
             "audio": [
+                *EN_IN_FILE,
                 ("audio_de.m4a", (0,), "de", False, 2),
                 ("audio_fr.m4a", (0,), "fr", False, 2),
             ],
-            "ignored_tracks": ["movie.mp4#1"],  # separate audio files replace in-file audio
             "sources": ["audio_de.m4a", "audio_fr.m4a", "movie.mp4"],
         },
         id="AudioFileLanguageExpression",
@@ -212,9 +220,8 @@ REGEX_CASES = [
         },
         None,
         {
-            "audio": [("audio.m4a", (0,), "de", False, 2)],
+            "audio": [*EN_IN_FILE, ("audio.m4a", (0,), "de", False, 2)],
             "ignored_files": ["audio_x.m4a"],
-            "ignored_tracks": ["movie.mp4#1"],
         },
         id="optional capture group: no capture, the track metadata",
     ),
@@ -244,11 +251,12 @@ REGEX_CASES = [
         },
         None,
         {
+            # a descriptive file does not replace the in-file English track
             "audio": [
+                *EN_IN_FILE,
                 ("audio_de.m4a", (0,), "de", False, 2),
                 ("audio_en_ad.m4a", (0,), "en", True, 2),
             ],
-            "ignored_tracks": ["movie.mp4#1"],
         },
         id="a file matching audio and descriptive expressions is descriptive",
     ),
@@ -261,8 +269,7 @@ REGEX_CASES = [
         None,
         {
             "video": "movie.mp4",
-            "audio": [("audio_de.m4a", (0,), "de", False, 2)],
-            "ignored_tracks": ["movie.mp4#1"],
+            "audio": [*EN_IN_FILE, ("audio_de.m4a", (0,), "de", False, 2)],
         },
         id="video and audio expressions both match: the probe decides",
     ),
@@ -278,8 +285,11 @@ REGEX_CASES = [
         },
         None,
         {
-            "audio": [("audio_de.m4a", (0,), "es", False, 2), ("dub.m4a", (0,), "it", False, 2)],
-            "ignored_tracks": ["movie.mp4#1"],
+            "audio": [
+                *EN_IN_FILE,
+                ("audio_de.m4a", (0,), "es", False, 2),
+                ("dub.m4a", (0,), "it", False, 2),
+            ],
         },
         id="AudioStreams: explicit languages, winning over the expression",
     ),
@@ -298,8 +308,8 @@ REGEX_CASES = [
         {"VideoStreamExpression": VIDEO, "AudioFileLanguageExpression": r"^audio_(\w+)"},
         None,
         {
-            "audio": [("audio_de.m4a", (1,), "de", False, 2)],
-            "ignored_tracks": ["movie.mp4#1", "audio_de.m4a#0"],  # its video is not used
+            "audio": [*EN_IN_FILE, ("audio_de.m4a", (1,), "de", False, 2)],
+            "ignored_tracks": ["audio_de.m4a#0"],  # its video is not used
         },
         id="separate audio file with a video track",
     ),
@@ -309,6 +319,80 @@ REGEX_CASES = [
         None,
         Raises(MappingError, "audio_de.mp4 was mapped as audio (AudioFileLanguageExpression)"),
         id="separate audio file without audio",
+    ),
+    # ------------------------------------------- the union of in-file and separate audio (issue 20)
+    pytest.param(
+        {"movie.mkv": "v_multi", "audio-fr.m4a": "a_und"},
+        {"VideoStreamExpression": VIDEO, "AudioFileLanguageExpression": r"^audio-(\w+)\.m4a$"},
+        None,
+        {
+            "audio": [
+                ("movie.mkv", (1,), "en", False, 2),
+                ("movie.mkv", (2,), "de", False, 1),
+                ("audio-fr.m4a", (0,), "fr", False, 2),
+            ],
+            "subtitles": [("movie.mkv", "en", 3), ("movie.mkv", "fr", 4)],
+        },
+        id="union: eng + deu in the MKV and a French file: three languages",
+    ),
+    pytest.param(
+        {"movie.mkv": "v_multi", "audio-en.m4a": "a_und"},
+        {
+            "VideoStreamExpression": VIDEO,
+            "AudioFileLanguageExpression": r"^audio-(\w+)\.m4a$",
+            "FailOnIgnoredTracks": True,  # a replaced track is not an ignored one
+        },
+        None,
+        {
+            "audio": [("movie.mkv", (2,), "de", False, 1), ("audio-en.m4a", (0,), "en", False, 2)],
+            "subtitles": [("movie.mkv", "en", 3), ("movie.mkv", "fr", 4)],
+            "replaced_tracks": ["movie.mkv#1 (en) by audio-en.m4a#0"],
+        },
+        id="union: a separate file of the same language replaces the in-file track",
+    ),
+    pytest.param(
+        {"movie.mkv": "v_multi", "audio-fr.m4a": "a_und"},
+        {
+            "VideoStreamExpression": VIDEO,
+            "AudioFileLanguageExpression": r"^audio-(\w+)\.m4a$",
+            "AudioMappings": {"VideoStreamAudioTracks": [{"TrackIndices": [2]}]},
+        },
+        None,
+        {
+            "audio": [("movie.mkv", (2,), "de", False, 1), ("audio-fr.m4a", (0,), "fr", False, 2)],
+            "ignored_tracks": ["movie.mkv#1"],
+        },
+        id="union: AudioMappings still decides which in-file tracks count",
+    ),
+    pytest.param(
+        {"movie.mp4": "v_2mono", "audio-de.m4a": "a_und"},
+        {
+            "VideoStreamExpression": VIDEO,
+            "AudioFileLanguageExpression": r"^audio-(\w+)\.m4a$",
+            "AudioMappings": {
+                "VideoStreamAudioTracks": [{"TrackIndices": [1, 2], "Language": "de"}]
+            },
+        },
+        None,
+        {
+            "audio": [("audio-de.m4a", (0,), "de", False, 2)],
+            "replaced_tracks": ["movie.mp4#1+#2 (de) by audio-de.m4a#0"],
+        },
+        id="union: a listed group is replaced by a separate file of its language",
+    ),
+    pytest.param(
+        {"movie.mkv": "v_multi", "audio-fr.m4a": "a_und"},
+        {
+            "VideoStreamExpression": VIDEO,
+            "AudioFileLanguageExpression": r"^audio-(\w+)\.m4a$",
+            "AudioLanguages": ["fr", "de"],
+        },
+        None,
+        {
+            "audio": [("movie.mkv", (2,), "de", False, 1), ("audio-fr.m4a", (0,), "fr", False, 2)],
+            "ignored_tracks": ["movie.mkv#1"],
+        },
+        id="union: AudioLanguages filters the union",
     ),
     # ---------------------------------------------------------------- subtitles and captions
     pytest.param(
@@ -346,9 +430,8 @@ REGEX_CASES = [
         },
         None,
         {
-            "audio": [("audio_de.m4a", (0,), "de", False, 2)],
+            "audio": [*EN_IN_FILE, ("audio_de.m4a", (0,), "de", False, 2)],
             "subtitles": [("subs_fr.vtt", "fr", None)],
-            "ignored_tracks": ["movie.mp4#1"],
         },
         id="audio and subtitle expressions both match: the extension decides",
     ),
@@ -724,8 +807,7 @@ CONVENTION_CASES = [
         CONVENTION,
         None,
         {
-            "audio": [("dub.fr.m4a", (0,), "fr", False, 2)],
-            "ignored_tracks": ["movie.mp4#1"],
+            "audio": [*EN_IN_FILE, ("dub.fr.m4a", (0,), "fr", False, 2)],
         },
         id="convention: separate audio file, language from the file name",
     ),
@@ -733,7 +815,7 @@ CONVENTION_CASES = [
         {"movie.mp4": "v_en", "dub_it.m4a": "a_de"},
         CONVENTION,
         None,
-        {"audio": [("dub_it.m4a", (0,), "de", False, 2)], "ignored_tracks": ["movie.mp4#1"]},
+        {"audio": [*EN_IN_FILE, ("dub_it.m4a", (0,), "de", False, 2)]},
         id="convention: track metadata before the file name",
     ),
     pytest.param(
@@ -742,7 +824,7 @@ CONVENTION_CASES = [
         None,
         {
             "audio": [("dubs.mka", (0,), "en", False, 2), ("dubs.mka", (1,), "fr", False, 2)],
-            "ignored_tracks": ["movie.mp4#1"],
+            "replaced_tracks": ["movie.mp4#1 (en) by dubs.mka#0"],  # same language: replaced
         },
         id="convention: every track of a separate audio file",
     ),

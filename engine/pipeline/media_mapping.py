@@ -29,6 +29,8 @@ def map_job_media(scope: JobScope, acquired: Acquired) -> Mapped:
         events.warning("IgnoredFile", f"{path.name} is not used by this job")
     for track in media.ignored_tracks:
         events.warning("IgnoredTrack", f"track {track} is not used by this job")
+    for replaced in media.replaced_tracks:  # an info event: the union's same-language rule
+        events.warning("AudioTrackReplaced", f"audio track {replaced}")
     events.emit(EventType.CONTENT_MAPPED, **content_mapped_fields(media))
     video = media.main_video
     source = media.video_source
