@@ -36,7 +36,6 @@ import os
 import re
 import threading
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlparse
@@ -66,10 +65,6 @@ from storage.egress import EgressDenied, guard_botocore_client
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-# A cancelled upload aborts the multipart uploads of its key begun since it started, by the
-# server's clock: this much earlier, for clocks that disagree.
-_CLOCK_SLACK = timedelta(minutes=5)
-
 # <bucket>.s3.<region>.amazonaws.com, <bucket>.s3-<region>.amazonaws.com, dualstack, China.
 _VIRTUAL_HOST = re.compile(
     r"^(?P<bucket>[a-z0-9][a-z0-9.-]*)\.s3[.-](?:dualstack\.)?(?P<region>[a-z]{2}(?:-[a-z]+)+-\d)"
@@ -127,6 +122,7 @@ class S3Storage(Storage):
         self.bucket, self.prefix, self.region, self.endpoint = self._parse(location.uri)
         self._client: Any = None
         self._lock = threading.Lock()
+        self._multipart: dict[str, str] = {}  # key -> UploadId of the multipart upload begun
 
     # -- URI ---------------------------------------------------------------------------------
 
@@ -332,26 +328,37 @@ class S3Storage(Storage):
         at its next progress callback, and an object that lands late after the rollback is
         deleted again (Storage.landed_late)."""
         key = self.key(safe_relative_path(name))
-        started = datetime.now(UTC) - _CLOCK_SLACK
         multipart = source.stat().st_size >= self.multipart_threshold
+        if multipart:
+            self._note_multipart_uploads()
         run_cancellable(
             lambda: self._upload(source, name, progress),
             cancel,
-            interrupt=(lambda: self._abort_multipart(key, started)) if multipart else None,
+            interrupt=(lambda: self._abort_multipart(key)) if multipart else None,
             abandoned=lambda succeeded: self.landed_late(name) if succeeded else None,
         )
 
-    def _abort_multipart(self, key: str, since: datetime) -> None:
-        """Abort the multipart uploads of `key` begun since `since`: this upload's, cancelled
-        (its parts are not kept and billed, and its stalled part fails now)."""
-        client = self.client()
-        answer = client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-        for upload in answer.get("Uploads", []):
-            if upload["Key"] == key and upload["Initiated"] >= since:
-                client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
-                )
-                log.info("%s: aborted the multipart upload of %s", self.describe(), key)
+    def _note_multipart_uploads(self) -> None:
+        """Remember the UploadId of each multipart upload this client begins (by key), so that
+        a cancel can abort exactly its own."""
+
+        def noted(parsed: dict[str, Any], **_: Any) -> None:
+            if "UploadId" in parsed and "Key" in parsed:
+                with self._lock:
+                    self._multipart[parsed["Key"]] = parsed["UploadId"]
+
+        self.client().meta.events.register(
+            "after-call.s3.CreateMultipartUpload", noted, unique_id=f"vipe-mpu-{id(self)}"
+        )
+
+    def _abort_multipart(self, key: str) -> None:
+        """Abort this upload's multipart upload of `key`, cancelled: its parts are not kept
+        (and billed), and a part still in flight fails now."""
+        with self._lock:
+            upload_id = self._multipart.pop(key, None)
+        if upload_id is not None:
+            self.client().abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            log.info("%s: aborted the multipart upload of %s", self.describe(), key)
 
     def _upload(self, source: Path, name: str, progress: Progress | None) -> None:
         key = self.key(safe_relative_path(name))
