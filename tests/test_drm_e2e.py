@@ -216,6 +216,8 @@ def _requested_keys(request: bytes) -> dict[str, uuid.UUID]:
     found: dict[str, uuid.UUID] = {}
     for rule in root.iter("{urn:dashif:org:cpix}ContentKeyUsageRule"):
         found[rule.get("intendedTrackType")] = uuid.UUID(rule.get("kid"))
+    if "ALL" in found:  # SPEKE v2: one key for every track is the single rule ALL
+        return dict.fromkeys(GROUPS, found["ALL"])
     return found
 
 
