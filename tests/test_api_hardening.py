@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from api_helpers import ApiServer, TokenIssuer, tiny_job, wait_for
+from test_api_store import new_job, postgres_schema, store  # noqa: F401 - fixtures
 
 from engine.cancel import CancelToken
 from engine.service.jobs import RunningJob
@@ -247,3 +248,16 @@ def test_health_is_unhealthy_without_the_data_folder_or_with_a_stalled_job(issue
             }
         finally:
             moved.rename(folder)
+
+
+def test_claims_honour_the_running_limit_per_tenant(store):  # noqa: F811 - the fixture
+    """Store level, on SQLite and PostgreSQL: a tenant at its running limit waits, others run."""
+    for tenant in ("tenant-a", "tenant-a", "tenant-a", "tenant-b"):
+        store.create_job(new_job(tenant))
+        time.sleep(0.01)
+    first = store.claim_next("w", max_running_per_tenant=1)
+    second = store.claim_next("w", max_running_per_tenant=1)
+    assert (first.tenant_id, second.tenant_id) == ("tenant-a", "tenant-b")
+    assert store.claim_next("w", max_running_per_tenant=1) is None  # both at their limit
+    assert store.finish_job(first.id, "Succeeded", None, owner="w")
+    assert store.claim_next("w", max_running_per_tenant=1).tenant_id == "tenant-a"
