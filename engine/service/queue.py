@@ -3,7 +3,9 @@
 - `JobQueue` is the interface (`start`, `stop`, `enqueue`, `cancel`), small on purpose so that a
   Celery implementation fits it: the store is the source of truth and `enqueue` only dispatches.
 - `InProcessQueue` runs `--workers N` threads in this process that claim Queued jobs from the
-  store (oldest first). `--workers 0` accepts and stores jobs without running them.
+  store (round-robin across tenants, each tenant's oldest first, at most
+  `max_running_per_tenant` of one tenant at once). `--workers 0` accepts and stores jobs
+  without running them.
 - `engine.service.cluster.CeleryQueue` (with `VIPE_BROKER_URL`) routes and sends each job to a
   Celery broker; `vipe worker` processes run them.
 
