@@ -349,11 +349,11 @@ def test_publish_failing_for_good(
         faults = []
         upload = AzureBlobStorage.upload_file
 
-        def upload_then_fail(self, path, name, progress=None):
+        def upload_then_fail(self, path, name, progress=None, cancel=None):
             if len(uploaded) == 3 and not faults:  # the outage starts after three uploads
                 times = Storage.attempts if outage == "ends" else None
                 faults.append(proxy.drop(0, direction="up", times=times))
-            upload(self, path, name, progress)
+            upload(self, path, name, progress, cancel)
             uploaded.append(name)
 
         monkeypatch.setattr(AzureBlobStorage, "upload_file", upload_then_fail)
