@@ -496,6 +496,21 @@ def _add_server_commands(commands) -> None:
         help="with VIPE_BROKER_URL: an Nvidia job fails (3102) after waiting this long while "
         "no GPU worker is alive (0: it waits)",
     )
+    serve.add_argument(
+        "--max-queued-per-tenant",
+        type=int,
+        default=100,
+        help="jobs a tenant may have queued (429 with Retry-After beyond)",
+    )
+    serve.add_argument(
+        "--max-running-per-tenant", type=int, default=4, help="jobs of one tenant run at once"
+    )
+    serve.add_argument(
+        "--key-service-deadline",
+        type=float,
+        default=15.0,
+        help="seconds POST /Job waits for a Key Service in all (503 beyond)",
+    )
     _add_policy_arguments(serve, trusted=False)
     serve.set_defaults(command=_serve)
     _add_worker_command(commands)
@@ -566,6 +581,9 @@ def _serve(args) -> int:
             max_attempts=args.max_attempts,
             queue_factory=queue_factory,
             policy=policy,
+            max_queued_per_tenant=args.max_queued_per_tenant,
+            max_running_per_tenant=args.max_running_per_tenant,
+            key_service_deadline=args.key_service_deadline,
         )
     )
     return EXIT_OK
