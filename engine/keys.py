@@ -19,6 +19,8 @@ import base64
 import binascii
 import dataclasses
 import logging
+import os
+import ssl
 import urllib.request
 import uuid
 from collections.abc import Iterable
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from drm import systems
 from drm.cpix import (
+    CA_FILE_ENV,
     Authentication,
     AwsSigV4Authentication,
     BasicAuthentication,
@@ -38,6 +41,7 @@ from drm.credentials import CredentialsError
 from drm.keys import KEY_SIZE, QUALITY_GROUPS, ContentKey, DrmKeyError, KeySet
 from engine import ladder
 from engine.job import AuthenticationType, VideoFormat
+from storage.egress import UNRESTRICTED, EgressPolicy
 
 if TYPE_CHECKING:
     from drm.credentials import ServiceKey
@@ -74,6 +78,7 @@ def keys_from_job(
     attempts: int = 4,
     backoff: float = 0.5,
     opener: urllib.request.OpenerDirector | None = None,
+    egress: EgressPolicy = UNRESTRICTED,
 ) -> KeySet | None:
     """Resolve the content keys of a job's `ContentProcessing` (None when DrmProtection is None).
 
@@ -83,8 +88,8 @@ def keys_from_job(
     `contentId` when the job gives no `KeySeedId` (the job id, typically). The keyword
     arguments go to the CPIX client (`ca_file`: a CA bundle for the Key Service's TLS
     certificate; the environment variable `VIPE_CPIX_CA_FILE` does the same; `opener`: the
-    urllib opener that sends the request, one that enforces the server's egress policy, made
-    with `drm.cpix.build_opener`).
+    urllib opener that sends the request). `egress`: the server's egress policy; when it is
+    restricted (and no `opener` is given) the Key Service is reached only through it.
     """
     mode = str(processing.drm_protection)
     if mode == "None":
@@ -107,9 +112,24 @@ def keys_from_job(
             timeout=timeout,
             attempts=attempts,
             backoff=backoff,
-            opener=opener,
+            opener=opener or key_service_opener(egress, ca_file),
         )
     raise DrmKeyError("ContentProcessing.DrmProtection", f"unknown mode {mode}")
+
+
+def key_service_opener(
+    egress: EgressPolicy, ca_file: str | None = None
+) -> urllib.request.OpenerDirector | None:
+    """The opener for a Key Service under a restricted egress policy: connections only to
+    admitted addresses, verified TLS (plus `ca_file` or VIPE_CPIX_CA_FILE), no redirects.
+    None when unrestricted (the CPIX client's own opener)."""
+    if not egress.restricted:
+        return None
+    context = ssl.create_default_context()
+    ca_file = ca_file or os.environ.get(CA_FILE_ENV)
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return egress.opener("ContentProcessing.DrmManaged.ApiUrl", context=context, redirects=False)
 
 
 def _key_id(processing: Any) -> uuid.UUID:
@@ -295,6 +315,7 @@ def keys_again(
     service_key: ServiceKey | None,
     key_ids: list[tuple[str, str | None]],
     content_id: str,
+    egress: EgressPolicy = UNRESTRICTED,
 ) -> KeySet:
     """The content keys of a job once more, at the worker: the same key ids (with their quality
     groups) that `POST /Job` answered. A Key Service is asked again for exactly those ids under
@@ -305,7 +326,14 @@ def keys_again(
     keys: KeySet | None
     if str(processing.drm_protection) == "Managed":
         requests = [KeyRequest(uuid.UUID(kid), group) for kid, group in key_ids]
-        keys = _keys_from_key_service(processing, service_key, groups, content_id, requests)
+        keys = _keys_from_key_service(
+            processing,
+            service_key,
+            groups,
+            content_id,
+            requests,
+            opener=key_service_opener(egress),
+        )
     else:
         keys = keys_from_job(processing, service_key, groups, content_id)
     wanted = [kid for kid, _ in key_ids]

@@ -125,6 +125,7 @@ def resolve_keys(scope: JobScope, service_key: ServiceKey | None) -> KeySet | No
             service_key,
             possible_quality_groups(scope.job),
             content_id=scope.job_id,
+            egress=scope.policy.egress,
         )
     except KeyServiceError as error:  # down, refused or nonsense: a DRM failure (4001)
         raise DrmError(str(error), retryable=error.transient) from None

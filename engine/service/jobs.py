@@ -264,6 +264,7 @@ class JobService:
                 content_id=job_id,
                 timeout=max(1.0, self.options.key_service_deadline / 4),
                 attempts=3,
+                egress=self.options.policy.egress,
             )
         except KeyServiceError as error:
             # Down or overloaded: 503 (try later); refused or nonsense: 502 (bad gateway).
@@ -463,7 +464,9 @@ class JobService:
             return None  # run_job reports the invalid job itself (1001)
         key_ids = [(item["KeyId"], item.get("QualityGroup")) for item in stored]
         try:
-            return keys_again(job, self.service_key, key_ids, content_id=row.id)
+            return keys_again(
+                job, self.service_key, key_ids, row.id, egress=self.options.policy.egress
+            )
         except DrmKeyError as error:
             raise _KeyFailure(f"the content keys cannot be obtained again: {error}") from None
 
