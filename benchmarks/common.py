@@ -1,14 +1,13 @@
 """Shared measuring for the benchmarks: run a command as a child process and read its wall
-time, CPU time and peak memory from the kernel (wait4), alternating vipe and its anchor."""
+time, CPU time and peak memory from the kernel (wait4, read by a fresh launcher process so the
+peak is the command's own), alternating vipe and its anchor."""
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,24 +24,30 @@ class Run:
     peak_mb: float
 
 
+LAUNCHER = ROOT / "launcher.py"
+
+
 def measure(command: Sequence[str], *, cwd: Path | None = None, env: dict | None = None) -> Run:
-    """Run `command` to completion; its own wall time, user+system CPU and peak RSS."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        list(command),
+    """Run `command` to completion; its own wall time, user+system CPU and peak RSS.
+
+    The command is started by `launcher.py`, a bare interpreter that spawns it and reads its
+    rusage: a child of this driver would report the driver's own high-water mark as its peak
+    (see launcher.py), the launcher's child at most the launcher's ~8 MB."""
+    process = subprocess.run(
+        [sys.executable, "-S", "-I", str(LAUNCHER), *command],
         cwd=cwd,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        capture_output=True,
+        check=False,
     )
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    process.stderr.close()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed ({process.returncode}): {stderr[-2000:]}")
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    stderr = process.stderr.decode(errors="replace")
+    fields = process.stdout.decode().split()
+    if process.returncode != 0 or len(fields) != 4:
+        raise RuntimeError(f"launcher failed ({process.returncode}): {stderr[-2000:]}")
+    wall, cpu, peak_kb, code = float(fields[0]), float(fields[1]), int(fields[2]), int(fields[3])
+    if code != 0:
+        raise RuntimeError(f"{command[0]} failed ({code}): {stderr[-2000:]}")
+    return Run(wall, cpu, peak_kb / 1024)
 
 
 @dataclass(frozen=True)
