@@ -41,7 +41,7 @@ from drm.credentials import CredentialsError
 from drm.keys import KEY_SIZE, QUALITY_GROUPS, ContentKey, DrmKeyError, KeySet
 from engine import ladder
 from engine.job import AuthenticationType, VideoFormat
-from storage.egress import UNRESTRICTED, EgressPolicy
+from storage.egress import UNRESTRICTED, EgressDenied, EgressPolicy
 
 if TYPE_CHECKING:
     from drm.credentials import ServiceKey
@@ -289,9 +289,12 @@ def _keys_from_key_service(
         system_ids=chosen,
         **client_options,
     )
-    keys = client.request_keys(
-        content_id=key_seed_id or content_id, requests=requests, scheme=str(processing.scheme)
-    )
+    try:
+        keys = client.request_keys(
+            content_id=key_seed_id or content_id, requests=requests, scheme=str(processing.scheme)
+        )
+    except EgressDenied as denied:  # the server's policy, not the Key Service: the job's field
+        raise DrmKeyError(denied.field, denied.reason) from None
     keys = [dataclasses.replace(key, systems=chosen) for key in keys]
     if managed.multi_key:
         return KeySet.per_group(keys)

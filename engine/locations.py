@@ -67,6 +67,7 @@ def location_from_spec(
         egress=policy.egress,
         local_roots=policy.roots_for(tenant_id),
         local_excluded=policy.excluded,
+        field=f"{field}.UriPath",
     )
 
 
