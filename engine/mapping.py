@@ -16,9 +16,9 @@ Decisions where the contract leaves room, all **(vipe)**:
   the video as stream 0 these equal the container stream numbers). Two or six tracks are
   grouped into one stereo or 5.1 source and must each be mono; one track is used as it is.
 - A file matched by several roles' expressions takes one: a subtitle extension (vtt, srt, ttml,
-  dfxp, xml) decides between text and media roles, captions win over subtitles, descriptive
-  audio over audio, an explicit `*Streams` entry over the role's expression, and between video
-  and audio the probe decides (a file with a video track is the video).
+  dfxp, xml, scc, stl) decides between text and media roles, captions win over subtitles,
+  descriptive audio over audio, an explicit `*Streams` entry over the role's expression, and
+  between video and audio the probe decides (a file with a video track is the video).
 - Separate audio files in Regex mode use their first audio track, with the language from the
   expression (capture group 1), else the track metadata, else `FallbackLanguageCode`. In
   Convention mode every audio track of a separate audio file is used, with the language from the
@@ -33,6 +33,12 @@ Decisions where the contract leaves room, all **(vipe)**:
 - In Convention mode, files with a subtitle extension are text, image files are watermarks when
   named so (else ignored), files with a known audio/video extension are probed; anything else
   is an ignored file. The Regex expressions are not used in Convention mode.
+- CEA-608 captions carried in the video file's stream (A/53 `cc_data` in H.264/H.265 SEI or
+  MPEG-2 user data: found by decoding the first 10 seconds) are a caption track, channel CC1,
+  read from the video track (`TextSource.track_index` is the video's stream index). CEA-608 says
+  nothing of the language: it is `FallbackLanguageCode` (left out, and logged, when that is
+  empty). They count for `FailOnNoCaptionTracks` and are filtered by `CaptionLanguages` like
+  caption files.
 - Subtitle files are not probed (TTML and DFXP are not media to FFmpeg); the subtitle converter
   reads them.
 """
@@ -58,12 +64,13 @@ from engine.media import (
 )
 from engine.probe import probe
 from engine.regex import compile_expression
+from packagers.captions import has_cea608
 
 log = logging.getLogger(__name__)
 
 _Track = VideoTrackInfo | AudioTrackInfo | SubtitleTrackInfo
 
-TEXT_EXTENSIONS = frozenset({".vtt", ".webvtt", ".srt", ".ttml", ".dfxp", ".xml"})
+TEXT_EXTENSIONS = frozenset({".vtt", ".webvtt", ".srt", ".ttml", ".dfxp", ".xml", ".scc", ".stl"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 MEDIA_EXTENSIONS = frozenset(
     {
@@ -478,6 +485,7 @@ class _Mapper:
                 what = f"subtitle track {self.main.name}#{track.index}"
                 language = self._language([(track.language, False)], what)
                 self.subtitles.append(TextSource(self.main, language, SUBTITLE, track.index))
+        self._embedded_captions()
         for files, kind, target in (
             (subtitle_files, SUBTITLE, self.subtitles),
             (caption_files, CAPTION, self.captions),
@@ -486,6 +494,21 @@ class _Mapper:
                 what = f"{kind} file {path.name}"
                 language = self._language([(role.language, role.explicit)], what)
                 target.append(TextSource(path, language, kind))
+
+    def _embedded_captions(self) -> None:
+        """CEA-608 captions in the video file's video track (see the module docstring)."""
+        if self.video is None:
+            return
+        track = self.sources[self.video].video[0]
+        if not has_cea608(self.video, track.index):
+            return
+        what = f"the CEA-608 captions of {self.video.name}#{track.index}"
+        try:
+            language = self._language([], what)
+        except MappingError as error:
+            log.info("left out %s: %s", what, error)
+            return
+        self.captions.append(TextSource(self.video, language, CAPTION, track.index))
 
     # ------------------------------------------------------------------------------ languages
 
@@ -608,6 +631,8 @@ class _Mapper:
                 "caption": "CaptionFileLanguageExpression or CaptionStreams",
             }[kind]
             separate = f"no file matched {expression}"
+        if kind == "caption" and self.video is not None:
+            return f"{separate}, and {self.video.name} carries no CEA-608 captions"
         return f"{main}, and {separate}" if main else separate
 
     # ------------------------------------------------------------------------------ helpers

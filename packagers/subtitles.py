@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 from xml.parsers import expat
 
+from packagers.captions import CaptionError, cea608_pairs, scc_from_pairs
+
 if TYPE_CHECKING:
     import av
 
@@ -140,7 +142,9 @@ def read_cues(
         except OSError as error:
             raise SubtitleError(source, f"cannot read the file: {error.strerror}") from error
         fmt = _detect_format(source, data)
-        if fmt == "ttml":
+        if fmt in ("scc", "stl"):
+            raw, language = _parse_with_ttconv(source, fmt, data)
+        elif fmt == "ttml":
             raw, language = _parse_ttml(source, data, duration)
         elif fmt == "webvtt":
             raw, language = _parse_webvtt(source, _decode_text(data))
@@ -211,7 +215,11 @@ def _detect_format(path: Path, data: bytes) -> str:
         return "srt"
     if suffix in (".ttml", ".dfxp", ".xml"):
         return "ttml"
+    if suffix == ".stl":
+        return "stl"
     head = data[:64].lstrip(b"\xef\xbb\xbf").lstrip()
+    if suffix == ".scc" or head.startswith(b"Scenarist_SCC"):
+        return "scc"
     if head.startswith(b"WEBVTT"):
         return "webvtt"
     if head.startswith(b"<") or data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -857,7 +865,8 @@ _TEXT_CODECS |= {"mov_text": "mov_text", "webvtt": "webvtt", "text": "text"}
 def _read_track(
     path: Path, track_index: int
 ) -> tuple[list[_RawCue], str | None, str, Fraction | None]:
-    """Read a text subtitle track's packets with PyAV (no decoding: packets hold the text).
+    """Read a text subtitle track's packets with PyAV (no decoding: packets hold the text), or
+    the CEA-608 captions of a video track.
 
     Returns (cues, language, codec, media end). Times are shifted so the media starts at zero,
     as the encoded outputs do.
@@ -872,36 +881,93 @@ def _read_track(
         if not 0 <= track_index < len(container.streams):
             raise SubtitleError(path, f"has no track {track_index}")
         stream = container.streams[track_index]
-        if stream.type != "subtitle":
-            raise SubtitleError(path, f"track {track_index} is {stream.type}, not subtitles")
-        codec = stream.codec_context.codec
-        kind = _TEXT_CODECS.get(codec.canonical_name) or _TEXT_CODECS.get(codec.name)
-        if kind is None:
-            what = "bitmap" if codec.bitmap_sub else "unsupported"
-            raise SubtitleError(
-                path, f"track {track_index} holds {what} subtitles ({codec.name}), not text"
-            )
         offset = Fraction(max(container.start_time or 0, 0), 1_000_000)
         media_end = (
             Fraction(container.duration, 1_000_000) - offset
             if container.duration and container.duration > 0
             else None
         )
-        language = (stream.metadata.get("language") or "").strip()
-        cues: list[_RawCue] = []
-        try:
-            for packet in container.demux(stream):
-                if packet.pts is None or packet.size == 0:
-                    continue
-                start = packet.pts * packet.time_base - offset
-                end = start + packet.duration * packet.time_base if packet.duration else None
-                cue = _track_cue(kind, bytes(packet), packet)
-                if cue is not None:
-                    cue.start, cue.end = start, end
-                    cues.append(cue)
-        except av.FFmpegError as error:
-            raise SubtitleError(path, f"cannot read track {track_index}: {error}") from error
-    return cues, (language if language not in ("", "und") else None), kind, media_end
+        if stream.type == "subtitle":
+            cues, language, kind = _read_text_track(path, container, stream, offset)
+            return cues, language, kind, media_end
+        if stream.type != "video":
+            raise SubtitleError(path, f"track {track_index} is {stream.type}, not subtitles")
+    # A video track: its CEA-608 captions (A/53 cc_data), decoded by ttconv as SCC.
+    try:
+        pairs = cea608_pairs(path, track_index)
+    except CaptionError as error:
+        raise SubtitleError(
+            path, f"track {track_index} is video, not subtitles, and has no CEA-608 captions"
+        ) from error
+    cues, _ = _ttconv_cues(path, "scc", scc_from_pairs(pairs))
+    return cues, None, "cea608", media_end
+
+
+def _read_text_track(
+    path: Path, container: av.container.InputContainer, stream: av.stream.Stream, offset: Fraction
+) -> tuple[list[_RawCue], str | None, str]:
+    """The packets of a text subtitle track: (cues, language, codec kind)."""
+    import av
+
+    codec = stream.codec_context.codec
+    kind = _TEXT_CODECS.get(codec.canonical_name) or _TEXT_CODECS.get(codec.name)
+    if kind is None:
+        what = "bitmap" if codec.bitmap_sub else "unsupported"
+        raise SubtitleError(
+            path, f"track {stream.index} holds {what} subtitles ({codec.name}), not text"
+        )
+    language = (stream.metadata.get("language") or "").strip()
+    cues: list[_RawCue] = []
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            start = packet.pts * packet.time_base - offset
+            end = start + packet.duration * packet.time_base if packet.duration else None
+            cue = _track_cue(kind, bytes(packet), packet)
+            if cue is not None:
+                cue.start, cue.end = start, end
+                cues.append(cue)
+    except av.FFmpegError as error:
+        raise SubtitleError(path, f"cannot read track {stream.index}: {error}") from error
+    return cues, (language if language not in ("", "und") else None), kind
+
+
+# ------------------------------------------------------------- SCC, EBU-STL, CEA-608: ttconv
+
+
+def _ttconv_cues(path: Path, fmt: str, content: str | bytes) -> tuple[list[_RawCue], str | None]:
+    """Read SCC (`content` text) or EBU-STL (`content` bytes) with ttconv and turn its WebVTT
+    output into cues (with the WebVTT reader above: settings kept, styling classes dropped).
+    Returns (cues, the document's language or None)."""
+    import io
+
+    from ttconv.scc import reader as scc_reader
+    from ttconv.stl import reader as stl_reader
+    from ttconv.vtt import writer as vtt_writer
+
+    try:
+        if fmt == "scc":
+            assert isinstance(content, str)
+            document = scc_reader.to_model(content)
+        else:
+            assert isinstance(content, bytes)
+            document = stl_reader.to_model(io.BytesIO(content))
+        text = vtt_writer.from_model(document) if document is not None else "WEBVTT\n"
+    except Exception as error:  # a third-party parser: any failure means an unreadable file
+        name = {"scc": "SCC", "stl": "EBU-STL"}[fmt]
+        raise SubtitleError(path, f"not a readable {name} file: {error}") from error
+    cues, _ = _parse_webvtt(path, text)
+    for cue in cues:
+        cue.identifier = ""  # ttconv numbers its cues: counters, not identifiers
+    language = (document.get_lang() or "").strip() if document is not None else ""
+    return cues, language or None
+
+
+def _parse_with_ttconv(path: Path, fmt: str, data: bytes) -> tuple[list[_RawCue], str | None]:
+    if fmt == "scc":
+        return _ttconv_cues(path, fmt, _decode_text(data))
+    return _ttconv_cues(path, fmt, data)
 
 
 def _track_cue(kind: str, payload: bytes, packet: av.Packet) -> _RawCue | None:

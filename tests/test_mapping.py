@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from caption_media import make_cea608_video
 from mediagen import AudioSpec, SubtitleSpec, make_media
 
 from engine.errors import MappingError, SourceError
@@ -60,6 +61,10 @@ def templates(media_dir: Path) -> dict[str, Path]:
             audio=[AudioSpec("eng"), AudioSpec("fre")],
         ),
     }
+    # H.264 with CEA-608 captions in its SEI (no audio)
+    made["v_cc"] = make_cea608_video(
+        folder / "v_cc.mp4", [(0.4, 0.8, "HI")], duration=1.0, width=64, height=36
+    )
     text = folder / "text.vtt"
     text.write_text("WEBVTT\n\n00:00.000 --> 00:00.400\nHello\n")
     made["text"] = text
@@ -761,6 +766,63 @@ REGEX_CASES = [
         None,
         {"captions": []},
         id="FailOnNoCaptionTracks false",
+    ),
+    # ------------------------------------------------- CEA-608 captions in the video (issue 20)
+    pytest.param(
+        {"movie.mkv": "v_multi"},
+        {"VideoStreamExpression": VIDEO, "FailOnNoCaptionTracks": True},
+        None,
+        Raises(MappingError, "or CaptionStreams, and movie.mkv carries no CEA-608 captions)"),
+        id="FailOnNoCaptionTracks: the message says the video has no CEA-608 captions",
+    ),
+    pytest.param(
+        {"movie.mp4": "v_cc"},
+        {
+            "VideoStreamExpression": VIDEO,
+            "FailOnNoAudioTracks": False,
+            "FailOnNoCaptionTracks": True,
+            "FailOnIgnoredTracks": True,
+        },
+        None,
+        {"captions": [("movie.mp4", "en", 0)], "audio": []},
+        id="CEA-608 in the video's SEI: a caption track (the fallback language)",
+    ),
+    pytest.param(
+        {"movie.mp4": "v_cc", "movie_de.scc": "text", "movie_fr.stl": "text"},
+        {
+            "VideoStreamExpression": VIDEO,
+            "CaptionFileLanguageExpression": r"^movie_(\w+)\.(scc|stl)$",
+            "FailOnNoAudioTracks": False,
+            "FallbackLanguageCode": "es",
+        },
+        None,
+        {
+            "captions": [
+                ("movie.mp4", "es", 0),
+                ("movie_de.scc", "de", None),
+                ("movie_fr.stl", "fr", None),
+            ]
+        },
+        id="CEA-608 beside SCC and EBU-STL caption files",
+    ),
+    pytest.param(
+        {"movie.mp4": "v_cc"},
+        {
+            "VideoStreamExpression": VIDEO,
+            "FailOnNoAudioTracks": False,
+            "CaptionLanguages": ["de"],
+            "FailOnNoCaptionTracks": True,
+        },
+        None,
+        Raises(MappingError, "no caption found (CaptionLanguages left out movie.mp4#0: en)"),
+        id="CEA-608 captions are filtered by CaptionLanguages",
+    ),
+    pytest.param(
+        {"movie.mp4": "v_cc"},
+        {"VideoStreamExpression": VIDEO, "FailOnNoAudioTracks": False, "FallbackLanguageCode": ""},
+        None,
+        {"captions": []},
+        id="CEA-608 captions without a fallback language are left out, not an error",
     ),
 ]
 
