@@ -129,7 +129,7 @@ def make_cea608_video(
 
 
 def scc_document(captions: list[tuple[float, float, str]]) -> str:
-    """An SCC file with pop-on CC1 captions: loaded one second... before, shown at `start` (the
+    """An SCC file with pop-on CC1 captions: loaded just before `start`, shown at `start` (the
     EOC's frame), erased at `end`; time codes are 29.97 fps non-drop labels."""
 
     def timecode(frame: int) -> str:
@@ -160,7 +160,7 @@ def ebu_stl(captions: list[tuple[float, float, str]], fps: int = 25) -> bytes:
             field("850", 3),  # code page number
             field(f"STL{fps}.01", 8),  # disk format code
             field("1", 1),  # display standard code: level-1 teletext
-            field("0", 2),  # character code table: Latin
+            field("00", 2),  # character code table: Latin
             field("09", 2),  # language code: English
             field("vipe test", 32),  # original programme title
             field("", 32),  # original episode title
@@ -201,7 +201,7 @@ def ebu_stl(captions: list[tuple[float, float, str]], fps: int = 25) -> bytes:
     for number, (start, end, text) in enumerate(captions, 1):
         body = text.encode("latin-1").ljust(112, b"\x8f")  # 0x8f: unused space
         blocks.append(
-            struct.pack("<BHBBB", 0, number, 0xFF, 0, 0)  # group, number, extension, cumulative
+            struct.pack("<BHBB", 0, number, 0xFF, 0)  # group, number, extension, cumulative
             + timecode(start)
             + timecode(end)
             + bytes([20, 2, 0])  # vertical position, justification: centred, comment flag: no

@@ -670,3 +670,74 @@ def test_long_timestamps(tmp_path):
     data = b"1\n123:04:05,678 --> 123:04:06,000\nlate\n"
     text, _ = convert(tmp_path, "a.srt", data)
     assert "123:04:05.678 --> 123:04:06.000" in text
+
+
+# ------------------------------------------------------ SCC, EBU-STL, CEA-608 (issue 20, ttconv)
+
+CAPTIONS = [(0.5, 1.5, "HELLO"), (2.0, 2.8, "WORLD")]
+FRAME_2997 = 1001 / 30000
+
+
+def _assert_cues_match(cues: list[CheckedCue], expected, tolerance: float) -> None:
+    """Cue text equal, start and end within `tolerance` (one frame) of the input's."""
+    assert [c.text for c in cues] == [text for _, _, text in expected]
+    for cue, (start, end, _) in zip(cues, expected, strict=True):
+        assert abs(cue.start - start) <= tolerance, (cue, start)
+        assert abs(cue.end - end) <= tolerance, (cue, end)
+
+
+def test_scc(tmp_path):
+    from caption_media import scc_document
+
+    text, info = convert(tmp_path, "captions-en.scc", scc_document(CAPTIONS).encode())
+    _assert_cues_match(strict_webvtt(text), CAPTIONS, FRAME_2997)
+    assert info.source_format == "scc" and info.cue_count == 2
+
+
+def test_scc_detected_by_its_header(tmp_path):
+    from caption_media import scc_document
+
+    text, info = convert(tmp_path, "captions.txt", scc_document(CAPTIONS).encode())
+    assert info.source_format == "scc"
+    _assert_cues_match(strict_webvtt(text), CAPTIONS, FRAME_2997)
+
+
+def test_ebu_stl(tmp_path):
+    from caption_media import ebu_stl
+
+    text, info = convert(tmp_path, "subtitle-en.stl", ebu_stl(CAPTIONS, fps=25))
+    _assert_cues_match(strict_webvtt(text), CAPTIONS, 1 / 25)
+    assert info.source_format == "stl"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        (
+            "a.scc",
+            b"Scenarist_SCC V1.0\n\nnot a time code\t9420\n",
+            r"^a\.scc line 3: expected a caption line like 00:00:01:00<TAB>9420 9420$",
+        ),
+        ("a.scc", b"WEBVTT\n", r"^a\.scc line 1: expected the header line Scenarist_SCC V1\.0$"),
+        ("a.stl", b"\x00" * 100, r"^a\.stl: not a readable EBU-STL file"),
+    ],
+    ids=["scc-garbage", "scc-no-header", "stl-truncated"],
+)
+def test_scc_and_stl_malformed(tmp_path, name, data, message):
+    source = tmp_path / name
+    source.write_bytes(data)
+    with pytest.raises(SubtitleError, match=message):
+        convert_to_webvtt(source, tmp_path / "out.vtt")
+    assert not (tmp_path / "out.vtt").exists()
+
+
+def test_cea608_in_h264_sei(tmp_path):
+    """Captions in the video's SEI (A/53 cc_data): read from the video track, timed to within
+    one frame of the input, the last cue's end kept."""
+    from caption_media import make_cea608_video
+
+    video = make_cea608_video(tmp_path / "cc.mp4", CAPTIONS, duration=3.0, fps=30)
+    target = tmp_path / "cc.vtt"
+    info = convert_to_webvtt(video, target, track_index=0)
+    _assert_cues_match(strict_webvtt(target.read_text(encoding="utf-8")), CAPTIONS, 1 / 30)
+    assert (info.source_format, info.language, info.cue_count) == ("cea608", None, 2)
