@@ -1,8 +1,26 @@
 """Subtitles and captions to WebVTT.
 
-`convert_to_webvtt` reads a WebVTT, SRT or TTML/DFXP file, or a text subtitle track inside a
-media file (SubRip, ASS/SSA, mov_text, WebVTT; read with PyAV), and writes one normalised WebVTT
-file: the form that DASH and HLS packaging serve.
+`convert_to_webvtt` reads a WebVTT, SRT, TTML/DFXP, SCC or EBU-STL file, a text subtitle track
+inside a media file (SubRip, ASS/SSA, mov_text, WebVTT; read with PyAV), or the CEA-608 captions
+of a video track (`packagers.captions`), and writes one normalised WebVTT file: the form that DASH
+and HLS packaging serve.
+
+Which parser reads what, and why:
+- SCC (CEA-608), EBU-STL and CEA-608 from a video: `ttconv` (its SCC/STL readers and WebVTT
+  writer; vipe's WebVTT reader then normalises that output). vipe adds only a line check of SCC
+  files, since ttconv skips malformed lines silently.
+- SRT, WebVTT and TTML/DFXP stay vipe's own, because the libraries were measured against this
+  module's test suite (tests/test_subtitles.py) and fail what it demands:
+  `pysubs2` reads SRT leniently: it takes a broken timing line (`-->` written `->`) as a cue
+  and reports no line numbers for malformed files, drops `<em>`/`<strong>` emphasis, and turns
+  markup into ASS override tags; its WebVTT reader keeps neither cue settings nor identifiers.
+  `ttconv`'s TTML reader is an IMSC reader: it refuses TTML 1 sub-frame times (`00:00:02:00.1`),
+  loses paragraphs in nested/sequential time containers (3 of 5 cues of the containment case),
+  rounds frame-based times differently (0.500 for 0.5005 s), has no `tts:textAlign` in its
+  WebVTT output, and parses with ElementTree, which expands internal entities and gives no line
+  numbers (vipe refuses DOCTYPE/entities with expat and names the line).
+  The text tracks of media files are read packet by packet with PyAV; their cue text (SubRip,
+  ASS override blocks, mov_text) goes through the same small text normaliser.
 
 What the output keeps and drops:
 - cue timings, as `HH:MM:SS.mmm`, cues sorted by start (stable, so ties keep source order);
@@ -964,9 +982,27 @@ def _ttconv_cues(path: Path, fmt: str, content: str | bytes) -> tuple[list[_RawC
     return cues, language or None
 
 
+_SCC_LINE = re.compile(r"^\d{2}:\d{2}:\d{2}[:;.,]\d{2}\t[0-9a-fA-F]{4}(?:[ \t]+[0-9a-fA-F]{4})*$")
+
+
+def _check_scc(path: Path, text: str) -> None:
+    """ttconv skips SCC lines it cannot read without a word; a malformed file is an error here,
+    with its line, as for the other formats."""
+    lines = text.split("\n")
+    if not lines[0].strip().startswith("Scenarist_SCC V1.0"):
+        raise SubtitleError(path, "expected the header line Scenarist_SCC V1.0", 1)
+    for number, line in enumerate(lines[1:], 2):
+        if line.strip() and not _SCC_LINE.match(line.strip()):
+            raise SubtitleError(
+                path, "expected a caption line like 00:00:01:00<TAB>9420 9420", number
+            )
+
+
 def _parse_with_ttconv(path: Path, fmt: str, data: bytes) -> tuple[list[_RawCue], str | None]:
     if fmt == "scc":
-        return _ttconv_cues(path, fmt, _decode_text(data))
+        text = _decode_text(data)
+        _check_scc(path, text)
+        return _ttconv_cues(path, fmt, text)
     return _ttconv_cues(path, fmt, data)
 
 
