@@ -387,9 +387,14 @@ class Storage(ABC):
         source: Path,
         progress: Progress | None = None,
         cancel: CancelCheck | None = None,
+        plan: Callable[[list[str]], None] | None = None,
     ) -> list[str]:
         """Upload every file under `source` (sub-folders kept), manifests last, so a reader never
         sees a manifest that points at a missing file.
+
+        `plan` is told the names this upload will create (those not there before), before the
+        first byte is written: a caller that records them can roll the upload back even after
+        its process died in the middle of it.
 
         If anything fails (or is cancelled), the upload is rolled back before the error is
         raised: the files it created are deleted again. Objects that were there before it
@@ -406,6 +411,8 @@ class Storage(ABC):
             lambda: run_cancellable(functools.partial(self.existing, names), cancel),
             cancel,
         )
+        if plan is not None:
+            plan([name for name in names if name not in before])
         total = sum(p.stat().st_size for p in ordered)
         done = 0
         uploaded: list[str] = []

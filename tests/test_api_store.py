@@ -304,3 +304,54 @@ def test_submit_stores_summary_without_secrets(service, tmp_path):
     assert summary["ContentProcessing"]["DrmProtection"] == "Base64Key"
     assert "AAECAwQFBgcICQoLDA0ODw==" not in raw_rows(service.store)
     assert json.loads(row.key_ids)[0]["KeyId"] == answer["KeyId"]
+
+
+def test_a_job_given_up_after_crashes_in_publishing_is_rolled_back(service, tmp_path):
+    """Its worker died while publishing, for the last time: what that publish had planned to
+    create is deleted from the output (files that were there before the job are not), and its
+    work folder goes."""
+    host = __import__("socket").gethostname()
+    job_id = submit(service, tmp_path)
+    output = tmp_path / "out"
+    (output / "dash").mkdir(parents=True)
+    (output / "other-job.mpd").write_text("another job's manifest")
+    for name in ("video_1.m4s", "dash/video_init.mp4"):  # half a publish
+        (output / name).write_bytes(b"partial")
+    service.store.record_publish_plan(
+        job_id, ["video_1.m4s", "video_2.m4s", "dash/video_init.mp4", "manifest.mpd"]
+    )
+    workdir = tmp_path / "work" / job_id
+    (workdir / "output").mkdir(parents=True)
+    (workdir / "input.mp4").write_bytes(b"the source")
+    running_as(service, job_id, f"{host}:{dead_pid()}:old", attempts=3)
+
+    assert service.recover(f"{host}:{os.getpid()}:new", at_start=True) == 1
+    assert service.store.get_job(job_id).state == "Failed"
+    assert sorted(p.relative_to(output).as_posix() for p in output.rglob("*")) == ["other-job.mpd"]
+    assert not workdir.exists()
+    assert service.store.publish_plan(job_id) == []
+
+
+def test_publishing_tells_its_plan_before_it_writes(tmp_path):
+    """run_job's `on_publish_plan` gets the names publishing will create, not those already
+    there, before the first file lands."""
+    from mediagen import make_media
+
+    from engine.pipeline import run_job
+
+    source = tmp_path / "in"
+    make_media(source / "clip.mp4", duration=1, width=160, height=90)
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "manifest.mpd").write_text("there before")
+    plans: list[tuple[list[str], list[str]]] = []
+
+    def plan(names: list[str]) -> None:
+        plans.append((names, sorted(p.name for p in output.rglob("*"))))
+
+    report = run_job(tiny_job(source, output), on_publish_plan=plan, data_dir=tmp_path / "d")
+    assert report["Success"]
+    [(names, present)] = plans
+    assert present == ["manifest.mpd"]  # nothing written yet
+    published = sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())
+    assert sorted(names) == [n for n in published if n != "manifest.mpd"]

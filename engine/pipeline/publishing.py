@@ -27,7 +27,9 @@ def publish(scope: JobScope, prepared: Prepared, mapped: Mapped, packaged: Packa
         scope.events.progress(EventType.PUBLISHING_PROGRESS, percent)
 
     try:
-        uploaded = prepared.output_storage.upload_folder(folder, progress, scope.cancel.check)
+        uploaded = prepared.output_storage.upload_folder(
+            folder, progress, scope.cancel.check, plan=scope.on_publish_plan
+        )
     except StorageError as error:
         raise storage_error_to_engine(error, publishing=True) from None
     manifests = tuple(n for n in uploaded if n.lower().endswith((".mpd", ".m3u8")))

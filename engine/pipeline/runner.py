@@ -186,6 +186,7 @@ def run_job(
     keys: KeySet | None = None,
     checkpoints: bool = False,
     policy: JobPolicy = TRUSTED,
+    on_publish_plan: Callable[[list[str]], None] | None = None,
 ) -> dict[str, Any]:
     """Run one job in this process and return its reporting entry (contract §9).
 
@@ -197,7 +198,8 @@ def run_job(
     `Success: false`. `checkpoints`: phases finished by an earlier attempt in the same
     `workdir` are skipped (`engine.pipeline.checkpoints`); give a stable `workdir` and
     `keep_workdir=True` with it. `policy`: what the job may touch (`engine.policy`; the
-    default trusts the job as the operator's own).
+    default trusts the job as the operator's own). `on_publish_plan` is told the names
+    Publishing will create before it writes any (to roll back after a crash).
     """
     valid = job if isinstance(job, ValidJob) else validate_job(job, strict=strict)
     job_id = job_id or str(uuid.uuid4())
@@ -223,6 +225,7 @@ def run_job(
         or node_capabilities(model.content_processing.hardware_acceleration),
         data_dir=default_data_dir(data_dir),
         policy=policy,
+        on_publish_plan=on_publish_plan,
     )
     try:
         saved = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,9 @@ class JobScope:
     capabilities: NodeCapabilities
     data_dir: Path
     policy: JobPolicy
+    # Told the names Publishing will create before it writes any (see Storage.upload_folder),
+    # so that a service can roll a crashed publish back.
+    on_publish_plan: Callable[[list[str]], None] | None = None
 
     @property
     def processing(self) -> ContentProcessing:

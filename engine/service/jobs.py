@@ -306,7 +306,7 @@ class JobService:
         try:
             if document is None:
                 document = self.store.job_document(row)
-            hub = open_publishers(document, self.service_key, row.id)
+            hub = open_publishers(document, self.service_key, row.id, self.options.policy)
         except (JobValidationError, SealError) as error:
             log.warning("job %s: event not published: %s", row.id, type(error).__name__)
         sinks: list[EventSink] = [StoreEventSink(self, row.id)]
@@ -351,6 +351,7 @@ class JobService:
                     Message=f"the job runs again {how} after its worker stopped "
                     f"(attempt {row.attempts} of {self.options.max_attempts})",
                 )
+                self.roll_back_publishing(row, document)
             try:
                 keys = self.worker_keys(document, row)
             except _KeyFailure as failure:
@@ -370,6 +371,7 @@ class JobService:
                     strict=self.options.strict,
                     keys=keys,
                     policy=self.options.policy,
+                    on_publish_plan=lambda names: self.store.record_publish_plan(job_id, names),
                     keep_workdir=self.options.checkpoints,
                     checkpoints=self.options.checkpoints,
                 )
@@ -499,6 +501,43 @@ class JobService:
             return (utcnow() - row.heartbeat_at).total_seconds() > self.options.lease_seconds
         return False
 
+    def roll_back_publishing(self, row: JobRow, document: Any = None) -> None:
+        """Delete what an interrupted attempt of the job published: the names its publishing
+        recorded before writing (`Store.record_publish_plan`), which were not there before it.
+        Objects that were there before the job are never touched. Failures are logged: the
+        next attempt publishes over what is left."""
+        names = self.store.publish_plan(row.id)
+        if not names:
+            return
+        try:
+            job = validate_job(
+                document if document is not None else self.store.job_document(row)
+            ).job
+            location = location_from_spec(
+                job.content_publishing,
+                self.service_key,
+                "ContentPublishing",
+                self.options.policy,
+                row.tenant_id,
+            )
+            storage = open_storage(location)
+        except (JobValidationError, SealError, StorageError) as error:
+            log.warning("job %s: no rollback of its output: %s", row.id, error)
+            return
+        removed = 0
+        try:
+            for name in names:
+                try:
+                    storage.delete_file(name)
+                    removed += 1
+                except StorageError as error:
+                    if error.kind != "missing":
+                        log.warning("job %s: rollback: %s", row.id, error)
+        finally:
+            storage.close()
+        self.store.record_publish_plan(row.id, [])
+        log.warning("job %s: rolled back %d file(s) an interrupted publish wrote", row.id, removed)
+
     def take_over(self, row: JobRow) -> None:
         """A job whose worker is gone: Cancelled when that was asked, failed (5000) after
         `max_attempts` starts, else queued again (and `on_requeue` told)."""
@@ -518,6 +557,8 @@ class JobService:
             return
         if row.attempts >= self.options.max_attempts:
             message = f"the job's worker stopped {row.attempts} times while running it; giving up"
+            self.roll_back_publishing(row)
+            shutil.rmtree(self.options.data_dir / "work" / row.id, ignore_errors=True)
             if self.store.finish_job(
                 row.id, FAILED, None, error_code=5000, error_message=message, owner=previous
             ):
@@ -605,7 +646,9 @@ def _phase_of(kind: str) -> str | None:
     return str(EVENT_PHASE[EventType(kind)])
 
 
-def open_publishers(document: Any, service_key: Any, job_id: str) -> Any:
+def open_publishers(
+    document: Any, service_key: Any, job_id: str, policy: JobPolicy = TRUSTED
+) -> Any:
     """The job's message publishers as a `PublisherHub` (an event sink with `close`), or None
     when the job has none or `engine.publishers` is not there (events are then only stored).
 
@@ -619,7 +662,7 @@ def open_publishers(document: Any, service_key: Any, job_id: str) -> Any:
     job = check_job(document).job
     if job is None or not job.message_publishers:
         return None
-    return open_hub(job, service_key, job_id=job_id)
+    return open_hub(job, service_key, job_id=job_id, egress=policy.egress)
 
 
 def close_publishers(hub: Any, job_id: str, *, background: bool = False) -> None:

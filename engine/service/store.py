@@ -164,6 +164,8 @@ class JobRow(Base):
     encoder: Mapped[str | None] = mapped_column(String(100))
     queue: Mapped[str | None] = mapped_column(String(32))  # Celery route: gpu or cpu
     worker: Mapped[str | None] = mapped_column(String(200))  # the last owner; kept at the end
+    # JSON list: the output names the job's publishing will create (recorded before it writes)
+    publish_plan: Mapped[str | None] = mapped_column(Text)
 
 
 class WorkerRow(Base):
@@ -641,6 +643,19 @@ class Store:
     def running_jobs(self) -> list[JobRow]:
         with self.reading() as session:
             return list(session.scalars(select(JobRow).where(JobRow.state == RUNNING)))
+
+    def record_publish_plan(self, job_id: str, names: list[str]) -> None:
+        """The output names a job's publishing is about to create ([] once rolled back)."""
+        with self.writing() as session:
+            session.execute(
+                update(JobRow).where(JobRow.id == job_id).values(publish_plan=json.dumps(names))
+            )
+
+    def publish_plan(self, job_id: str) -> list[str]:
+        """What `record_publish_plan` recorded last for a job ([] when nothing)."""
+        with self.reading() as session:
+            value = session.scalar(select(JobRow.publish_plan).where(JobRow.id == job_id))
+        return list(json.loads(value)) if value else []
 
     def update_progress(
         self, job_id: str, phase: str | None, progress: int | None, encoder: str | None
