@@ -207,3 +207,36 @@ def test_a_transfer_error_is_still_a_storage_error_with_a_cancel_check(http_serv
     with pytest.raises(StorageError) as caught:
         storage.download_folder(tmp_path / "in", cancel=CancelToken().check)
     assert caught.value.kind in ("missing", "denied")
+
+
+def test_a_job_cancelled_during_a_stalled_download_ends_5001_within_5_s(
+    http_server, proxy, tmp_path
+):
+    """The whole job: its Http source stalls mid-body, the job is cancelled; FinalError 5001
+    (not 2001 after the retries) within 5 s of the cancel, and nothing is published."""
+    from api_helpers import tiny_job
+
+    from engine.pipeline import run_job
+
+    name = f"{tmp_path.name}.mp4"
+    (http_server.root / name).write_bytes(os.urandom(4 * MiB))
+    port = proxy.forward(LOCALHOST, http_server.port)
+    fault = proxy.stall(after_bytes=256 * 1024, seconds=STALL, direction="down", times=None)
+    job = tiny_job(tmp_path, tmp_path / "out")
+    job["ContentAcquisition"] = {
+        "Provider": "Http",
+        "UriPath": http_server.url(name, port=port),
+        "CredentialsName": http_server.user,
+        "CredentialsSecret": http_server.password,
+    }
+    token = CancelToken()
+    cancelled_at = _cancel_when(lambda: fault.fired > 0, token)
+    events: list[dict] = []
+    report = run_job(job, on_event=events.append, cancel=token, data_dir=tmp_path / "data")
+    ended = time.monotonic()
+    assert cancelled_at, "the job ended before it was cancelled"
+    assert ended - cancelled_at[0] < 5.0
+    final = events[-1]
+    assert final["MessageType"] == "FinalError" and final["ErrorCode"] == 5001, final
+    assert report["State"] == "Cancelled"
+    assert not (tmp_path / "out").exists()
