@@ -83,11 +83,15 @@ def pre_validate(
 def open_job_storage(
     scope: JobScope, spec: StorageSpec, service_key: ServiceKey | None, field: str
 ) -> Storage:
-    """A storage object of the job, opened; a location the policy or provider refuses is an
-    invalid job naming the field."""
+    """A storage object of the job, opened. A location the server's policy refuses (a Local
+    path outside the tenant's roots, a refused address) is access denied: 2002 for the input,
+    4302 for an output; one the provider cannot use at all is an invalid job naming the field."""
     try:
         return open_storage(scope.location(spec, service_key, field))
     except StorageError as error:
+        if error.kind == "denied":
+            publishing = field != "ContentAcquisition"
+            raise storage_error_to_engine(error, publishing=publishing) from None
         raise JobValidationError([FieldError(f"{field}.UriPath", str(error))]) from None
 
 
@@ -105,13 +109,16 @@ def _check_image_location(
     scope: JobScope, spec: StorageSpec, service_key: ServiceKey | None
 ) -> None:
     """The stills' own storage, checked before the encode as ContentPublishing is."""
-    storage = open_job_storage(scope, spec, service_key, "ImageExtraction.Location")
     try:
-        check_output_access(storage)
+        storage = open_job_storage(scope, spec, service_key, "ImageExtraction.Location")
+        try:
+            check_output_access(storage)
+        finally:
+            storage.close()
+    except JobValidationError:
+        raise
     except EngineError as error:
         raise ImageExtractionError(f"ImageExtraction.Location: {error.message}") from None
-    finally:
-        storage.close()
 
 
 def resolve_keys(scope: JobScope, service_key: ServiceKey | None) -> KeySet | None:
