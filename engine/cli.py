@@ -133,6 +133,7 @@ def _policy(args: argparse.Namespace, trusted: bool) -> JobPolicy | None:
     """The policy from the flags, or None after printing why it cannot be had."""
     from engine.config import data_dir
 
+    keys_dir = getattr(args, "keys_dir", None)  # a worker's copy of the API's keys
     try:
         return server_policy(
             args.local_root,
@@ -140,6 +141,7 @@ def _policy(args: argparse.Namespace, trusted: bool) -> JobPolicy | None:
             args.max_input_pixels,
             data_dir=data_dir(args.data_dir),
             trusted=trusted,
+            also_private=[keys_dir] if keys_dir else [],
         )
     except PolicyError as error:
         console.print(f"[red]error[/red]: {error}", highlight=False)

@@ -57,6 +57,7 @@ def server_policy(
     *,
     data_dir: Path,
     trusted: bool,
+    also_private: Sequence[Path] = (),
 ) -> JobPolicy:
     """The policy from `--local-root`, `--allow-network`, `--max-input-pixels` and their
     environment variables (VIPE_LOCAL_ROOTS, VIPE_ALLOW_NETWORKS).
@@ -65,7 +66,8 @@ def server_policy(
     `--local-root` confines and `--allow-network` restricts egress when given. Otherwise
     (`vipe serve`, `vipe worker`): no root means every `Local` location is refused, and egress
     is restricted to public addresses plus the allowed networks. The data folder (keys,
-    tenants, the store) is never reachable through a Local location, even inside a root.
+    tenants, the store) is never reachable through a Local location, even inside a root, and
+    neither are `also_private` folders (a worker's `--keys-dir`).
     """
     roots = [*local_roots, *_env_list(LOCAL_ROOTS_ENV, os.pathsep)]
     networks = [*allow_networks, *_env_list(ALLOW_NETWORKS_ENV, ",")]
@@ -79,7 +81,7 @@ def server_policy(
         local_roots=tuple(roots) if roots or not trusted else None,
         egress=egress,
         max_input_pixels=max_input_pixels,
-        excluded=() if trusted else (data_dir.resolve(),),
+        excluded=() if trusted else tuple(p.resolve() for p in (data_dir, *also_private)),
     )
 
 

@@ -188,3 +188,18 @@ def test_a_job_stored_without_a_message_is_sent_by_the_sweep(
     assert job_state(client, job_id)["Queue"] is None
     view = wait_final(client, job_id, 60)
     assert view["State"] == "Succeeded" and view["Queue"] == "cpu" and encodes(view) == 1
+
+
+def test_a_worker_keeps_jobs_out_of_the_service_folders(workers, client, sources, tmp_path):
+    """`vipe worker` runs jobs under its policy: an output inside the API's data folder (the
+    worker's --keys-dir: store key, credentials key) is refused at run time (4302), though the
+    in-process API of this test accepted the job, and nothing is written there."""
+    cluster = workers[0].cluster
+    target = cluster.api.data_dir / "stolen"
+    view = wait_final(
+        client, client.post("/Job", json=quick_job(sources["tiny"], target)).json()["JobId"], 60
+    )
+    assert view["State"] == "Failed" and view["ErrorCode"] == 4302, view.get("ErrorMessage")
+    assert "ContentPublishing" in view["ErrorMessage"]
+    assert str(cluster.api.data_dir) not in view["ErrorMessage"]
+    assert not target.exists()

@@ -90,8 +90,9 @@ def open_job_storage(
         return open_storage(scope.location(spec, service_key, field))
     except StorageError as error:
         if error.kind == "denied":
-            publishing = field != "ContentAcquisition"
-            raise storage_error_to_engine(error, publishing=publishing) from None
+            refused = storage_error_to_engine(error, publishing=field != "ContentAcquisition")
+            named = refused.message if field in refused.message else f"{field}: {refused.message}"
+            raise type(refused)(named, code=refused.code) from None
         raise JobValidationError([FieldError(f"{field}.UriPath", str(error))]) from None
 
 
