@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -73,16 +73,58 @@ def place(file: TrackFile, track: TrackInput) -> TimedTrack:
 
 
 def default_boundaries(duration: Fraction, segment_seconds: float) -> list[Fraction]:
-    """Segment starts after 0: every `segment_seconds` before the end."""
+    """Segment starts after 0: every `segment_seconds` before the end, but none that would
+    leave a last segment shorter than half a segment (`fold_remainder`)."""
     step = Fraction(segment_seconds).limit_denominator(1_000_000)
     if step <= 0:
         raise PackagingError(f"segment length must be positive, got {segment_seconds}")
     boundaries = []
     point = step
-    while point < duration - Fraction(1, 1000):
+    while point < duration:
         boundaries.append(point)
         point += step
-    return boundaries
+    return fold_remainder(boundaries, duration, segment_seconds)
+
+
+def fold_remainder(
+    boundaries: list[Fraction], duration: Fraction, segment_seconds: float | Fraction | None
+) -> list[Fraction]:
+    """`boundaries` (sorted) inside (0, `duration`) without those less than half a segment
+    before the end: a remainder that short joins the segment before it. (A sliver segment,
+    one AAC frame after the video's end, stopped hls.js before the end and started after the
+    MPD's duration.) `segment_seconds` None: the longest segment the boundaries make (given
+    boundaries, e.g. a packaging-only job's key frames)."""
+    inside = [b for b in boundaries if 0 < b < duration]
+    if segment_seconds is None:
+        step = max((b - a for a, b in itertools.pairwise([Fraction(0), *inside])), default=0)
+    else:
+        step = Fraction(segment_seconds).limit_denominator(1_000_000)
+    return [b for b in inside if duration - b >= step / 2]
+
+
+def trim(track: TimedTrack, end: Fraction) -> None:
+    """Drop the samples of an audio track presented from `end` (seconds, the video's end) on:
+    audio ends with the video. The encoder's last frame may still run past `end` (less than a
+    frame); the priming before 0 stays, skipped by the init segment's edit list."""
+    if track.kind != "audio":
+        return
+    presentation = track.presentation_time
+    keep = int(np.count_nonzero(presentation < end * track.timescale))
+    keep = max(keep, 1)
+    if keep >= len(track.file.samples):
+        return
+    if not (np.diff(presentation) >= 0).all():
+        return  # not in presentation order (never for audio): leave it whole
+    samples = track.file.samples
+    track.file = replace(
+        track.file,
+        samples=mp4.Samples(*(getattr(samples, name)[:keep] for name in _SAMPLE_COLUMNS)),
+    )
+    track.decode_time = track.decode_time[:keep]
+    track.composition_offset = track.composition_offset[:keep]
+
+
+_SAMPLE_COLUMNS = ("decode_time", "duration", "composition_offset", "size", "offset", "sync")
 
 
 def cut(track: TimedTrack, boundaries: list[Fraction]) -> list[Segment]:

@@ -63,7 +63,11 @@ def _key_frame_size(ref: SegmentRef) -> int:
 
 
 def _target_duration(durations: Sequence[Fraction]) -> int:
-    return max(1, math.ceil(max(durations, default=Fraction(1))))
+    """EXT-X-TARGETDURATION: the longest segment rounded to the nearest second (RFC 8216
+    4.3.3.1: each EXTINF, rounded, must not exceed it). Playlists write EXTINF to the
+    millisecond, so that is what is rounded."""
+    longest = max(durations, default=Fraction(1))
+    return max(1, math.floor(Fraction(round(longest * 1000), 1000) + Fraction(1, 2)))
 
 
 def _quote(value: str) -> str:

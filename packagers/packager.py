@@ -333,8 +333,10 @@ def package(
         boundaries = cmaf.default_boundaries(duration, spec.segment_seconds)
     else:
         points = sorted({Fraction(b).limit_denominator(1_000_000) for b in spec.boundaries})
-        boundaries = [b for b in points if 0 < b < duration]
+        boundaries = cmaf.fold_remainder(points, duration, None)
     for track in timed:
+        if videos is not timed:  # audio ends with the video (not one AAC frame after it)
+            cmaf.trim(track, duration)
         track.segments = cmaf.cut(track, boundaries)
     logger.info(
         "packaging %d tracks, %d segments of %.3f s, formats %s",

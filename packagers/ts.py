@@ -29,6 +29,10 @@ from packagers.layout import SegmentRef, TrackLayout
 
 TIME_OFFSET = 10  # seconds added to every TS timestamp
 TS_PACKET = 188
+# Audio frames gathered into one PES packet: up to half the muxer's `max_delay` (0.5 s) and
+# `AUDIO_PES_BYTES` (a whole number of TS packets with the 14-byte PES header).
+AUDIO_PES_DELAY_US = 1_000_000
+AUDIO_PES_BYTES = 48 * 184 - 14
 
 
 def write_ts_segments(
@@ -67,11 +71,25 @@ def write_ts_segments(
                 uri, at = f"{track.name}_{segment.number}.ts", 0
                 (folder / uri).write_bytes(data)
                 files.append(uri)
-            refs.append(SegmentRef(uri, at, len(data), segment.start, segment.duration, key_frame))
+            start, duration = _media_span(track, presentation, segment.first, segment.end)
+            refs.append(SegmentRef(uri, at, len(data), start, duration, key_frame))
             position += len(data)
     if single_file:
         return TrackLayout(track, refs, [single_uri], None)
     return TrackLayout(track, refs, files, None, media_template=f"{track.name}_$Number$.ts")
+
+
+def _media_span(
+    track: TimedTrack, presentation: np.ndarray, first: int, end: int
+) -> tuple[int, int]:
+    """(first pts, media duration) of samples [first, end), track timescale: what a reader
+    of the TS file finds, from the first presented sample to the end of the last, each lasting
+    the typical frame duration (TS has no sample durations; readers take the codec's frame
+    length). The playlist's EXTINF is this, not the CMAF segment's composition span, which
+    for audio starts at the boundary instead of at the first whole AAC frame after it."""
+    times = presentation[first:end]
+    start = int(times.min())
+    return start, int(times.max()) + track.frame_duration - start
 
 
 def _mux_segment(
@@ -86,8 +104,24 @@ def _mux_segment(
     """One TS file's bytes, from samples [first, end)."""
     buffer = io.BytesIO()
     time_base = Fraction(1, track.timescale)
-    # the muxer must not shift timestamps of its own: segments are muxed one by one
-    with av.open(buffer, "w", format="mpegts", options={"avoid_negative_ts": "disabled"}) as out:
+    # The muxer must not shift timestamps of its own (segments are muxed one by one): no
+    # negative-timestamp shift, and `mpegts_copyts` keeps `max_delay` out of the timestamps. That
+    # delay lets the muxer pack several AAC frames into one PES packet, up to
+    # `pes_payload_size`, as the ffmpeg CLI does (with 0.7 s and 2930 bytes; larger here, for
+    # less stuffing): one frame per PES spent about a third of the audio's TS bytes on
+    # headers and stuffing.
+    options = {
+        "avoid_negative_ts": "disabled",
+        "max_delay": str(AUDIO_PES_DELAY_US),
+        "pes_payload_size": str(AUDIO_PES_BYTES),
+        "mpegts_copyts": "1",
+        # PAT/PMT (and SDT) once, at the start of the segment (each segment is its own file
+        # and starts with them): by default they come every 0.1 s, before nearly every audio
+        # PES, another tenth of the bytes.
+        "pat_period": "3600",
+        "sdt_period": "3600",
+    }
+    with av.open(buffer, "w", format="mpegts", options=options) as out:
         stream = out.add_stream_from_template(template)
         for index, sample in enumerate(track.file.read_samples(first, end), start=first):
             packet = av.Packet(sample)

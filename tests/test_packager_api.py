@@ -103,11 +103,21 @@ def test_bad_inputs(packager_inputs, tmp_path):
 
 
 def test_explicit_boundaries(packager_inputs, tmp_path):
+    spec = PackageSpec(["Dash"], boundaries=[0.0, 2.0, 4.0])
+    result = package([_video(packager_inputs)], [], spec, tmp_path)
+    renditions = dash_renditions(tmp_path / "manifest.mpd")
+    assert renditions[0].durations == [2.0, 2.0, 1.0]
+    assert result.streams[0].segment_count == 3
+
+
+def test_explicit_boundaries_fold_a_short_remainder(packager_inputs, tmp_path):
+    # (issue 20) 4 s then 1 s: a remainder under half the boundaries' segment length joins
+    # the segment before it (it was a segment of its own)
     spec = PackageSpec(["Dash"], boundaries=[0.0, 4.0])
     result = package([_video(packager_inputs)], [], spec, tmp_path)
     renditions = dash_renditions(tmp_path / "manifest.mpd")
-    assert renditions[0].durations == [4.0, 1.0]
-    assert result.streams[0].segment_count == 2
+    assert renditions[0].durations == [5.0]
+    assert result.streams[0].segment_count == 1
 
 
 @pytest.mark.parametrize("formats", [["Dash"], ["DashOnDemand"], ["HlsTs"], ["Dash", "Hls"]])
