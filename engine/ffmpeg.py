@@ -14,6 +14,15 @@ propagating, so FFmpeg's chatter does not reach the application's log (as before
 only feed the error messages. An application that turned FFmpeg's log on itself keeps its
 output.
 
+Why PyAV keeps the log off by default, and what that asks of us: with it on, a thread of
+FFmpeg's that logs must take the GIL. A frame-threaded decoder freed while its threads still
+decode (a container closed mid-stream, with the GIL held, as PyAV frees codec contexts) waits
+for a thread that waits for the GIL: the process hangs (PyAV issues #751, #909; a corrupt source
+closed mid-stream hangs within a few hundred tries). Hence `close_input()`: it parks the
+decoders' threads with the GIL released before the container goes. Every input container that
+frame-threaded decoders read must be closed with it. And the log goes off again at interpreter
+exit, where a late line would hang the shutdown.
+
 Secrets stay out: an error's text names the file, never its folder (the work folder is the
 server's business) and URLs lose their user info and query (credentials, SAS tokens). PyAV's
 own `str(error)` quotes the full path, so it is never used.
@@ -25,6 +34,8 @@ jobs in one process, a job whose own thread logged nothing may show another job'
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import errno
 import logging
 import re
@@ -126,7 +137,21 @@ def watch_log() -> None:
         if libav.level == logging.NOTSET or libav.level > logging.WARNING:
             libav.setLevel(logging.WARNING)
         libav.addHandler(_lines)
+        # At exit a line logged during finalisation would wait for the GIL forever.
+        atexit.register(av.logging.set_level, None)
         _installed = True
+
+
+def close_input(container: av.container.InputContainer) -> None:
+    """Close an input container whose streams were decoded with frame threads, safely with
+    FFmpeg's log on: flushing the decoders first waits for their threads with the GIL released
+    (module docs), so that freeing them later never waits on a thread that waits to log."""
+    for stream in container.streams:
+        context = stream.codec_context
+        if context is not None:
+            with contextlib.suppress(Exception):  # a decoder that cannot flush: nothing to wait
+                context.flush_buffers()
+    container.close()
 
 
 def log_mark() -> int:

@@ -44,7 +44,7 @@ from av.video.reformatter import Interpolation, VideoReformatter
 
 from engine.encoders import EncoderChoice
 from engine.errors import EncodingError, SourceError
-from engine.ffmpeg import encoder_command, error_message, log_mark
+from engine.ffmpeg import close_input, encoder_command, error_message, log_mark
 from engine.media import AudioRendition, VideoRendition, VideoTrackInfo
 from engine.quality import QualityMeter, QualitySettings, RenditionQuality
 from engine.watermark import Watermarker
@@ -415,7 +415,7 @@ def _transcode_file(
             rung.abort()
         for pipe in audio_pipes:
             pipe.abort()
-        container.close()
+        close_input(container)  # the decoders may still be busy (an error, a cancellation)
 
 
 def _log_settings(
