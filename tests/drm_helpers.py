@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from e2e_helpers import Track, read_dash, read_hls
 
 from drm.cenc import protected_ranges
 from engine.pipeline import run_job
@@ -527,3 +528,26 @@ __all__ = [
     "shaka_decrypt",
     "write_joined",
 ]
+
+
+def packaged_tracks(run: DrmRun) -> tuple[list[Path], list[Track]]:
+    """The master manifests of a run's package and its distinct media tracks (a track listed
+    by DASH and HLS alike, same files and ranges, counts once)."""
+    manifests: list[Path] = []
+    tracks: list[Track] = []
+    seen: set[tuple] = set()
+    for manifest in run.one("ContentPublished")["Manifests"]:
+        path = run.output_dir / manifest
+        if path.suffix == ".mpd":
+            _, listed = read_dash(path)
+        elif "#EXT-X-STREAM-INF" in path.read_text():
+            _, listed = read_hls(path)
+        else:
+            continue
+        manifests.append(path)
+        for track in listed:
+            pieces = tuple((p.path, p.offset, p.length) for p in [track.init, *track.segments])
+            if track.kind in ("video", "audio") and pieces not in seen:
+                seen.add(pieces)
+                tracks.append(track)
+    return manifests, tracks

@@ -43,12 +43,13 @@ from drm_helpers import (
     assert_no_secret,
     clear_samples,
     digest,
+    packaged_tracks,
     read_protected,
     run_drm_job,
     shaka_decrypt,
     write_joined,
 )
-from e2e_helpers import Track, input_folder, make_job, read_dash, read_hls
+from e2e_helpers import Track, input_folder, make_job
 from mediagen import make_media
 
 from drm.credentials import ServiceKey, encrypt_for_certificate
@@ -243,21 +244,9 @@ def outcome(env: dict[str, Any], name: str) -> Outcome:
         groups = dict.fromkeys(("AUDIO", "SD"), rules["ALL"])
     keys = {kid: CpixServer.key_for(KEY_SEED, kid) for kid in set(groups.values())}
     result = Outcome(plan, run, server, request, keys, groups)
-    seen: set[tuple] = set()
-    for manifest in run.one("ContentPublished")["Manifests"]:
-        path = run.output_dir / manifest
-        if path.suffix == ".mpd":
-            _, tracks = read_dash(path)
-        elif "#EXT-X-STREAM-INF" in path.read_text():
-            _, tracks = read_hls(path)
-        else:
-            continue
-        result.manifests.append(path)
-        for track in tracks:
-            pieces = tuple((p.path, p.offset, p.length) for p in [track.init, *track.segments])
-            if track.kind in ("video", "audio") and pieces not in seen:
-                seen.add(pieces)
-                result.tracks.append(track)
+    manifests, tracks = packaged_tracks(run)
+    result.manifests.extend(manifests)
+    result.tracks.extend(tracks)
     env["runs"][name] = result
     return result
 
