@@ -165,11 +165,14 @@ def choose_encoder(
     segment_seconds: float,
     hdr: HdrInfo | None = None,
     nvenc_session: bool = True,
+    ten_bit: bool = False,
 ) -> EncoderChoice:
     """Encoder name and options for one rendition.
 
     `hdr` is given when the output must carry HDR10 (H.265 with ExtractAndApplyHDR on an HDR
     source): 10-bit output with the colour description and mastering metadata.
+    `ten_bit`: H.265 output in 10 bits (Main 10) without HDR signalling, for a source of 10
+    bits or more (H.264 stays 8-bit whatever this says).
     `nvenc_session` is False when the node's NVENC sessions are all taken (see
     `assign_encoders`): the rendition then goes to the CPU with a warning, whatever the mode.
     Raises HardwareUnavailableError (3102) when `Nvidia` is demanded and NVENC is absent or
@@ -181,16 +184,17 @@ def choose_encoder(
     cpu = CPU_ENCODERS[codec]
     warning = None
     if hardware_acceleration != HardwareAcceleration.Off:
-        ten_bit = hdr is not None and codec == "H265"
-        if nvenc in capabilities.nvenc_encoders and ten_bit and not capabilities.nvenc_10bit:
+        deep = (hdr is not None or ten_bit) and codec == "H265"
+        if nvenc in capabilities.nvenc_encoders and deep and not capabilities.nvenc_10bit:
             reason = f"{nvenc} on {capabilities.gpu_name or 'this GPU'} cannot encode 10-bit"
+            what = "HDR10" if hdr is not None else "10-bit"
             if hardware_acceleration == HardwareAcceleration.Nvidia:
-                raise HardwareUnavailableError(f"HardwareAcceleration Nvidia: {reason} (HDR10)")
-            warning = f"encoding the HDR10 renditions on the CPU: {reason}"
+                raise HardwareUnavailableError(f"HardwareAcceleration Nvidia: {reason} ({what})")
+            warning = f"encoding the {what} renditions on the CPU: {reason}"
         elif nvenc in capabilities.nvenc_encoders:
             if nvenc_session:
                 return nvenc_choice(
-                    codec, optimize_for, bitrate_kbps, frame_rate, segment_seconds, hdr
+                    codec, optimize_for, bitrate_kbps, frame_rate, segment_seconds, hdr, ten_bit
                 )
             warning = (
                 f"{SESSIONS_BUSY}: all {capabilities.nvenc_sessions} NVENC sessions of "
@@ -206,7 +210,9 @@ def choose_encoder(
             warning = f"encoding on the CPU: {capabilities.no_nvenc_reason(nvenc)}"
     if cpu not in capabilities.cpu_encoders:
         raise EncodingError(f"no encoder for {codec} on this node: {cpu} is missing")
-    return cpu_choice(codec, optimize_for, bitrate_kbps, frame_rate, segment_seconds, hdr, warning)
+    return cpu_choice(
+        codec, optimize_for, bitrate_kbps, frame_rate, segment_seconds, hdr, warning, ten_bit
+    )
 
 
 def _rate_options(bitrate_kbps: int) -> dict[str, str]:
@@ -222,8 +228,9 @@ def cpu_choice(
     segment_seconds: float,
     hdr: HdrInfo | None = None,
     warning: str | None = None,
+    ten_bit: bool = False,
 ) -> EncoderChoice:
-    """libx264 / libx265 settings for one rendition."""
+    """libx264 / libx265 settings for one rendition (`ten_bit`: libx265 in Main 10)."""
     encoder = CPU_ENCODERS[codec]
     gop = keyframe_interval(frame_rate, segment_seconds)
     options = {"preset": CPU_PRESETS[encoder][optimize_for], **_rate_options(bitrate_kbps)}
@@ -243,8 +250,9 @@ def cpu_choice(
         "log-level=error",
     ]
     pix_fmt = "yuv420p"
+    if hdr is not None or ten_bit:
+        pix_fmt = "yuv420p10le"  # libx265 chooses the Main 10 profile from the input format
     if hdr is not None:
-        pix_fmt = "yuv420p10le"
         params += _x265_hdr_params(hdr)
     options["x265-params"] = ":".join(params)
     options["forced-idr"] = "1"
@@ -274,8 +282,10 @@ def nvenc_choice(
     frame_rate: float,
     segment_seconds: float,
     hdr: HdrInfo | None = None,
+    ten_bit: bool = False,
 ) -> EncoderChoice:
-    """h264_nvenc / hevc_nvenc settings for one rendition (see the module's table).
+    """h264_nvenc / hevc_nvenc settings for one rendition (see the module's table);
+    `ten_bit`: hevc_nvenc in Main 10 from P010 frames.
 
     `frame_rate` and `segment_seconds` are not needed (infinite GOP, forced IDRs); they are
     taken for symmetry with `cpu_choice`."""
@@ -307,6 +317,9 @@ def nvenc_choice(
     name = NVENC_ENCODERS[codec]
     if codec == "H264":
         options["profile"] = "high"
+    elif hdr is None and ten_bit:
+        pix_fmt = "p010le"
+        options["profile"] = "main10"
     elif hdr is not None:
         # HDR10: 10-bit main10 from P010 frames, the colour description in the VUI; the
         # mastering-display and light-level SEI come from the frames' side data (decoded from
@@ -356,6 +369,7 @@ class _RungSettings(TypedDict):
     frame_rate: float
     segment_seconds: float
     hdr: HdrInfo | None
+    ten_bit: bool
 
 
 def assign_encoders(
@@ -368,10 +382,11 @@ def assign_encoders(
     segment_seconds: float,
     hdr: HdrInfo | None = None,
     sessions: int | None = None,
+    ten_bit: bool = False,
 ) -> EncoderAssignment:
     """`choose_encoder` for every rung, with at most `sessions` (default: the probed number)
     NVENC sessions: the largest renditions get them, the rest go to the CPU (module docs).
-    `hdr` applies to the H.265 renditions only."""
+    `hdr` and `ten_bit` (a source of 10 bits or more) apply to the H.265 renditions only."""
     free = capabilities.nvenc_sessions if sessions is None else sessions
     by_size = sorted(
         range(len(renditions)),
@@ -388,6 +403,7 @@ def assign_encoders(
             "frame_rate": frame_rate,
             "segment_seconds": segment_seconds,
             "hdr": rung_hdr,
+            "ten_bit": ten_bit and rendition.codec == "H265",
         }
         choice = choose_encoder(
             rendition.codec,

@@ -113,6 +113,8 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
             segment_seconds=processing.segment_length_in_seconds,
             hdr=_hdr_metadata(scope, mapped.video),
             sessions=sessions,
+            # H.265 keeps a 10-bit (or deeper) source's depth: Main 10 (H.264 stays 8-bit)
+            ten_bit=mapped.video is not None and mapped.video.bit_depth >= 10,
         )
     except BaseException:
         NVENC_SESSIONS.release(sessions)
