@@ -62,6 +62,7 @@ from engine.service.auth import (
     NotAuthorized,
     Principal,
 )
+from engine.service.console import check_submission, install_console
 from engine.service.jobs import (
     InvalidJob,
     JobService,
@@ -158,7 +159,9 @@ class BodyLimitMiddleware:
 class PathCaseMiddleware:
     """Routes match case-insensitively: the fixed segments are rewritten to their spelling."""
 
-    FIRST = {s.lower(): s for s in ("Job", "reporting", "certificate", "health", "metrics", "api")}
+    NAMES = ("Job", "reporting", "certificate", "health", "metrics", "api", "console", "events")
+    FIRST = {s.lower(): s for s in NAMES}
+    JOB_ACTIONS = {s.lower(): s for s in ("Cancel", "events", "output", "ClearKey")}
 
     def __init__(self, app):
         self.app = app
@@ -169,8 +172,10 @@ class PathCaseMiddleware:
             segments = path.split("/")
             if len(segments) > 1 and segments[1].lower() in self.FIRST:
                 segments[1] = self.FIRST[segments[1].lower()]
-                if segments[1] == "Job" and len(segments) == 4 and segments[3].lower() == "cancel":
-                    segments[3] = "Cancel"
+                if segments[1] == "Job" and len(segments) >= 4:
+                    segments[3] = self.JOB_ACTIONS.get(segments[3].lower(), segments[3])
+                if segments[1] == "Job" and len(segments) == 3:
+                    segments[2] = {"validate": "Validate"}.get(segments[2].lower(), segments[2])
                 if segments[1] == "api" and len(segments) > 2 and segments[2].lower() == "help":
                     segments[2] = "help"
                 rewritten = "/".join(segments)
@@ -321,23 +326,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         responses={400: {"description": "invalid job, every field error listed"}},
     )
     async def create_job(request: Request, who: Principal = Depends(principal)):
-        if not _is_json(request.headers.get("content-type")):
-            return _message(415, "The request body must be JSON (Content-Type: application/json)")
-        body = await request.body()
-        if _nesting_deeper_than(body, MAX_JSON_DEPTH):
-            return _message(
-                400,
-                "The request body is nested too deeply",
-                Errors=[{"Field": "$", "Message": f"nested deeper than {MAX_JSON_DEPTH} levels"}],
-            )
-        try:
-            document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            return _message(
-                400,
-                "The request body is not valid JSON",
-                Errors=[{"Field": "$", "Message": f"not valid JSON: {error}"}],
-            )
+        document = await _json_body(request)
+        if isinstance(document, JSONResponse):
+            return document
         try:
             submission = await run_in_threadpool(service.prepare, document, who.tenant_id)
             keys = await _creation_keys(submission)
@@ -357,6 +348,25 @@ def create_app(settings: ServerSettings) -> FastAPI:
         except Exception:  # the job is stored: a queue sweep or the next start runs it
             log.exception("job %s: stored, but the queue did not take it now", answer["JobId"])
         return JSONResponse(answer, status_code=201)
+
+    @app.post(
+        "/Job/Validate",
+        tags=["Job"],
+        summary="Check a job as POST /Job would, without creating it (console)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
+    async def validate_job(request: Request, who: Principal = Depends(principal)):
+        """200 `{"Valid", "Errors", "Warnings"}`: every problem with its JSON path; nothing is
+        stored and no Key Service is asked."""
+        document = await _json_body(request)
+        if isinstance(document, JSONResponse):
+            return document
+        return await run_in_threadpool(check_submission, service, document, who.tenant_id)
 
     @app.get("/Job/{JobId}", tags=["Job"], summary="State, phase, progress, events, outputs")
     def get_job(JobId: str, who: Principal = Depends(principal)):
@@ -448,7 +458,29 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def metrics():
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    install_console(app, store, service, principal)  # /console, job list, events, preview
     return app
+
+
+async def _json_body(request: Request) -> Any:
+    """The parsed JSON body of a job request, or the 415/400 answer that refuses it."""
+    if not _is_json(request.headers.get("content-type")):
+        return _message(415, "The request body must be JSON (Content-Type: application/json)")
+    body = await request.body()
+    if _nesting_deeper_than(body, MAX_JSON_DEPTH):
+        return _message(
+            400,
+            "The request body is nested too deeply",
+            Errors=[{"Field": "$", "Message": f"nested deeper than {MAX_JSON_DEPTH} levels"}],
+        )
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return _message(
+            400,
+            "The request body is not valid JSON",
+            Errors=[{"Field": "$", "Message": f"not valid JSON: {error}"}],
+        )
 
 
 def _not_found() -> JSONResponse:
