@@ -233,6 +233,9 @@ class RenditionQuality:
     step: int  # every step-th frame measured
     bitrate_kbps: float  # the encoded bitstream's average bitrate
     vmaf_error: str | None = None  # why VMAF is missing, when it was asked for and failed
+    # (output frame index, VMAF) of every scored frame; per-segment scores (EncodingMode
+    # PerScene, engine.perscene) are made from them
+    vmaf_frames: tuple[tuple[int, float], ...] = ()
 
     def stream_fields(self) -> dict[str, Any]:
         """The quality fields of a stream in `EncodingFinished`."""
@@ -360,8 +363,10 @@ class QualityMeter:
                 self._compare(frame)
         self.pending.clear()
         vmaf, vmaf_error = (None, None)
+        vmaf_frames: tuple[tuple[int, float], ...] = ()
         if self.vmaf is not None:
             vmaf, vmaf_error = self.vmaf.finish()
+            vmaf_frames = self.vmaf.frame_scores
             self.vmaf = None
         count = max(self.scores.count, 1)
         rate = self.encoder.framerate or (1 / self.encoder.time_base)
@@ -375,6 +380,7 @@ class QualityMeter:
             step=self.settings.step,
             bitrate_kbps=float(self.bits / 1000 / duration) if duration > 0 else 0.0,
             vmaf_error=vmaf_error,
+            vmaf_frames=vmaf_frames,
         )
 
     def abort(self) -> None:
@@ -440,6 +446,7 @@ class _VmafPipe:
         )
         self.queue: queue.Queue = queue.Queue(self.QUEUE)
         self.error: str | None = None
+        self.frame_scores: tuple[tuple[int, float], ...] = ()  # set by finish()
         self.thread = threading.Thread(target=self._write, name=f"vmaf-{label}", daemon=True)
         self.thread.start()
 
@@ -478,7 +485,11 @@ class _VmafPipe:
             if code != 0:
                 detail = (self.folder / "stderr.txt").read_text(errors="replace").strip()
                 return None, f"ffmpeg exited with {code}: {detail[-300:] or self.error}"
-            pooled = json.loads(self.log.read_text())["pooled_metrics"]["vmaf"]
+            scores = json.loads(self.log.read_text())
+            pooled = scores["pooled_metrics"]["vmaf"]
+            self.frame_scores = tuple(
+                (int(f["frameNum"]), float(f["metrics"]["vmaf"])) for f in scores.get("frames", [])
+            )
             return float(pooled["mean"]), None
         except (OSError, ValueError, KeyError) as error:
             return None, f"no VMAF score in ffmpeg's log: {error}"

@@ -10,7 +10,7 @@ from drm.credentials import ServiceKey
 from drm.keys import DrmKeyError
 from engine.errors import DrmError, EngineError, ImageExtractionError, JobValidationError
 from engine.events import EventType
-from engine.job import DrmProtection, EncodingMode, Job, Protection
+from engine.job import DrmProtection, Job, Protection
 from engine.keys import keys_from_job, possible_quality_groups
 from engine.locations import storage_error_to_engine
 from engine.pipeline.payloads import job_created_fields
@@ -72,11 +72,6 @@ def pre_validate(
     scope.events.emit(EventType.JOB_CREATED, **created)
     for warning in scope.warnings:
         scope.events.warning("UnknownProperty", f"{warning.field}: {warning.message}")
-    if scope.processing.encoding_mode == EncodingMode.PerScene:
-        scope.events.warning(
-            "PerSceneNotAvailable",
-            "EncodingMode PerScene is not available yet: the default ladder is used",
-        )
     return Prepared(source, target, keys, service_key)
 
 

@@ -1,0 +1,528 @@
+"""EncodingMode PerScene (contract §5.3): content-aware rate control that aims every scene of
+every rung at `PerSceneEncoding.TargetVmafScore`, with the rung's configured bitrate as a cap.
+
+Three parts, the middle one pure (tests/test_perscene.py tables):
+
+1. `analyse` — one decode pass over the source, before the transcode. Every prepared frame
+   (the transcoder's own `_FramePreparer`: deinterlace, rotation, constant rate, so frame
+   indices are the output's) is shrunk to 64x36 luma for scene-cut detection. Every
+   `CLIP_SPACING_S` seconds a clip of `CLIP_FRAMES` frames is taken and, at every rung's size,
+   probe-encoded with the rung's own encoder and preset at the `PROBE_CRFS`; the decoded probes
+   are scored by libvmaf (vmaf_v0.6.1, the same ffmpeg as QualityMetrics) against the clip
+   scaled to the rung's size. The clip's first frame (its I-frame, and VMAF's motion feature
+   without a true predecessor) is encoded but not scored. Clips are probed as they come: the
+   pass holds one clip at a time, so memory stays flat.
+2. `plan_rates` — per rung and scene, the CRF where the scene's VMAF-vs-CRF curve (clips of
+   the scene averaged) crosses the target plus `TARGET_MARGIN` (piecewise linear, monotone,
+   extrapolated with the end slopes, clamped to `CRF_RANGE`). The rung gets one base CRF (the
+   frame-weighted mean) and x264/x265 zones `b=2^((base - crf_scene)/6)` that move the
+   scenes to their own CRF (a zone factor b scales the rate like CRF - 6 log2 b, measured).
+3. `rate_choice` — the encoder settings: CRF + VBV with maxrate = bufsize = the rung's
+   configured bitrate (the cap; a 1 s buffer bounds a 4 s segment at 1.25x the cap), zones in
+   x264-params/x265-params; everything about keyframes (forced segment IDRs, no scene-cut
+   keyframes, closed GOPs) stays exactly as in Default. NVENC: constant quality (`rc=vbr`,
+   `cq`, no target bitrate) under the same maxrate/bufsize; NVENC has no zones, so the rung's
+   base CQ applies to every scene (code path only: not run on a GPU yet).
+
+After the transcode (in which every rung's VMAF is measured per frame, engine.quality),
+`rung_outcomes` gives per rung the average and peak bitrate (from the encoded packets, per
+segment), VMAF mean and 5th percentile of per-segment means, and `near_duplicates` says which
+rungs to drop (within 10 % of the next lower kept rung; the top rung is never dropped: when it
+is the near-duplicate, the lower one goes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+from av.video.frame import PictureType
+from av.video.reformatter import Interpolation
+
+from engine.encoders import CPU_PRESETS, EncoderChoice
+from engine.quality import RenditionQuality, _VmafPipe
+from engine.transcode import TranscodePlan, VideoOutput, _FramePreparer, boundary_frames
+
+DEFAULT_TARGET = 95.0
+TARGET_MARGIN = 0.5  # aim a little above the target: probes on short clips are optimistic
+PROBE_CRFS = {"H264": (18.0, 26.0, 34.0), "H265": (20.0, 28.0, 36.0)}
+CRF_RANGE = (12.0, 45.0)
+MIN_SLOPE = 0.25  # VMAF points per CRF step, at least, when extrapolating
+CLIP_FRAMES = 5  # per probe clip; the first is encoded, not scored
+CLIP_SPACING_S = 2.0
+THUMB = (64, 36)  # scene-cut detection size
+CUT_ABS = 18.0  # mean absolute luma difference (0..255) that may be a cut
+CUT_RELATIVE = 3.0  # ... and this many times the recent mean difference
+MIN_SCENE_S = 1.0
+NEAR_DUPLICATE = 0.10
+MAX_ZONE_FACTOR = 8.0
+
+Progress = Callable[[float], None]
+Cancel = Callable[[], None]
+
+
+# ----------------------------------------------------------------------------------- scenes
+
+
+def detect_cuts(differences: Sequence[float], frame_rate: float) -> list[int]:
+    """Scene starts (frame indices, 0 first) from the mean absolute luma difference between
+    each frame and the one before (`differences[i]` for frame i; `differences[0]` unused).
+    A cut: above `CUT_ABS` and `CUT_RELATIVE` times the mean of the previous ten differences;
+    a cut less than `MIN_SCENE_S` after the last scene start is ignored."""
+    starts = [0]
+    min_gap = max(1, round(MIN_SCENE_S * frame_rate))
+    for i in range(1, len(differences)):
+        recent = differences[max(1, i - 10) : i]
+        level = float(np.mean(recent)) if recent else 0.0
+        value = differences[i]
+        if value > CUT_ABS and value > CUT_RELATIVE * max(level, 1.0):
+            if i - starts[-1] >= min_gap:
+                starts.append(i)
+    return starts
+
+
+# ---------------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class ClipProbe:
+    """One probe clip at one rung: where it starts, VMAF and estimated kbps at each CRF."""
+
+    start: int  # output frame index of the clip's first frame
+    vmaf: tuple[float, ...]  # per PROBE_CRFS value
+    kbps: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the analysis pass found: scene starts, frame count, probes per rung name."""
+
+    frames: int
+    frame_rate: float
+    scene_starts: tuple[int, ...]
+    crfs: tuple[float, ...]
+    probes: dict[str, tuple[ClipProbe, ...]]
+    seconds: float = 0.0  # wall time of the pass
+
+
+@dataclass(frozen=True)
+class RungRate:
+    """A rung's PerScene rate control: base CRF, zones (first frame, last frame, factor)."""
+
+    name: str
+    crf: float
+    zones: tuple[tuple[int, int, float], ...]
+    scene_crfs: tuple[float, ...]
+    predicted_vmaf: float  # frame-weighted mean of the scenes' predicted VMAF (probes)
+    predicted_kbps: float  # frame-weighted probe estimate (before the cap)
+    scenes: int = 1
+    target: float = DEFAULT_TARGET
+
+
+def crf_for_target(crfs: Sequence[float], vmafs: Sequence[float], target: float) -> float:
+    """The CRF where VMAF(crf), piecewise linear through the probe points (made monotone
+    non-increasing), equals `target`; end slopes (at least `MIN_SLOPE`) beyond the probes;
+    clamped to `CRF_RANGE`."""
+    points = sorted(zip(crfs, vmafs, strict=True))
+    xs = [p[0] for p in points]
+    ys = list(np.minimum.accumulate([p[1] for p in points]))
+    if target >= ys[0]:
+        slope = max((ys[0] - ys[1]) / (xs[1] - xs[0]), MIN_SLOPE) if len(xs) > 1 else MIN_SLOPE
+        crf = xs[0] - (target - ys[0]) / slope
+    elif target <= ys[-1]:
+        slope = max((ys[-2] - ys[-1]) / (xs[-1] - xs[-2]), MIN_SLOPE) if len(xs) > 1 else MIN_SLOPE
+        crf = xs[-1] + (ys[-1] - target) / slope
+    else:
+        crf = xs[-1]
+        for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:], strict=False):
+            if y0 >= target >= y1:
+                crf = x0 if y0 == y1 else x0 + (y0 - target) * (x1 - x0) / (y0 - y1)
+                break
+    return float(min(max(crf, CRF_RANGE[0]), CRF_RANGE[1]))
+
+
+def _interpolate(crfs: Sequence[float], values: Sequence[float], crf: float, log: bool) -> float:
+    ys = np.log(np.maximum(values, 1e-6)) if log else np.asarray(values)
+    value = float(np.interp(crf, crfs, ys))
+    return math.exp(value) if log else value
+
+
+def _scene_of(start: int, scene_starts: Sequence[int]) -> int:
+    """The scene holding most of a clip starting at `start`."""
+    middle = start + CLIP_FRAMES // 2
+    return max(i for i, s in enumerate(scene_starts) if s <= middle)
+
+
+def plan_rates(analysis: Analysis, target: float) -> list[RungRate]:
+    """Per rung: each scene's CRF for `target` (+ `TARGET_MARGIN`), the base CRF and zones
+    (module docs). A scene without a probe clip of its own uses the nearest clip."""
+    starts = list(analysis.scene_starts)
+    ends = [*starts[1:], analysis.frames]
+    lengths = [e - s for s, e in zip(starts, ends, strict=True)]
+    crfs = analysis.crfs
+    plans = []
+    for name, probes in analysis.probes.items():
+        if not probes:
+            continue
+        scene_crfs, scene_vmaf, scene_kbps = [], [], []
+        for index, (first, end) in enumerate(zip(starts, ends, strict=True)):
+            own = [p for p in probes if _scene_of(p.start, starts) == index]
+            if not own:
+                middle = (first + end) / 2
+                own = [min(probes, key=lambda p: abs(p.start + CLIP_FRAMES / 2 - middle))]
+            vmaf = np.mean([p.vmaf for p in own], axis=0)
+            kbps = np.exp(np.mean([np.log(np.maximum(p.kbps, 1e-3)) for p in own], axis=0))
+            crf = round(crf_for_target(crfs, list(vmaf), target + TARGET_MARGIN), 1)
+            scene_crfs.append(crf)
+            scene_vmaf.append(min(100.0, _interpolate(crfs, list(vmaf), crf, log=False)))
+            scene_kbps.append(_interpolate(crfs, list(kbps), crf, log=True))
+        weights = np.asarray(lengths, dtype=float)
+        base = round(float(np.average(scene_crfs, weights=weights)), 1)
+        zones = []
+        if len(set(scene_crfs)) > 1:
+            for first, end, crf in zip(starts, ends, scene_crfs, strict=True):
+                factor = min(max(2 ** ((base - crf) / 6), 1 / MAX_ZONE_FACTOR), MAX_ZONE_FACTOR)
+                if abs(factor - 1) > 0.01:
+                    zones.append((first, end - 1, round(factor, 3)))
+        plans.append(
+            RungRate(
+                name,
+                base,
+                tuple(zones),
+                tuple(scene_crfs),
+                float(np.average(scene_vmaf, weights=weights)),
+                float(np.average(scene_kbps, weights=weights)),
+                len(starts),
+                target,
+            )
+        )
+    return plans
+
+
+def rate_choice(choice: EncoderChoice, rate: RungRate, cap_kbps: int) -> EncoderChoice:
+    """`choice` (Default's settings) with PerScene rate control: CRF/CQ, zones, VBV at the cap.
+    Keyframe settings are left exactly as they are."""
+    options = {k: v for k, v in choice.options.items() if k not in ("b", "maxrate", "bufsize")}
+    if choice.hardware:  # NVENC: constant quality under the cap, no zones (module docs)
+        options.update(
+            {
+                "rc": "vbr",
+                "cq": str(max(1, min(51, round(rate.crf)))),
+                "maxrate": f"{cap_kbps}k",
+                "bufsize": f"{cap_kbps}k",
+            }
+        )
+        return replace(choice, options=options, bit_rate=0)
+    key = "x264-params" if choice.name == "libx264" else "x265-params"
+    params = [options[key]] if options.get(key) else []
+    params += [f"crf={rate.crf:g}", f"vbv-maxrate={cap_kbps}", f"vbv-bufsize={cap_kbps}"]
+    if rate.zones:
+        params.append("zones=" + "/".join(f"{a},{b},b={f:g}" for a, b, f in rate.zones))
+    options[key] = ":".join(params)
+    return replace(choice, options=options, bit_rate=0)
+
+
+def near_duplicates(kbps: Sequence[float]) -> list[int]:
+    """Indices (ladder order, lowest first) of rungs to drop: a rung within `NEAR_DUPLICATE`
+    of the bitrate of the next lower kept rung goes; the top rung is never dropped (when it is
+    the near-duplicate, the lower one goes instead)."""
+    if not kbps:
+        return []
+    kept = [0]
+    dropped = []
+    top = len(kbps) - 1
+    for i in range(1, len(kbps)):
+        if kbps[i] <= kbps[kept[-1]] * (1 + NEAR_DUPLICATE):
+            if i == top:
+                dropped.append(kept.pop())
+                kept.append(i)
+            else:
+                dropped.append(i)
+        else:
+            kept.append(i)
+    return sorted(dropped)
+
+
+def segment_scores(
+    frame_scores: Sequence[tuple[int, float]], starts: Sequence[int], frames: int
+) -> list[float]:
+    """Mean VMAF per segment (segments start at `starts`), from (frame index, score) pairs;
+    segments without a scored frame are left out."""
+    ends = [*list(starts[1:]), frames]
+    scores = []
+    for first, end in zip(starts, ends, strict=True):
+        inside = [s for i, s in frame_scores if first <= i < end]
+        if inside:
+            scores.append(float(np.mean(inside)))
+    return scores
+
+
+def segment_starts(frame_rate: Fraction, segment_seconds: float, frames: int) -> list[int]:
+    """The output frame indices that start a segment (as the transcoder forces IDRs)."""
+    starts = []
+    for index in boundary_frames(frame_rate, segment_seconds):
+        if index >= frames:
+            break
+        starts.append(index)
+    return starts
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (linear), None for no values."""
+    return float(np.percentile(values, q)) if values else None
+
+
+@dataclass(frozen=True)
+class PerSceneQuality(RenditionQuality):
+    """A PerScene rung's measured quality and rate, with the fields it adds to its stream in
+    `EncodingFinished` and to its `QualityMetrics` entry in the report."""
+
+    cap_kbps: int = 0
+    average_kbps: float = 0.0
+    peak_kbps: float = 0.0  # the largest segment's rate
+    vmaf_p5: float | None = None  # 5th percentile of per-segment VMAF means
+    scenes: int = 0
+    crf: float = 0.0
+    target_vmaf: float = DEFAULT_TARGET
+    segment_vmaf: tuple[float, ...] = field(default=())
+
+    def per_scene_fields(self) -> dict[str, Any]:
+        """The PerScene fields (contract §5.3)."""
+        return {
+            "PerScene": {
+                "TargetVmaf": self.target_vmaf,
+                "CapBitrateInKbps": self.cap_kbps,
+                "AverageBitrateInKbps": round(self.average_kbps, 1),
+                "PeakBitrateInKbps": round(self.peak_kbps, 1),
+                "VmafMean": self.vmaf,
+                "VmafP5Segments": None if self.vmaf_p5 is None else round(self.vmaf_p5, 3),
+                "Scenes": self.scenes,
+                "Crf": self.crf,
+            }
+        }
+
+    def stream_fields(self) -> dict[str, Any]:
+        return {**super().stream_fields(), **self.per_scene_fields()}
+
+    def report_entry(self, name: str, bitrate_kbps: int, width: int, height: int) -> dict:
+        return {
+            **super().report_entry(name, bitrate_kbps, width, height),
+            **self.per_scene_fields(),
+        }
+
+
+def packet_rates(
+    path: Any, starts: Sequence[int], frame_rate: Fraction, frames: int
+) -> tuple[float, float]:
+    """(average kbps, peak segment kbps) of an encoded rung of `frames` frames, from its
+    packets' sizes (segments start at `starts`)."""
+    rate = float(frame_rate)
+    sizes = [0] * max(len(starts), 1)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None or packet.time_base is None:
+                continue
+            index = round(float(packet.pts * packet.time_base) * rate)
+            segment = max((i for i, s in enumerate(starts) if s <= index), default=0)
+            sizes[segment] += packet.size
+    duration = frames / rate
+    average = sum(sizes) * 8 / 1000 / duration if duration > 0 else 0.0
+    ends = [*starts[1:], frames]
+    peak = 0.0
+    for size, first, end in zip(sizes, starts, ends, strict=False):
+        if end > first:
+            peak = max(peak, size * 8 / 1000 / ((end - first) / rate))
+    return average, peak
+
+
+# ---------------------------------------------------------------------------------- analysis
+
+
+class _Prober:
+    """One rung's probes: encodes a clip at each CRF, scores it with libvmaf (one ffmpeg per
+    CRF for the whole pass; the clip's first frame is not scored)."""
+
+    def __init__(
+        self, output: VideoOutput, frame_rate: Fraction, crfs: Sequence[float], ffmpeg: str
+    ):
+        self.output = output
+        self.frame_rate = frame_rate
+        self.crfs = list(crfs)
+        rendition = output.rendition
+        self.pipes = [
+            _VmafPipe(ffmpeg, rendition.width, rendition.height, "yuv420p", 1, 1, rendition.name)
+            for _ in self.crfs
+        ]
+        # (start, kbps per crf, (first scored frame number, count) per crf)
+        self.clips: list[tuple[int, list[float], list[tuple[int, int]]]] = []
+        self.pushed = [0] * len(self.crfs)
+
+    def _context(self, crf: float) -> av.VideoCodecContext:
+        choice = self.output.encoder
+        name = (
+            choice.name
+            if not choice.hardware
+            else ("libx264" if "264" in choice.name else "libx265")
+        )
+        context = av.CodecContext.create(name, "w")
+        assert isinstance(context, av.VideoCodecContext)
+        rendition = self.output.rendition
+        context.width, context.height = rendition.width, rendition.height
+        context.pix_fmt = "yuv420p"
+        context.time_base = 1 / self.frame_rate
+        context.framerate = self.frame_rate
+        preset = choice.options.get("preset", "medium")
+        if choice.hardware:
+            preset = CPU_PRESETS[name][next(iter(CPU_PRESETS[name]))]
+        key = "x264-params" if name == "libx264" else "x265-params"
+        extra = ":log-level=error" if name == "libx265" else ""
+        context.options = {"preset": preset, key: f"crf={crf:g}:scenecut=0{extra}"}
+        return context
+
+    def probe(self, start: int, frames: list[av.VideoFrame], segment_frames: int) -> None:
+        rendition = self.output.rendition
+        scaled = [
+            f.reformat(
+                width=rendition.width,
+                height=rendition.height,
+                format="yuv420p",
+                interpolation=Interpolation.BICUBIC,
+            )
+            for f in frames
+        ]
+        references = [s.to_ndarray()[: rendition.height] for s in scaled]
+        rates = []
+        spans = []
+        for n, (crf, pipe) in enumerate(zip(self.crfs, self.pipes, strict=True)):
+            context = self._context(crf)
+            bits: list[int] = []
+            decoder = av.CodecContext.create("h264" if context.name == "libx264" else "hevc", "r")
+            decoded: list[np.ndarray] = []
+            packets = []
+            for i, frame in enumerate(scaled):
+                frame.pts = i
+                frame.pict_type = PictureType.I if i == 0 else PictureType.NONE
+                packets += context.encode(frame)
+            packets += context.encode(None)
+            for packet in packets:
+                bits.append(packet.size * 8)
+                for out in decoder.decode(packet):
+                    decoded.append(out.to_ndarray()[: rendition.height])
+            for out in decoder.decode(None):
+                decoded.append(out.to_ndarray()[: rendition.height])
+            pairs = list(zip(references[1:], decoded[1:], strict=False))
+            for reference, distorted in pairs:
+                pipe.push(reference, distorted)
+            spans.append((self.pushed[n], len(pairs)))
+            self.pushed[n] += len(pairs)
+            first = bits[0] if bits else 0
+            rest = bits[1:] or [first]
+            per_frame = float(np.mean(rest)) + (first - float(np.mean(rest))) / max(
+                segment_frames, 1
+            )
+            rates.append(per_frame * float(self.frame_rate) / 1000)
+        self.clips.append((start, rates, spans))
+
+    def finish(self) -> tuple[ClipProbe, ...]:
+        per_crf = []
+        for pipe in self.pipes:
+            mean, error = pipe.finish()
+            if mean is None:
+                raise RuntimeError(error or "no VMAF")
+            per_crf.append(dict(pipe.frame_scores))
+        probes = []
+        for start, rates, spans in self.clips:
+            vmafs = []
+            for scores, (first, count) in zip(per_crf, spans, strict=True):
+                values = [scores[k] for k in range(first, first + count) if k in scores]
+                vmafs.append(float(np.mean(values)) if values else 0.0)
+            probes.append(ClipProbe(start, tuple(vmafs), tuple(rates)))
+        return tuple(probes)
+
+    def abort(self) -> None:
+        for pipe in self.pipes:
+            pipe.abort()
+
+
+def analyse(
+    plan: TranscodePlan,
+    ffmpeg: str,
+    *,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> Analysis:
+    """The analysis pass over `plan.video_file` (module docs) for the rungs of `plan.video`."""
+    import time
+
+    assert plan.video_file is not None
+    began = time.monotonic()
+    codec = plan.video[0].rendition.codec
+    crfs = PROBE_CRFS.get(codec, PROBE_CRFS["H264"])
+    rate = plan.frame_rate
+    segment_frames = max(1, round(plan.segment_seconds * rate))
+    spacing = max(CLIP_FRAMES + 1, round(CLIP_SPACING_S * rate))
+    probers = [_Prober(o, rate, crfs, ffmpeg) for o in plan.video]
+    differences: list[float] = []
+    previous: np.ndarray | None = None
+    clip: list[av.VideoFrame] = []
+    clip_start = 0
+    index = 0
+    try:
+        with av.open(str(plan.video_file)) as container:
+            stream = (
+                container.streams.video[0]
+                if plan.video_track is None
+                else next(s for s in container.streams if s.index == plan.video_track.index)
+            )
+            stream.codec_context.thread_type = "AUTO"
+            preparer = _FramePreparer(stream, replace(plan, watermarks=None))
+
+            def take(frame: av.VideoFrame) -> None:
+                nonlocal previous, clip_start, index
+                thumb = frame.reformat(width=THUMB[0], height=THUMB[1], format="gray")
+                luma = thumb.to_ndarray().astype(np.int16)
+                differences.append(
+                    0.0 if previous is None else float(np.abs(luma - previous).mean())
+                )
+                previous = luma
+                if index % spacing == 0:
+                    clip.clear()
+                    clip_start = index
+                if clip_start <= index < clip_start + CLIP_FRAMES:
+                    clip.append(frame)
+                    if len(clip) == CLIP_FRAMES:
+                        for prober in probers:
+                            prober.probe(clip_start, list(clip), segment_frames)
+                        clip.clear()
+                index += 1
+
+            for packet in container.demux(stream):
+                if cancel:
+                    cancel()
+                for decoded in packet.decode():
+                    assert isinstance(decoded, av.VideoFrame)
+                    for prepared in preparer.prepare(decoded):
+                        take(prepared)
+                    if progress and plan.duration:
+                        progress(min(1.0, index / float(rate) / plan.duration))
+            for prepared in preparer.flush():
+                take(prepared)
+        probes = {p.output.rendition.name: p.finish() for p in probers}
+    except BaseException:
+        for prober in probers:
+            prober.abort()
+        raise
+    return Analysis(
+        frames=index,
+        frame_rate=float(rate),
+        scene_starts=tuple(detect_cuts(differences, float(rate))),
+        crfs=tuple(crfs),
+        probes=probes,
+        seconds=time.monotonic() - began,
+    )

@@ -1,0 +1,154 @@
+"""The encoding phase's EncodingMode PerScene steps (the method is in engine.perscene):
+before the transcode the analysis pass and each rung's rate control, after it each rung's
+measured rate and VMAF and the dropping of near-duplicate rungs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from engine import perscene
+from engine.events import EventType
+from engine.quality import quality_settings, vmaf_support
+
+if TYPE_CHECKING:
+    from engine.media import VideoRendition
+    from engine.pipeline.scope import JobScope
+    from engine.transcode import EncodedTrack, TranscodePlan
+
+log = logging.getLogger(__name__)
+
+PER_SCENE_SHARE = 0.2  # of EncodingProgress, for the analysis pass
+
+
+def per_scene_plan(
+    scope: JobScope, plan: TranscodePlan
+) -> tuple[TranscodePlan, dict[str, perscene.RungRate]]:
+    """The analysis pass, then the plan with each rung's PerScene rate control (CRF/CQ, scene
+    zones, VBV at the rung's configured bitrate) and per-frame VMAF measurement. Without
+    libvmaf, Default's rate control stays, with a `PerSceneUnavailable` Warning."""
+    ffmpeg, reason = vmaf_support()
+    if ffmpeg is None:
+        scope.events.warning(
+            "PerSceneUnavailable", f"EncodingMode PerScene needs VMAF ({reason}): Default used"
+        )
+        return plan, {}
+    settings = scope.processing.per_scene_encoding
+    target = settings.target_vmaf_score if settings else perscene.DEFAULT_TARGET
+    analysis = perscene.analyse(
+        plan,
+        ffmpeg,
+        progress=lambda f: scope.events.progress(
+            EventType.ENCODING_PROGRESS, 100 * PER_SCENE_SHARE * f
+        ),
+        cancel=scope.cancel.check,
+    )
+    rates = {r.name: r for r in perscene.plan_rates(analysis, target)}
+    log.info(
+        "PerScene analysis: %d frames, scenes at %s, %.1f s",
+        analysis.frames,
+        list(analysis.scene_starts),
+        analysis.seconds,
+    )
+    outputs = []
+    for output in plan.video:
+        rate = rates.get(output.rendition.name)
+        if rate is None:  # too short to probe: Default's rate control for this rung
+            outputs.append(output)
+            continue
+        cap = output.rendition.bitrate_kbps
+        encoder = perscene.rate_choice(output.encoder, rate, cap)
+        fallback = output.fallback and perscene.rate_choice(output.fallback, rate, cap)
+        outputs.append(replace(output, encoder=encoder, fallback=fallback))
+        log.info(
+            "%s: CRF %s, zones %s, predicted VMAF %.2f at %.0f kbps (cap %d)",
+            output.rendition.name,
+            rate.crf,
+            rate.zones,
+            rate.predicted_vmaf,
+            rate.predicted_kbps,
+            cap,
+        )
+    quality = plan.quality
+    if quality is None or quality.vmaf_ffmpeg is None:  # PerScene always measures VMAF
+        quality = quality_settings(round(plan.duration * plan.frame_rate), ffmpeg)
+    return replace(plan, video=tuple(outputs), quality=quality), rates
+
+
+def per_scene_outcome(
+    scope: JobScope,
+    plan: TranscodePlan,
+    tracks: list[EncodedTrack],
+    rates: dict[str, perscene.RungRate],
+) -> tuple[list[EncodedTrack], tuple[VideoRendition, ...]]:
+    """Each rung's chosen bitrate (average, peak segment) and VMAF (mean, 5th percentile of
+    the per-segment means) as its `PerSceneQuality`; the kept renditions carry their average
+    bitrate; near-duplicate rungs are dropped with an info Warning `RenditionDropped`."""
+    by_name = {t.name: t for t in tracks if t.kind == "video"}
+    renditions = [o.rendition for o in plan.video if o.rendition.name in by_name]
+    measured = {r.name: _measure(plan, by_name[r.name], r, rates.get(r.name)) for r in renditions}
+    averages = [measured[r.name].average_kbps for r in renditions]
+    dropped = {renditions[i].name for i in perscene.near_duplicates(averages)}
+    kept_tracks = []
+    for track in tracks:
+        if track.name in dropped:
+            scope.events.emit(
+                EventType.WARNING,
+                Code="RenditionDropped",
+                Level="Info",
+                Message=(
+                    f"EncodingMode PerScene: {track.name} dropped: its "
+                    f"{measured[track.name].average_kbps:.0f} kbps are within "
+                    f"{perscene.NEAR_DUPLICATE:.0%} of the next lower rendition's"
+                ),
+            )
+            track.path.unlink(missing_ok=True)
+            continue
+        if track.name in measured:
+            track = replace(track, quality=measured[track.name])
+        kept_tracks.append(track)
+    kept = tuple(
+        replace(r, bitrate_kbps=max(1, round(measured[r.name].average_kbps)))
+        for r in renditions
+        if r.name not in dropped
+    )
+    return kept_tracks, kept
+
+
+def _measure(
+    plan: TranscodePlan,
+    track: EncodedTrack,
+    rendition: VideoRendition,
+    rate: perscene.RungRate | None,
+) -> perscene.PerSceneQuality:
+    starts = perscene.segment_starts(plan.frame_rate, plan.segment_seconds, track.frames)
+    average, peak = perscene.packet_rates(track.path, starts, plan.frame_rate, track.frames)
+    base = track.quality
+    segments = perscene.segment_scores(base.vmaf_frames, starts, track.frames) if base else []
+    fields: dict[str, Any] = dict(vars(base)) if base is not None else _unmeasured(average)
+    return perscene.PerSceneQuality(
+        **fields,
+        cap_kbps=rendition.bitrate_kbps,
+        average_kbps=average,
+        peak_kbps=peak,
+        vmaf_p5=perscene.percentile(segments, 5),
+        scenes=rate.scenes if rate else 0,
+        crf=rate.crf if rate else 0.0,
+        target_vmaf=rate.target if rate else perscene.DEFAULT_TARGET,
+        segment_vmaf=tuple(round(v, 3) for v in segments),
+    )
+
+
+def _unmeasured(average: float) -> dict[str, Any]:
+    """RenditionQuality's fields when the rung was not measured."""
+    return {
+        "psnr": 0.0,
+        "psnr_y": 0.0,
+        "ssim": 0.0,
+        "vmaf": None,
+        "frames": 0,
+        "step": 1,
+        "bitrate_kbps": average,
+        "vmaf_error": "not measured",
+    }
