@@ -74,7 +74,7 @@ class EventStreams:
         store: Store,
         *,
         max_per_tenant: int = 8,
-        poll_seconds: float = 0.5,
+        poll_seconds: float = 0.25,
         keepalive_seconds: float = 15.0,
         max_seconds: float = 600.0,
         threads: int = 4,
