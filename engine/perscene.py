@@ -146,6 +146,23 @@ def crf_for_target(crfs: Sequence[float], vmafs: Sequence[float], target: float)
     return float(min(max(crf, CRF_RANGE[0]), CRF_RANGE[1]))
 
 
+def vmaf_at(crfs: Sequence[float], vmafs: Sequence[float], crf: float) -> float:
+    """VMAF(crf) on the curve `crf_for_target` inverts (monotone, end slopes extended, at
+    least `MIN_SLOPE`), capped at 100."""
+    points = sorted(zip(crfs, vmafs, strict=True))
+    xs = [x for x, _ in points]
+    ys = list(np.minimum.accumulate([y for _, y in points]))
+    if len(xs) == 1:
+        return min(100.0, ys[0] - (crf - xs[0]) * MIN_SLOPE)
+    if crf < xs[0]:
+        slope = max((ys[0] - ys[1]) / (xs[1] - xs[0]), MIN_SLOPE)
+        return min(100.0, ys[0] + (xs[0] - crf) * slope)
+    if crf > xs[-1]:
+        slope = max((ys[-2] - ys[-1]) / (xs[-1] - xs[-2]), MIN_SLOPE)
+        return ys[-1] - (crf - xs[-1]) * slope
+    return float(np.interp(crf, xs, ys))
+
+
 def _interpolate(crfs: Sequence[float], values: Sequence[float], crf: float, log: bool) -> float:
     ys = np.log(np.maximum(values, 1e-6)) if log else np.asarray(values)
     value = float(np.interp(crf, crfs, ys))
@@ -179,7 +196,7 @@ def plan_rates(analysis: Analysis, target: float) -> list[RungRate]:
             kbps = np.exp(np.mean([np.log(np.maximum(p.kbps, 1e-3)) for p in own], axis=0))
             crf = round(crf_for_target(crfs, list(vmaf), target + TARGET_MARGIN), 1)
             scene_crfs.append(crf)
-            scene_vmaf.append(min(100.0, _interpolate(crfs, list(vmaf), crf, log=False)))
+            scene_vmaf.append(vmaf_at(crfs, list(vmaf), crf))
             scene_kbps.append(_interpolate(crfs, list(kbps), crf, log=True))
         weights = np.asarray(lengths, dtype=float)
         base = round(float(np.average(scene_crfs, weights=weights)), 1)

@@ -15,10 +15,12 @@ from engine.capabilities import NVENC_SESSIONS
 from engine.encoders import NodeCapabilities, assign_encoders
 from engine.errors import MappingError
 from engine.events import EventType
-from engine.job import ContentProcessing, HardwareAcceleration
+from engine.job import ContentProcessing, EncodingMode, HardwareAcceleration
 from engine.media import AudioRendition, HdrInfo, VideoRendition, VideoTrackInfo
+from engine.perscene import RungRate
 from engine.pipeline.passthrough import copy_renditions
 from engine.pipeline.payloads import audio_rendition_fields, video_rendition_fields
+from engine.pipeline.per_scene import PER_SCENE_SHARE, per_scene_outcome, per_scene_plan
 from engine.pipeline.results import Encoded, Mapped
 from engine.quality import QualitySettings, quality_settings, vmaf_support
 from engine.transcode import AudioOutput, EncodedTrack, TranscodePlan, VideoOutput, transcode
@@ -143,23 +145,33 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
             quality=_quality_settings(scope, plan),
         )
         _encoding_started(scope, plan, outputs)
+        # EncodingMode PerScene: an analysis pass first (engine.pipeline.per_scene).
+        share, rates = 0.0, dict[str, RungRate]()
+        if processing.encoding_mode == EncodingMode.PerScene and plan.video:
+            share = PER_SCENE_SHARE
+            transcode_plan, rates = per_scene_plan(scope, transcode_plan)
         tracks = transcode(
             transcode_plan,
-            progress=lambda f: scope.events.progress(EventType.ENCODING_PROGRESS, 100 * f),
+            progress=lambda f: scope.events.progress(
+                EventType.ENCODING_PROGRESS, 100 * (share + (1 - share) * f)
+            ),
             cancel=scope.cancel.check,
             warn=scope.events.warning,
         )
     finally:
         NVENC_SESSIONS.release(assignment.nvenc_sessions)
+    renditions = plan.video
+    if rates:  # measured rates and VMAF; near-duplicate rungs dropped
+        tracks, renditions = per_scene_outcome(scope, transcode_plan, tracks, rates)
     video_tracks = [t for t in tracks if t.kind == "video"]
     return Encoded(
         tuple(tracks),
-        plan.video,
+        renditions,
         plan.audio,
         None,
         plan.duration,
         video_tracks[0].duration if video_tracks else plan.duration,
-        _quality_entries(scope, plan.video, tracks),
+        _quality_entries(scope, renditions, tracks),
     )
 
 

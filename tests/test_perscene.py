@@ -1,0 +1,292 @@
+"""EncodingMode PerScene (issue 16, contract §5.3): the pure parts as tables (scene cuts, the
+CRF for a target, the per-scene plan, the encoder settings, near-duplicate rungs, per-segment
+scores), then whole jobs on a 4 s 320x180 source whose first half is easy (a flat picture with
+a moving box) and second half hard (noise): cap respected, keyframes identical to Default in
+every rung, thumbnails identical, DRM signalled as in Default, a near-duplicate rung dropped
+with an info Warning, the report's and EncodingFinished's PerScene fields, and the package
+plays (tests/e2e_helpers.check_package on DASH and HLS)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from e2e_helpers import JobRun, check_events, check_package, input_folder, make_job, run
+
+from engine import perscene
+from engine.encoders import cpu_choice, nvenc_choice
+from engine.job import OptimizeFor
+
+# ------------------------------------------------------------------------------------ tables
+
+
+@pytest.mark.parametrize(
+    ("differences", "expected"),
+    [
+        ([0.0] + [2.0] * 99, [0]),  # steady motion: one scene
+        ([0.0] + [2.0] * 49 + [60.0] + [2.0] * 49, [0, 50]),  # one cut
+        ([0.0] + [2.0] * 49 + [60.0] + [2.0] * 9 + [60.0] + [2.0] * 39, [0, 50]),  # < 1 s apart
+        ([0.0] + [30.0] * 99, [0]),  # high but steady differences (a pan) are no cut
+        ([0.0] + [2.0] * 29 + [15.0] + [2.0] * 69, [0]),  # below CUT_ABS
+    ],
+)
+def test_detect_cuts(differences, expected):
+    assert perscene.detect_cuts(differences, 25.0) == expected
+
+
+@pytest.mark.parametrize(
+    ("vmafs", "target", "expected"),
+    [
+        ((98.0, 94.0, 86.0), 95.0, 24.0),  # between the first two probes
+        ((98.0, 94.0, 86.0), 90.0, 30.0),  # between the last two
+        ((98.0, 94.0, 86.0), 99.0, 16.0),  # above: the first slope (0.5 per step) extended
+        ((98.0, 94.0, 86.0), 84.0, 36.0),  # below: the last slope (1 per step) extended
+        ((99.9, 99.8, 99.7), 95.0, 45.0),  # easy: clamped to the top of CRF_RANGE
+        ((60.0, 50.0, 40.0), 95.0, 12.0),  # hard: clamped to the bottom
+        ((98.0, 95.0, 96.0), 95.5, 24.67),  # a non-monotone probe is flattened
+    ],
+)
+def test_crf_for_target(vmafs, target, expected):
+    assert perscene.crf_for_target((18.0, 26.0, 34.0), vmafs, target) == pytest.approx(
+        expected, abs=0.01
+    )
+
+
+def _analysis(probes: dict[str, tuple[perscene.ClipProbe, ...]], starts=(0, 50)):
+    return perscene.Analysis(100, 25.0, tuple(starts), (18.0, 26.0, 34.0), probes)
+
+
+def test_plan_rates_moves_bits_between_scenes():
+    easy = perscene.ClipProbe(0, (99.0, 97.5, 95.5), (400.0, 200.0, 100.0))
+    hard = perscene.ClipProbe(50, (97.5, 93.5, 85.5), (2000.0, 1000.0, 500.0))
+    (rate,) = perscene.plan_rates(_analysis({"r": (easy, hard)}), 94.5)
+    # target 94.5 + margin 0.5 = 95: easy at crf 34 + (95.5 - 95) / 0.25 = 36,
+    # hard at 18 + 2.5 * 8 / 4 = 23
+    assert rate.scene_crfs == (36.0, 23.0)
+    assert rate.crf == 29.5  # the frame-weighted mean (two 50-frame scenes)
+    # zones: factor 2^((base - crf) / 6): fewer bits for the easy scene, more for the hard one
+    assert rate.zones == ((0, 49, round(2 ** (-6.5 / 6), 3)), (50, 99, round(2 ** (6.5 / 6), 3)))
+    assert rate.scenes == 2 and rate.target == 94.5
+    assert rate.predicted_vmaf == pytest.approx(95.0, abs=0.01)
+
+
+def test_plan_rates_one_scene_has_no_zones_and_borrows_the_nearest_clip():
+    clip = perscene.ClipProbe(10, (99.0, 96.0, 90.0), (300.0, 150.0, 80.0))
+    (rate,) = perscene.plan_rates(_analysis({"r": (clip,)}, starts=(0,)), 95.0)
+    assert rate.zones == () and rate.scenes == 1
+    # two scenes, the second without a clip of its own: it takes the nearest, same CRF
+    (rate,) = perscene.plan_rates(_analysis({"r": (clip,)}), 95.0)
+    assert rate.scene_crfs[0] == rate.scene_crfs[1] and rate.zones == ()
+
+
+def test_rate_choice_keeps_keyframes_and_caps_with_vbv():
+    rate = perscene.RungRate("r", 27.5, ((0, 49, 0.5), (50, 99, 2.0)), (31.0, 21.0), 95, 900)
+    default = cpu_choice("H264", OptimizeFor.Balance, 1000, 25.0, 4.0)
+    choice = perscene.rate_choice(default, rate, 1000)
+    params = choice.options["x264-params"]
+    assert params.startswith(default.options["x264-params"])  # keyint, scenecut=0, closed GOP
+    assert ":crf=27.5:vbv-maxrate=1000:vbv-bufsize=1000:zones=0,49,b=0.5/50,99,b=2" in params
+    assert "b" not in choice.options and "maxrate" not in choice.options
+    assert choice.options["forced-idr"] == "1" and choice.bit_rate == 0
+    h265 = perscene.rate_choice(cpu_choice("H265", OptimizeFor.Speed, 800, 25.0, 4.0), rate, 800)
+    assert "keyint=-1:scenecut=0:open-gop=0" in h265.options["x265-params"]
+    assert "crf=27.5:vbv-maxrate=800:vbv-bufsize=800:zones=" in h265.options["x265-params"]
+    nvenc = perscene.rate_choice(nvenc_choice("H264", OptimizeFor.Balance, 1000, 25, 4), rate, 1000)
+    assert nvenc.options["rc"] == "vbr" and nvenc.options["cq"] == "28"
+    assert nvenc.options["maxrate"] == nvenc.options["bufsize"] == "1000k"
+    assert "b" not in nvenc.options and nvenc.options["no-scenecut"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("kbps", "dropped"),
+    [
+        ([], []),
+        ([500.0], []),
+        ([100.0, 300.0, 900.0], []),
+        ([100.0, 105.0, 300.0], [1]),  # the middle rung is a near-duplicate of the lowest
+        ([100.0, 300.0, 320.0], [1]),  # the top is never dropped: the lower one goes
+        ([100.0, 108.0, 109.0, 500.0], [1, 2]),  # compared with the last rung kept
+        ([100.0, 110.0], [0]),  # exactly 10 %: within
+        ([200.0, 150.0, 600.0], [1]),  # a bigger rung cheaper than a smaller one goes too
+    ],
+)
+def test_near_duplicates(kbps, dropped):
+    assert perscene.near_duplicates(kbps) == dropped
+
+
+def test_segment_scores_and_percentile():
+    frames = [(i, 90.0 if i < 50 else 80.0) for i in range(0, 100, 2)]
+    scores = perscene.segment_scores(frames, [0, 50], 100)
+    assert scores == [90.0, 80.0]
+    assert perscene.percentile(scores, 5) == pytest.approx(80.5)
+    assert perscene.percentile([], 5) is None
+    assert perscene.segment_starts(__import__("fractions").Fraction(25), 2.0, 100) == [0, 50]
+
+
+# --------------------------------------------------------------------------------- whole jobs
+
+LADDER = [{"Height": 180, "BitrateInKbps": 300}, {"Height": 120, "BitrateInKbps": 150}]
+KEY_ID = uuid.UUID("3f0e4c6a-9b1d-4e27-8a55-0c6f1d2e3b4a")
+KEY = bytes.fromhex("8d1f3b5a7c9e0f2143658709badcfe10")
+THUMBNAILS = {"Generate": True, "Width": 96, "DurationInSeconds": 1, "TileColumns": 2,
+              "TileRows": 2}  # fmt: skip
+
+
+def make_mixed(path: Path) -> Path:
+    """4 s 320x180 at 25 fps, video only: 2 s of a box moving over a flat picture, 2 s noise."""
+    rng = np.random.default_rng(3)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        stream.options = {"crf": "12", "preset": "veryfast"}
+        for i in range(100):
+            if i < 50:
+                image = np.full((180, 320, 3), 60, np.uint8)
+                image[60:120, 20 + 4 * i : 80 + 4 * i] = (230, 200, 40)
+            else:
+                image = rng.integers(0, 256, (180, 320, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, "rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def _run(root: Path, source: Path, mode: str, **options: Any) -> JobRun:
+    job = make_job(
+        input_folder(root, source),
+        root / "out",
+        formats=options.pop("formats", ["Dash", "Hls"]),
+        mappings={"FailOnNoAudioTracks": False},
+        VideoRepresentations=options.pop("ladder", LADDER),
+        EncodingMode=mode,
+        PerSceneEncoding={"TargetVmafScore": 93},
+        **options,
+    )
+    job["Thumbnails"] = THUMBNAILS
+    return run(root, job)
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory) -> dict[str, JobRun]:
+    base = tmp_path_factory.mktemp("perscene")
+    source = make_mixed(base / "mixed.mp4")
+    drm = {"DrmProtection": "Base64Key", "KeyId": str(KEY_ID),
+           "ContentKey": base64.b64encode(KEY).decode()}  # fmt: skip
+    near = [*LADDER, {"Height": 180, "BitrateInKbps": 302}]  # 180p twice: a near-duplicate
+    return {
+        "default": _run(base / "default", source, "Default"),
+        "perscene": _run(base / "perscene", source, "PerScene"),
+        "default-drm": _run(base / "default-drm", source, "Default", **drm, formats=["Dash"]),
+        "drm-near": _run(
+            base / "drm-near", source, "PerScene", ladder=near, **drm, formats=["Dash"]
+        ),
+    }
+
+
+def _video_streams(job_run: JobRun) -> list[dict[str, Any]]:
+    return [s for s in job_run.one("EncodingFinished")["Streams"] if s["Type"] == "Video"]
+
+
+def test_the_package_plays_and_keyframes_match_default(jobs):
+    """DASH and HLS parse and decode, segments start with key frames; every rung's key frame
+    times are the same as in the Default package."""
+    default = check_package(jobs["default"], numbers=False, expect_audio=False)
+    perscene_ = check_package(jobs["perscene"], numbers=False, expect_audio=False)
+    check_events(jobs["perscene"])
+    assert (
+        sorted(perscene_.video)
+        == sorted(default.video)
+        == [
+            "video-H264-120-150k",
+            "video-H264-180-300k",
+        ]
+    )
+    for name, seen in perscene_.video.items():
+        assert seen.key_times == default.video[name].key_times, name
+        assert len(seen.key_times) == 2  # 4 s in 2 s segments: IDRs only at the boundaries
+
+
+def test_the_cap_is_respected(jobs):
+    for key in ("perscene", "drm-near"):
+        for stream in _video_streams(jobs[key]):
+            fields = stream["PerScene"]
+            cap = fields["CapBitrateInKbps"]
+            assert cap == int(stream["Name"].split("-")[-1].removesuffix("k"))
+            assert fields["AverageBitrateInKbps"] <= cap * 1.05, stream["Name"]
+            assert fields["PeakBitrateInKbps"] <= cap * 1.5, stream["Name"]
+            assert stream["PeakBitrateInKbps"] <= cap * 1.5, stream["Name"]  # the manifest's
+
+
+def test_report_and_streams_carry_the_per_scene_fields(jobs):
+    job_run = jobs["perscene"]
+    assert not [w for w in job_run.of_type("Warning") if w["Code"] == "PerSceneNotAvailable"]
+    entries = {e["Name"]: e for e in job_run.report["QualityMetrics"]}
+    streams = {s["Name"]: s for s in _video_streams(job_run)}
+    assert set(entries) == set(streams)
+    for name, entry in entries.items():
+        fields = entry["PerScene"]
+        assert fields == streams[name]["PerScene"]
+        assert fields["TargetVmaf"] == 93
+        assert fields["Scenes"] == 2  # the cut at 2 s
+        assert 0 < fields["AverageBitrateInKbps"] <= fields["PeakBitrateInKbps"]
+        assert fields["VmafMean"] == entry["Vmaf"] and 0 < fields["VmafMean"] <= 100
+        assert fields["VmafP5Segments"] is not None
+        assert 0 <= fields["VmafP5Segments"] <= max(fields["VmafMean"], 100)
+        assert 12 <= fields["Crf"] <= 45
+    # the report's bitrates are the chosen (measured) averages, not the caps
+    variants = [int(b) for b in job_run.report["BitrateVariants"].split(",")]
+    averages = [round(entries[n]["PerScene"]["AverageBitrateInKbps"]) for n in sorted(entries)]
+    assert sorted(variants) == sorted(averages)
+
+
+def test_thumbnails_are_unchanged(jobs):
+    def tiles(job_run: JobRun) -> dict[str, bytes]:
+        return {
+            p.relative_to(job_run.output_dir).as_posix(): p.read_bytes()
+            for p in sorted(job_run.output_dir.rglob("*"))
+            if p.suffix in (".jpg", ".vtt")
+        }
+
+    default, perscene_ = tiles(jobs["default"]), tiles(jobs["perscene"])
+    assert default and any(name.endswith(".jpg") for name in default)
+    assert perscene_ == default
+
+
+def test_a_near_duplicate_rung_is_dropped_with_an_info_warning(jobs):
+    job_run = jobs["drm-near"]
+    job_run.assert_success()
+    kept = {s["Name"] for s in _video_streams(job_run)}
+    # 180p@300 and 180p@302 come out alike: the lower goes (the top rung is never dropped)
+    assert kept == {"video-H264-120-150k", "video-H264-180-302k"}, [
+        (s["Name"], s["PerScene"]) for s in _video_streams(job_run)
+    ]
+    (dropped,) = [w for w in job_run.of_type("Warning") if w["Code"] == "RenditionDropped"]
+    assert dropped["Level"] == "Info" and "video-H264-180-300k" in dropped["Message"]
+    mpd = (job_run.output_dir / "manifest.mpd").read_text()
+    assert "video-H264-180-300k" not in mpd and "video-H264-180-302k" in mpd
+    assert not list(job_run.output_dir.glob("video-H264-180-300k*"))
+
+
+def test_drm_is_signalled_as_in_default(jobs):
+    """The same key id on every video stream, the same protection in the manifest and pssh
+    boxes in the init segments as the Default package."""
+    for key in ("default-drm", "drm-near"):
+        job_run = jobs[key]
+        for stream in _video_streams(job_run):
+            assert uuid.UUID(stream["KeyId"]) == KEY_ID
+            init = job_run.output_dir / stream["InitFile"]
+            data = init.read_bytes()
+            assert b"pssh" in data and b"tenc" in data and b"encv" in data
+    protection = [
+        [line.strip() for line in (jobs[k].output_dir / "manifest.mpd").read_text().splitlines()
+         if "ContentProtection" in line or "cenc:default_KID" in line]
+        for k in ("default-drm", "drm-near")
+    ]  # fmt: skip
+    assert protection[0] and set(protection[0]) == set(protection[1])
+    assert jobs["drm-near"].report["Drm"] is True
