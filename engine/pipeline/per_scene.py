@@ -5,6 +5,7 @@ measured rate and VMAF and the dropping of near-duplicate rungs."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PER_SCENE_SHARE = 0.2  # of EncodingProgress, for the analysis pass
+MEASURED_FRAMES = 120  # frames per rung scored in the final encode (unless QualityMetrics)
+MEASURED_PER_SEGMENT = 12  # ... and at least this many per segment
 
 
 def per_scene_plan(
@@ -72,7 +75,13 @@ def per_scene_plan(
         )
     quality = plan.quality
     if quality is None or quality.vmaf_ffmpeg is None:  # PerScene always measures VMAF
-        quality = quality_settings(round(plan.duration * plan.frame_rate), ffmpeg)
+        # every few frames (MEASURED_PER_SEGMENT per segment at least): the measurement
+        # would otherwise cost as much as the encode
+        segments = max(1, math.ceil(plan.duration / plan.segment_seconds))
+        frames = round(plan.duration * plan.frame_rate)
+        quality = quality_settings(
+            frames, ffmpeg, max(MEASURED_FRAMES, MEASURED_PER_SEGMENT * segments)
+        )
     return replace(plan, video=tuple(outputs), quality=quality), rates
 
 
