@@ -26,6 +26,8 @@ class ReportFacts:
     encoders: list[str] = field(default_factory=list)
     error_code: int | None = None
     quality: list[dict[str, Any]] = field(default_factory=list)
+    chunks: int = 1  # video chunks encoded (1: one pass)
+    chunk_details: list[dict[str, Any]] = field(default_factory=list)  # worker, time
 
 
 def reporting_entry(
@@ -56,7 +58,10 @@ def reporting_entry(
         "EncodingOptimizedFor": OPTIMIZE_CODES[processing.optimize_for] if processing else None,
         "Drm": bool(processing and processing.encrypted),
         "Encoder": ",".join(dict.fromkeys(facts.encoders)),
+        "Chunks": facts.chunks,
     }
+    if facts.chunk_details:
+        entry["ChunkDetails"] = facts.chunk_details
     if facts.error_code is not None:
         entry["ErrorCode"] = facts.error_code
     if facts.quality:

@@ -43,7 +43,7 @@ from engine.events import Phase
 log = logging.getLogger(__name__)
 
 FOLDER = "checkpoints"
-VERSION = 2
+VERSION = 3  # 3: Encoded.chunks
 # The phases that leave a checkpoint, in order.
 PHASES = (Phase.ACQUISITION, Phase.ENCODING, Phase.PACKAGING)
 

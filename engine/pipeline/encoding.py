@@ -18,6 +18,7 @@ from engine.events import EventType
 from engine.job import ContentProcessing, EncodingMode, HardwareAcceleration
 from engine.media import AudioRendition, HdrInfo, VideoRendition, VideoTrackInfo
 from engine.perscene import RungRate
+from engine.pipeline.chunked import encode_chunked
 from engine.pipeline.passthrough import copy_renditions
 from engine.pipeline.payloads import audio_rendition_fields, video_rendition_fields
 from engine.pipeline.per_scene import PER_SCENE_SHARE, per_scene_outcome, per_scene_plan
@@ -100,6 +101,7 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
             )
         return copy_renditions(scope, mapped)
     plan = plan_encoding(mapped, processing, scope.capabilities)
+    chunks: tuple[dict, ...] = ()  # the report's ChunkDetails when encoded in chunks
     folder = scope.workdir / "encode"
     folder.mkdir(parents=True, exist_ok=True)
     # This job's share of the node's NVENC sessions (the largest rungs get them, see
@@ -145,19 +147,25 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
             quality=_quality_settings(scope, plan),
         )
         _encoding_started(scope, plan, outputs)
-        # EncodingMode PerScene: an analysis pass first (engine.pipeline.per_scene).
+        # EncodingMode PerScene: an analysis pass first (engine.pipeline.per_scene); its
+        # zones count frames of the whole source, so such a job is not encoded in chunks.
         share, rates = 0.0, dict[str, RungRate]()
         if processing.encoding_mode == EncodingMode.PerScene and plan.video:
             share = PER_SCENE_SHARE
             transcode_plan, rates = per_scene_plan(scope, transcode_plan)
-        tracks = transcode(
-            transcode_plan,
-            progress=lambda f: scope.events.progress(
-                EventType.ENCODING_PROGRESS, 100 * (share + (1 - share) * f)
-            ),
-            cancel=scope.cancel.check,
-            warn=scope.events.warning,
-        )
+        # In chunks when the node chunks and the job allows (engine.pipeline.chunked).
+        chunked = None if rates else encode_chunked(scope, transcode_plan)
+        if chunked is not None:
+            tracks, chunks = chunked
+        else:
+            tracks = transcode(
+                transcode_plan,
+                progress=lambda f: scope.events.progress(
+                    EventType.ENCODING_PROGRESS, 100 * (share + (1 - share) * f)
+                ),
+                cancel=scope.cancel.check,
+                warn=scope.events.warning,
+            )
     finally:
         NVENC_SESSIONS.release(assignment.nvenc_sessions)
     renditions = plan.video
@@ -172,6 +180,7 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
         plan.duration,
         video_tracks[0].duration if video_tracks else plan.duration,
         _quality_entries(scope, renditions, tracks),
+        chunks,
     )
 
 

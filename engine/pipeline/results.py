@@ -81,6 +81,13 @@ class Encoded:
     duration: float  # the planned output duration (text tracks and thumbnails follow it)
     encoded_duration: float  # what the report says was encoded
     quality: tuple[dict[str, Any], ...] = ()  # the report's QualityMetrics entries
+    # The report's ChunkDetails: one entry per chunk when the video was encoded in chunks.
+    chunks: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def chunk_count(self) -> int:
+        """`Chunks` of EncodingFinished and the report (1: encoded in one pass)."""
+        return len(self.chunks) or 1
 
     @property
     def encoders(self) -> list[str]:
@@ -130,6 +137,8 @@ def report_facts(
         facts.encoders = encoded.encoders
         facts.encoded_duration = encoded.encoded_duration
         facts.quality = list(encoded.quality)
+        facts.chunks = encoded.chunk_count
+        facts.chunk_details = list(encoded.chunks)
     if published is not None:
         facts.published_bytes = published.bytes
     return facts

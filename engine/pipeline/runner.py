@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from drm.keys import KeySet
 from engine.cancel import CancelToken
 from engine.capabilities import node_capabilities
+from engine.chunks import ChunkSettings
 from engine.config import data_dir as default_data_dir
 from engine.encoders import NodeCapabilities
 from engine.errors import Cancelled, EngineError
@@ -94,7 +95,11 @@ class JobRunner:
             packaged: Packaged = self._resumable(
                 phase, lambda: package_output(scope, prepared, mapped, encoded)
             )
-            self.events.emit(EventType.ENCODING_FINISHED, Streams=list(packaged.streams))
+            self.events.emit(
+                EventType.ENCODING_FINISHED,
+                Streams=list(packaged.streams),
+                Chunks=encoded.chunk_count,
+            )
             phase = Phase.IMAGE_EXTRACTION
             self._timed(phase, lambda: extract_stills(scope, prepared, mapped, packaged))
             phase = Phase.PUBLISHING
@@ -187,6 +192,7 @@ def run_job(
     checkpoints: bool = False,
     policy: JobPolicy = TRUSTED,
     on_publish_plan: Callable[[list[str]], None] | None = None,
+    chunking: ChunkSettings | None = None,
 ) -> dict[str, Any]:
     """Run one job in this process and return its reporting entry (contract §9).
 
@@ -199,7 +205,8 @@ def run_job(
     `workdir` are skipped (`engine.pipeline.checkpoints`); give a stable `workdir` and
     `keep_workdir=True` with it. `policy`: what the job may touch (`engine.policy`; the
     default trusts the job as the operator's own). `on_publish_plan` is told the names
-    Publishing will create before it writes any (to roll back after a crash).
+    Publishing will create before it writes any (to roll back after a crash). `chunking`: split
+    the video into chunks encoded by N processes and stitched (`engine.chunks`).
     """
     valid = job if isinstance(job, ValidJob) else validate_job(job, strict=strict)
     job_id = job_id or str(uuid.uuid4())
@@ -226,6 +233,7 @@ def run_job(
         data_dir=default_data_dir(data_dir),
         policy=policy,
         on_publish_plan=on_publish_plan,
+        chunking=chunking,
     )
     try:
         saved = None

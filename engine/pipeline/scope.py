@@ -12,6 +12,7 @@ from engine.locations import location_from_spec
 if TYPE_CHECKING:
     from drm.credentials import ServiceKey
     from engine.cancel import CancelToken
+    from engine.chunks import ChunkSettings
     from engine.encoders import NodeCapabilities
     from engine.events import EventEmitter
     from engine.job import ContentProcessing, Job, StorageSpec
@@ -38,6 +39,8 @@ class JobScope:
     # Told the names Publishing will create before it writes any (see Storage.upload_folder),
     # so that a service can roll a crashed publish back.
     on_publish_plan: Callable[[list[str]], None] | None = None
+    # How this node splits a job's video into chunks (engine.chunks); None: one pass.
+    chunking: ChunkSettings | None = None
 
     @property
     def processing(self) -> ContentProcessing:
