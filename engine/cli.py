@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from engine.chunks import DEFAULT_CHUNK_SECONDS, ChunkSettings
 from engine.errors import JobValidationError
 from engine.policy import DEFAULT_MAX_INPUT_PIXELS, TRUSTED, JobPolicy, PolicyError, server_policy
 
@@ -62,6 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-workdir", action="store_true", help="keep the work folder")
     run.add_argument("--data-dir", type=Path, help="data folder (service key)")
     run.add_argument("--strict", action="store_true", help="unknown properties are errors")
+    run.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="split the video into chunks on segment boundaries, encoded by N processes and "
+        "stitched (jobs shorter than two chunks run in one pass)",
+    )
+    run.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=DEFAULT_CHUNK_SECONDS,
+        metavar="S",
+        help="chunk length with --parallel, rounded to whole segments (default: %(default)s)",
+    )
     _add_policy_arguments(run, trusted=True)
     run.set_defaults(command=_run)
 
@@ -185,7 +200,15 @@ def _run(args) -> int:
         keep_workdir=args.keep_workdir,
         data_dir=args.data_dir,
         strict=args.strict,
+        chunking=_chunking(args.parallel, args.chunk_seconds),
     )
+
+
+def _chunking(workers: int | None, seconds: float) -> ChunkSettings | None:
+    """`--parallel N [--chunk-seconds S]` as the run's chunk settings (None: one pass)."""
+    if not workers:
+        return None
+    return ChunkSettings(workers=max(1, workers), seconds=max(seconds, 0.001))
 
 
 def run_job_file(
@@ -198,6 +221,7 @@ def run_job_file(
     data_dir: Path | None = None,
     strict: bool = False,
     policy: JobPolicy = TRUSTED,
+    chunking: ChunkSettings | None = None,
 ) -> int:
     from engine.cancel import CancelToken
     from engine.pipeline import run_job
@@ -229,6 +253,7 @@ def run_job_file(
                 data_dir=data_dir,
                 strict=strict,
                 policy=policy,
+                chunking=chunking,
             )
     except JobValidationError as error:
         _print_problems(error.errors, "error")

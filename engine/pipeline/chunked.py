@@ -2,7 +2,7 @@
 
 `encode_chunked` is the encoding phase's alternative to the one-pass transcode when the node
 chunks (`ChunkSettings`, `vipe run --parallel N`) and the job can be chunked (`why_unchunked`):
-every chunk runs all rungs of its range (`engine.chunks.encode_chunk`), in this process when
+every chunk runs all rungs of its range (`engine.stitch.encode_chunk`), in this process when
 N is 1 and in a pool of N processes otherwise; then each rung's chunks are stitched into the
 rendition file the one-pass transcode would have written, and the audio renditions are
 encoded as their own pass. A chunk that cannot be stitched seamlessly (`ChunkMismatch`) makes
@@ -19,20 +19,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.chunks import (
-    Chunk,
+from engine.chunks import Chunk, ChunkSettings, plan_chunks
+from engine.errors import Cancelled
+from engine.events import EventType
+from engine.stitch import (
     ChunkMismatch,
     ChunkResult,
-    ChunkSettings,
     ChunkTask,
     encode_audio,
     encode_chunk,
-    plan_chunks,
     stitch,
     video_start,
 )
-from engine.errors import Cancelled
-from engine.events import EventType
 from engine.transcode import EncodedTrack, TranscodePlan
 
 if TYPE_CHECKING:
