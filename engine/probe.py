@@ -16,8 +16,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import statistics
 import struct
+from collections import Counter
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 
@@ -346,18 +347,33 @@ def _frame_rate(stream) -> Fraction:
 
 
 def _constant_rate(timestamps: list[int]) -> bool:
-    """Whether the first frame intervals are regular (one timestamp tick or 1% of slack)."""
+    """Whether the first frame intervals are regular (one timestamp tick or 1% of slack).
+
+    A first look only: the Media Mapping phase decides over the whole stream
+    (`engine.pipeline.media_mapping.frame_timing`), since a rate may change after the start."""
     stamps = sorted(set(timestamps))  # presentation order; B-frames arrive out of it
     # The last packets read in decode order may be P-frames whose B-frames were not read yet
     # (the pass stops early, or the file is truncated): their gaps are not the frame rate.
     stamps = stamps[: len(stamps) - min(REORDER_MARGIN, len(stamps) // 3)]
-    intervals = [b - a for a, b in itertools.pairwise(stamps)]
-    if len(intervals) < 3:
+    return regular_intervals(Counter(b - a for a, b in itertools.pairwise(stamps)))
+
+
+def regular_intervals(intervals: Mapping[int, int]) -> bool:
+    """Whether frame intervals (timestamp ticks -> how many) are those of a constant rate: at
+    most `VFR_IRREGULAR_SHARE` of them further than one tick or 1% from the median (the
+    slack is the rounding of timestamps in a coarse time base, such as Matroska's ms)."""
+    total = sum(intervals.values())
+    if total < 3:
         return True
-    typical = statistics.median(intervals)
-    slack = max(1, typical * 0.01)  # rounding of timestamps in a coarse time base (ms)
-    irregular = sum(1 for interval in intervals if abs(interval - typical) > slack)
-    return irregular <= len(intervals) * VFR_IRREGULAR_SHARE
+    seen, typical = 0, 0
+    for interval in sorted(intervals):  # the median, from the counts
+        seen += intervals[interval]
+        if seen * 2 >= total:
+            typical = interval
+            break
+    slack = max(1, typical * 0.01)
+    irregular = sum(n for interval, n in intervals.items() if abs(interval - typical) > slack)
+    return irregular <= total * VFR_IRREGULAR_SHARE
 
 
 def _bit_depth(pixel_format: str | None, context) -> int:

@@ -398,6 +398,15 @@ def _transcode_file(
                 f"the file is truncated: {video_packets} of its {declared} video frames are there"
             )
             raise SourceError(error_message(path, what, since=mark))
+        if preparer is not None and preparer.converts_rate and video_outputs is plan.video:
+            # (the main pass only: a CPU pass after a hardware failure converts again)
+            warn(
+                "VariableFrameRate",
+                f"{path.name}: variable frame rate converted to a constant "
+                f"{_rate_text(plan.frame_rate)} fps by the frames' timestamps: "
+                f"{preparer.source_frames} source frames, {preparer.dropped} dropped, "
+                f"{preparer.duplicated} duplicated, {clock.index} output frames",
+            )
         video_results = _close_all(rungs, clock.index, failed, warn)
         rungs = []
         audio_results = []
@@ -416,6 +425,11 @@ def _transcode_file(
         for pipe in audio_pipes:
             pipe.abort()
         close_input(container)  # the decoders may still be busy (an error, a cancellation)
+
+
+def _rate_text(rate: Fraction) -> str:
+    """25, 29.97, 24.233 (three decimals at most)."""
+    return f"{float(rate):.3f}".rstrip("0").rstrip(".")
 
 
 def _log_settings(
@@ -599,6 +613,9 @@ class _FramePreparer:
         self.watermarks = plan.watermarks
         self.frame_rate = plan.frame_rate
         self.index = 0
+        self.source_frames = 0  # frames pushed in (for the VFR conversion's counts)
+        self.duplicated = 0  # frames the `fps` filter sent again (the same picture buffer)
+        self._last_buffer: int | None = None
         filters: list[tuple[str, str]] = []
         if track is not None and track.interlaced:
             filters.append(("bwdif", "mode=send_frame:parity=auto:deint=interlaced"))
@@ -609,9 +626,13 @@ class _FramePreparer:
             filters.append(("transpose", "cclock"))
         elif rotation == 180:
             filters += [("hflip", ""), ("vflip", "")]
-        if track is not None and not track.constant_frame_rate:
+        self.converts_rate = track is not None and not track.constant_frame_rate
+        if self.converts_rate:
+            # VFR (decided over the whole stream by the media mapping): each output slot shows
+            # the frame whose timestamp is nearest (round=near), frames dropped or duplicated
+            # by their real times, so sync and duration are kept
             rate = plan.frame_rate
-            filters.append(("fps", f"fps={rate.numerator}/{rate.denominator}"))
+            filters.append(("fps", f"fps={rate.numerator}/{rate.denominator}:round=near"))
         self.stream = stream
         self.filters = filters
         self.graph: av.filter.Graph | None = None  # built from the first frame (module docs)
@@ -627,6 +648,7 @@ class _FramePreparer:
         return graph
 
     def prepare(self, frame: av.VideoFrame):
+        self.source_frames += 1
         if not self.filters:
             yield self._finish(frame)
             return
@@ -650,7 +672,16 @@ class _FramePreparer:
                 out = graph.vpull()
             except (BlockingIOError, av.EOFError):
                 return
+            if self.converts_rate:
+                buffer = out.planes[0].buffer_ptr
+                self.duplicated += buffer == self._last_buffer
+                self._last_buffer = buffer
             yield self._finish(out)
+
+    @property
+    def dropped(self) -> int:
+        """Source frames the rate conversion left out."""
+        return max(0, self.source_frames - (self.index - self.duplicated))
 
     def _finish(self, frame: av.VideoFrame) -> av.VideoFrame:
         if self.watermarks is not None:

@@ -58,6 +58,9 @@ def _pairs(
                     continue
                 time = frame.pts * frame.time_base - offset
                 if until is not None and time > until:
+                    # frame threads may still be busy: wait for them now, with the GIL
+                    # released, not in close() (a deadlock with a Python log callback)
+                    stream.codec_context.flush_buffers()
                     break
                 data = frame.side_data.get("A53_CC")
                 if not isinstance(data, SideData):

@@ -1,8 +1,14 @@
-"""Media Mapping: which acquired file and track is what, the source's duration and rate."""
+"""Media Mapping: which acquired file and track is what, the source's duration and rate.
+
+Constant or variable frame rate is decided here, over the whole video stream (`frame_timing`):
+the probe looks at the start of the file only."""
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +20,7 @@ from engine.events import EventType
 from engine.mapping import map_media
 from engine.pipeline.payloads import content_mapped_fields, rate_text
 from engine.pipeline.results import Acquired, Mapped
+from engine.probe import regular_intervals
 
 if TYPE_CHECKING:
     from engine.media import VideoTrackInfo
@@ -21,8 +28,9 @@ if TYPE_CHECKING:
 
 
 def map_job_media(scope: JobScope, acquired: Acquired) -> Mapped:
-    """Map the files (engine.mapping), refuse sources over the policy's size, measure a VFR
-    source's average rate, and emit ContentMapped and ContentPreProcessed."""
+    """Map the files (engine.mapping), refuse sources over the policy's size, decide CFR or
+    VFR over the whole video stream and measure a VFR source's average rate, and emit
+    ContentMapped and ContentPreProcessed."""
     events = scope.events
     media = map_media(list(acquired.files), scope.job.media_mappings, scope.processing)
     for path in media.ignored_files:
@@ -38,8 +46,14 @@ def map_job_media(scope: JobScope, acquired: Acquired) -> Mapped:
     if video is not None:
         _check_size(video, media.video, scope.policy.max_input_pixels)
     measured = None
-    if video is not None and media.video and not video.constant_frame_rate:
-        measured = measured_frame_rate(media.video, video, scope.cancel.check)
+    if video is not None and media.video:
+        # CFR or VFR is decided over the whole stream: the probe reads only its start, and a
+        # source may change its rate later (5 s at 24 fps, then 30, then 15)
+        timing = frame_timing(media.video, video, scope.cancel.check)
+        if timing is not None and video.constant_frame_rate != timing.constant:
+            video = replace(video, constant_frame_rate=timing.constant)
+        if not video.constant_frame_rate and timing is not None:
+            measured = timing.average
     events.emit(
         EventType.CONTENT_PRE_PROCESSED,
         AudioLanguages=media.audio_languages,
@@ -63,13 +77,39 @@ def _check_size(video: VideoTrackInfo, path: Path | None, max_pixels: int) -> No
         )
 
 
-def measured_frame_rate(
+@dataclass(frozen=True)
+class FrameTiming:
+    """A video track's frame timestamps over its whole length."""
+
+    frames: int
+    average: Fraction  # frames per second: the frames counted over the track's time span
+    constant: bool  # the intervals are those of a constant rate (`probe.regular_intervals`)
+
+
+REORDER_DEPTH = 16  # timestamps held back to put B-frames (decode order) in presentation order
+
+
+def frame_timing(
     path: Path, video: VideoTrackInfo, cancel: Callable[[], None] | None = None
-) -> Fraction | None:
-    """A track's true average rate: its frames counted over its time span (demuxing only, no
-    decoding). For VFR sources: containers such as Matroska state a nominal rate (the default
-    frame duration) that variable-rate content does not keep."""
-    count, first, end, last_duration = 0, None, None, 0
+) -> FrameTiming | None:
+    """The track's frame count, true average rate and regularity, from every packet's
+    timestamp (demuxing only, no decoding; memory flat: a histogram of the intervals).
+    Containers such as Matroska state a nominal rate (the default frame duration) that
+    variable-rate content does not keep; None when the file cannot be read (the transcoder
+    reports what is wrong with it)."""
+    count, last_duration = 0, 0
+    first: int | None = None
+    end: int | None = None
+    pending: list[int] = []  # a min-heap: timestamps not yet in presentation order
+    previous: int | None = None
+    intervals: Counter[int] = Counter()
+
+    def release(stamp: int) -> None:
+        nonlocal previous
+        if previous is not None and stamp > previous:
+            intervals[stamp - previous] += 1
+        previous = stamp
+
     try:
         with av.open(str(path)) as container:
             stream = next(s for s in container.streams if s.index == video.index)
@@ -82,12 +122,18 @@ def measured_frame_rate(
                 first = packet.pts if first is None else min(first, packet.pts)
                 if end is None or packet.pts >= end:
                     end, last_duration = packet.pts, packet.duration or 0
+                heapq.heappush(pending, packet.pts)
+                if len(pending) > REORDER_DEPTH:
+                    release(heapq.heappop(pending))
             time_base = stream.time_base
     except (av.FFmpegError, StopIteration):
-        return None  # the transcoder reports what is wrong with the file
+        return None
+    while pending:
+        release(heapq.heappop(pending))
     if count < 2 or first is None or end is None or end <= first or time_base is None:
         return None
     span = Fraction(end - first) * time_base
     # The last frame lasts its own duration, else an average interval.
     span += Fraction(last_duration) * time_base if last_duration else span / (count - 1)
-    return (count / span).limit_denominator(1001)
+    average = (count / span).limit_denominator(1001)
+    return FrameTiming(count, average, regular_intervals(intervals))
