@@ -41,6 +41,7 @@ def _pairs(
 
     pairs: list[tuple[Fraction, bytes]] = []
     seen = False
+    stream = None
     try:
         with av.open(str(path)) as container:
             stream = next((s for s in container.streams.video if s.index == index), None)
@@ -74,6 +75,8 @@ def _pairs(
                     if first & 0x7F not in _PADDING or second & 0x7F not in _PADDING:
                         pairs.append((time, bytes([first, second])))
     except av.FFmpegError as error:
+        if stream is not None:  # a corrupt frame: the frame threads too may be busy (see above)
+            stream.codec_context.flush_buffers()
         raise CaptionError(f"{path.name}: cannot read the video: {error}") from error
     return pairs, seen
 
