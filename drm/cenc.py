@@ -100,6 +100,7 @@ class SampleEncryptor:
             self.constant_iv = start_iv if start_iv is not None else os.urandom(16)
             # Video: the 1:9 pattern; other tracks: every full block (signalled 0:0).
             self.crypt_byte_block, self.skip_byte_block = (1, 9) if self.is_video else (0, 0)
+        self._chain: _ChainedCbc | None = None  # cbcs: one cipher for every range of the track
         self._parser: h26x.H264Parser | h26x.H265Parser | None = None
         self.nal_length_size = 0
         if self.is_video:
@@ -161,6 +162,8 @@ class SampleEncryptor:
             self._next_iv = _advance_iv(iv, protected)
         else:
             assert self.constant_iv is not None, "cbcs always has a constant IV"
+            if self._chain is None:
+                self._chain = _ChainedCbc(self._key, self.constant_iv)
             data = _cbcs(
                 self._key,
                 self.constant_iv,
@@ -168,6 +171,7 @@ class SampleEncryptor:
                 subsamples,
                 self.crypt_byte_block,
                 self.skip_byte_block,
+                chain=self._chain,
             )
         self.samples_encrypted += 1
         return EncryptedSample(data, iv, tuple(subsamples))
@@ -265,6 +269,37 @@ def _pattern_mask(blocks: int, crypt: int, skip: int) -> np.ndarray:
     return (np.arange(blocks) % (crypt + skip)) < crypt
 
 
+def _pattern_blocks(view: np.ndarray, crypt: int, skip: int) -> np.ndarray:
+    """The crypt blocks of an (n, 16) view for the 0:0 and 1:N patterns, as a strided view."""
+    assert crypt == 1 or crypt == skip == 0
+    return view if crypt == 0 else view[:: 1 + skip]
+
+
+class _ChainedCbc:
+    """AES-CBC encryption from one constant IV, restarted at every protected range, with one
+    cipher object per track instead of one per range (the key schedule is the costly part).
+
+    The cipher's chain continues from the last ciphertext block `c` of the previous range;
+    XOR-ing `iv ^ c` into the range's first plaintext block makes its first step
+    E(p0 ^ iv), exactly a CBC restarted from `iv`."""
+
+    def __init__(self, key: bytes, iv: bytes):
+        self._cipher = AES.new(key, AES.MODE_CBC, iv=bytes(BLOCK))
+        self._iv = np.frombuffer(_cbc_iv(iv), dtype=np.uint8)
+        self._last = np.zeros(BLOCK, dtype=np.uint8)  # the cipher's chaining block
+
+    def encrypt(self, blocks: np.ndarray) -> np.ndarray:
+        """CBC from the IV over `blocks` ((n, 16) uint8); the ciphertext as (n, 16)."""
+        if not len(blocks):
+            return blocks
+        plain = np.ascontiguousarray(blocks).copy()
+        plain[0] ^= self._iv ^ self._last
+        done = np.frombuffer(self._cipher.encrypt(plain.reshape(-1).data), dtype=np.uint8)
+        done = done.reshape(-1, BLOCK)
+        self._last = done[-1].copy()
+        return done
+
+
 def _cbc_iv(iv: bytes) -> bytes:
     # An 8-byte constant IV is the first half of the CBC IV; the rest is zero (23001-7).
     return iv if len(iv) == 16 else iv + bytes(8)
@@ -278,9 +313,12 @@ def _cbcs(
     crypt: int,
     skip: int,
     decrypt: bool = False,
+    chain: _ChainedCbc | None = None,
 ) -> bytes:
     """cbcs: per protected range, AES-CBC from the constant IV over the pattern's crypt
-    blocks (the chain skips the clear blocks); a partial last block stays clear."""
+    blocks (the chain skips the clear blocks); a partial last block stays clear. `chain`
+    (encryption only) is the track's cipher reused across ranges; without it each range gets
+    a fresh cipher."""
     out = bytearray(sample)
     array = np.frombuffer(out, dtype=np.uint8)
     cbc_iv = _cbc_iv(iv)
@@ -289,10 +327,18 @@ def _cbcs(
         if not blocks:
             continue
         view = array[start : start + blocks * BLOCK].reshape(blocks, BLOCK)
+        mask = None if crypt == 1 or crypt == skip == 0 else _pattern_mask(blocks, crypt, skip)
+        if chain is not None and not decrypt:
+            if mask is None:  # 1:N and 0:0 are strided views into `out`: encrypted in place
+                chosen_view = _pattern_blocks(view, crypt, skip)
+                chosen_view[...] = chain.encrypt(chosen_view)
+            else:
+                view[mask] = chain.encrypt(view[mask])
+            continue
         mask = _pattern_mask(blocks, crypt, skip)
+        chosen = view[mask]
         cipher = AES.new(key, AES.MODE_CBC, iv=cbc_iv)
-        chosen = view[mask].tobytes()
-        done = cipher.decrypt(chosen) if decrypt else cipher.encrypt(chosen)
+        done = cipher.decrypt(chosen.tobytes()) if decrypt else cipher.encrypt(chosen.tobytes())
         view[mask] = np.frombuffer(done, dtype=np.uint8).reshape(-1, BLOCK)
     return bytes(out)
 

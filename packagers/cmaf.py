@@ -26,6 +26,7 @@ presented at or after it, so the segments of all renditions align.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -144,7 +145,8 @@ def cut(track: TimedTrack, boundaries: list[Fraction]) -> list[Segment]:
             point = boundary * timescale
             if point - half > last:
                 break  # past this track's last frame
-            after = np.flatnonzero(sync_time >= point - half)
+            # integer times: `t >= x` is `t >= ceil(x)`, compared in numpy, not per Fraction
+            after = np.flatnonzero(sync_time >= math.ceil(point - half))
             if len(after) == 0 or sync_time[after[0]] > point + half:
                 nearest = sync_time[np.argmin(np.abs(sync_time - float(point)))] / timescale
                 raise PackagingError(
@@ -157,7 +159,7 @@ def cut(track: TimedTrack, boundaries: list[Fraction]) -> list[Segment]:
                 cuts.append(index)
     else:
         for boundary in boundaries:
-            after = np.flatnonzero(presentation >= boundary * timescale)
+            after = np.flatnonzero(presentation >= math.ceil(boundary * timescale))
             if len(after) == 0:
                 break
             if int(after[0]) > cuts[-1]:
