@@ -17,11 +17,12 @@ output.
 Why PyAV keeps the log off by default, and what that asks of us: with it on, a thread of
 FFmpeg's that logs must take the GIL. A frame-threaded decoder freed while its threads still
 decode (a container closed mid-stream, with the GIL held, as PyAV frees codec contexts) waits
-for a thread that waits for the GIL: the process hangs (PyAV issues #751, #909; a corrupt source
-closed mid-stream hangs within a few hundred tries). Hence `close_input()`: it parks the
-decoders' threads with the GIL released before the container goes. Every input container that
-frame-threaded decoders read must be closed with it. And the log goes off again at interpreter
-exit, where a late line would hang the shutdown.
+for a thread that waits for the GIL: the process hangs (PyAV issues #751, #909; here a corrupt
+source closed mid-decode hung on the first try). Hence `close_input()`: it parks the decoders'
+threads with the GIL released before the container goes. Every input container that
+frame-threaded decoders read must be closed with it (`packagers`, which cannot import this,
+flush their decoder themselves). And the log goes off again at interpreter exit, where a late
+line would hang the shutdown.
 
 Secrets stay out: an error's text names the file, never its folder (the work folder is the
 server's business) and URLs lose their user info and query (credentials, SAS tokens). PyAV's
@@ -52,8 +53,6 @@ import av.error
 import av.logging
 
 from engine.encoders import EncoderChoice
-
-log = logging.getLogger(__name__)
 
 MAX_THREADS = 256  # Python threads whose last line is kept (the oldest is forgotten first)
 MAX_LINE = 300  # characters of a log line kept in a message
