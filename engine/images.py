@@ -57,9 +57,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
 
 from engine.errors import ImageExtractionError
+from engine.ffmpeg import close_input, error_message, log_mark
 from engine.media import VideoTrackInfo
 from packagers.hooks import ImageInput
 from packagers.thumbnails import thumbnail_count
@@ -230,6 +230,7 @@ class FrameGrabber:
         thread_type: str | None = None,
     ):
         self.path = Path(path)
+        self._mark = log_mark()  # FFmpeg's log lines from here on belong to this file
         self.cancel = cancel
         if thread_type is not None:
             self.thread_type = thread_type
@@ -280,7 +281,8 @@ class FrameGrabber:
         try:
             self.container = av.open(str(self.path))
         except av.FFmpegError as error:
-            raise ImageExtractionError(f"{self.path.name}: cannot open: {error}") from None
+            message = error_message(self.path, "cannot open", error, since=self._mark)
+            raise ImageExtractionError(message) from None
         videos = [
             s
             for s in self.container.streams.video
@@ -302,7 +304,7 @@ class FrameGrabber:
         self._stored_dts = bool(formats & {"mov", "mp4", "mpegts"})
 
     def close(self) -> None:
-        self.container.close()
+        close_input(self.container)  # frame-threaded decoders: safe with FFmpeg's log on
 
     def __enter__(self) -> FrameGrabber:
         return self
@@ -442,7 +444,7 @@ class FrameGrabber:
     def _rewind(self) -> None:
         """From the first packet again, reopening the file (works where seeking does not)."""
         index = self.stream.index
-        self.container.close()
+        close_input(self.container)
         self._open(index)
         self._start()
 
@@ -540,9 +542,10 @@ class FrameGrabber:
         try:
             frames = self.decoder.decode(packet)
         except av.FFmpegError as error:
+            at = float(_packet_pts(packet) * self.time_base)
+            what = f"cannot decode the video at {at:.3f} s"
             raise ImageExtractionError(
-                f"{self.path.name}: cannot decode the video at "
-                f"{float(_packet_pts(packet) * self.time_base):.3f} s: {error}"
+                error_message(self.path, what, error, since=self._mark)
             ) from None
         self._fed = True
         self.decoded += len(frames)
@@ -646,6 +649,8 @@ class PictureMaker:
 
 
 def _save_jpeg(pixels: np.ndarray, path: Path, quality: int) -> None:
+    from PIL import Image  # lazily: jobs without images never load PIL
+
     try:
         Image.fromarray(pixels, "RGB").save(path, "JPEG", quality=quality)
     except OSError as error:

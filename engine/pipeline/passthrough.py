@@ -21,6 +21,7 @@ import av
 from engine import ladder
 from engine.errors import MappingError, PackagingError, SourceError
 from engine.events import EventType
+from engine.ffmpeg import error_message
 from engine.media import AudioRendition, MediaMap, VideoRendition
 from engine.pipeline.payloads import video_rendition_fields
 from engine.pipeline.results import Encoded, Mapped
@@ -146,7 +147,7 @@ def _copy_video(source: Path, target: Path) -> tuple[list[Fraction], int, float]
     try:
         container = av.open(str(source))
     except av.FFmpegError as error:
-        raise SourceError(f"{source.name}: cannot open: {error}") from None
+        raise SourceError(error_message(source, "cannot open", error)) from None
     try:
         stream = container.streams.video[0]
         output = av.open(str(target), "w", format="mp4", options={"movflags": FRAGMENTED})
@@ -171,7 +172,7 @@ def _copy_video(source: Path, target: Path) -> tuple[list[Fraction], int, float]
             output.mux(packet)
         output.close()
     except av.FFmpegError as error:
-        raise SourceError(f"{source.name}: cannot read the video: {error}") from None
+        raise SourceError(error_message(source, "cannot read the video", error)) from None
     finally:
         container.close()
     start = Fraction(first or 0) * time_base
