@@ -37,7 +37,6 @@ from drm.cpix import (
     HeaderAuthentication,
     KeyRequest,
 )
-from drm.credentials import CredentialsError
 from drm.keys import KEY_SIZE, QUALITY_GROUPS, ContentKey, DrmKeyError, KeySet
 from engine import ladder
 from engine.job import AuthenticationType, VideoFormat
@@ -174,6 +173,8 @@ def _key_from_encrypted(processing: Any, service_key: ServiceKey | None) -> Cont
         ciphertext = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise DrmKeyError(field_name, "is not valid base64 ciphertext") from None
+    from drm.credentials import CredentialsError  # lazily: RSA only for Encrypted
+
     try:
         key = service_key.decrypt_bytes(ciphertext, field_name)
     except CredentialsError as error:
@@ -193,6 +194,8 @@ def _managed_secret(
         return text
     if service_key is None:
         raise DrmKeyError(field_name, "is Encrypted but no service key is loaded to decrypt it")
+    from drm.credentials import CredentialsError  # lazily: RSA only for Encrypted
+
     try:
         return service_key.decrypt(text.strip(), field_name)
     except CredentialsError as error:

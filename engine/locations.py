@@ -20,12 +20,16 @@ destination, so missing and invalid are 4301.
 
 from __future__ import annotations
 
-from drm.credentials import CredentialsError, ServiceKey
+from typing import TYPE_CHECKING
+
 from engine.errors import AcquisitionError, EngineError, JobValidationError, PublishError
 from engine.job import Protection, StorageSpec
 from engine.policy import TRUSTED, JobPolicy
 from engine.validation import FieldError
 from storage.base import StorageError, StorageLocation
+
+if TYPE_CHECKING:
+    from drm.credentials import ServiceKey
 
 _ACQUISITION_CODES = {"unreachable": 2001, "denied": 2002, "missing": 2003, "invalid": 2003}
 _PUBLISHING_CODES = {"unreachable": 4301, "denied": 4302, "missing": 4301, "invalid": 4301}
@@ -48,6 +52,9 @@ def location_from_spec(
     secret_field = f"{field}.CredentialsSecret"
     secret = spec.credentials_secret.get_secret_value() if spec.credentials_secret else None
     if secret is not None and spec.credentials_protection == Protection.Encrypted:
+        # RSA and X.509 are imported only when a secret needs them (start-up time)
+        from drm.credentials import CredentialsError
+
         if service_key is None:
             raise JobValidationError(
                 [FieldError(secret_field, "is Encrypted but this node has no service key")]

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
 
 # BT.709 RGB -> Y'CbCr, limited range; used for HD and smaller alike (the difference to
 # BT.601 on a logo is below what the eye sees).
@@ -58,6 +57,8 @@ class Watermarker:
         self.items = [self._prepare(spec) for spec in specs]
 
     def _prepare(self, spec: WatermarkSpec) -> _Prepared:
+        from PIL import Image  # lazily: only jobs with watermarks need PIL
+
         try:
             image: Image.Image = Image.open(spec.image)
             image.seek(0)  # the first frame of an animated GIF

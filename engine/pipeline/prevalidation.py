@@ -6,7 +6,6 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from drm.cpix import KeyServiceError
-from drm.credentials import ServiceKey
 from drm.keys import DrmKeyError
 from engine.errors import DrmError, EngineError, ImageExtractionError, JobValidationError
 from engine.events import EventType
@@ -19,6 +18,7 @@ from engine.validation import FieldError
 from storage import StorageError, open_storage
 
 if TYPE_CHECKING:
+    from drm.credentials import ServiceKey
     from drm.keys import KeySet
     from engine.job import StorageSpec
     from engine.pipeline.scope import JobScope
@@ -43,7 +43,11 @@ def needs_service_key(job: Job) -> bool:
 
 def load_service_key(scope: JobScope) -> ServiceKey | None:
     """The service key pair, loaded only when the job holds protected secrets."""
-    return ServiceKey.load_or_create(scope.data_dir) if needs_service_key(scope.job) else None
+    if not needs_service_key(scope.job):
+        return None
+    from drm.credentials import ServiceKey  # lazily: RSA and X.509 cost start-up time
+
+    return ServiceKey.load_or_create(scope.data_dir)
 
 
 def pre_validate(

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from drm.credentials import CredentialsError, ServiceKey
 from engine.errors import JobValidationError
 from engine.job import Job, MessagePublisher, Protection, PublisherType
 from engine.publishers.base import (
@@ -37,6 +37,9 @@ from engine.publishers.base import (
 )
 from engine.validation import FieldError
 from storage.egress import UNRESTRICTED, EgressPolicy
+
+if TYPE_CHECKING:
+    from drm.credentials import ServiceKey
 
 # Type -> (module, class, pip extra that installs its SDK or None)
 REGISTRY: dict[str, tuple[str, str, str | None]] = {
@@ -80,6 +83,8 @@ def _clear(
         raise JobValidationError(
             [FieldError(field, "is Encrypted but this node has no service key")]
         )
+    from drm.credentials import CredentialsError  # lazily: RSA only for Encrypted
+
     try:
         return service_key.decrypt(value, field)
     except CredentialsError as error:
