@@ -18,6 +18,7 @@ BENCHMARKS = {
     "packaging": "packaging + encryption (Cmaf cbcs, Dash cenc) vs Shaka Packager",
     "thumbnails": "thumbnail tiles vs ffmpeg fps/scale/tile",
     "scaling": "ladder encode time and peak memory for 15, 30, 60 s sources",
+    "api": "POST /Job latency, 20 concurrent clients against vipe serve",
     "perscene": "EncodingMode PerScene vs Default: kbps, VMAF (libvmaf on the package), time",
 }
 

@@ -62,6 +62,7 @@ class Result:
     vipe_cpu_s: float
     anchor_cpu_s: float
     runs: int
+    extra: dict | None = None  # a row's own figures (e.g. the API row's p50, p99)
 
     def as_json(self) -> dict:
         return asdict(self)
