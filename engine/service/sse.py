@@ -94,9 +94,14 @@ class EventStreams:
         """The SSE answer of one job (the caller checked it is the tenant's)."""
         return self._response(tenant_id, self._job_stream(job_id, _last_event_id(request)))
 
-    def tenant_response(self, request: Request, tenant_id: str) -> Response:
-        """The SSE answer of all the tenant's jobs."""
-        return self._response(tenant_id, self._tenant_stream(tenant_id, _last_event_id(request)))
+    async def tenant_response(self, request: Request, tenant_id: str) -> Response:
+        """The SSE answer of all the tenant's jobs: from `Last-Event-ID`, else from the
+        tenant's newest event now (read before the answer starts, so that nothing stored
+        after the client saw the headers is missed)."""
+        last_id = _last_event_id(request)
+        if last_id <= 0:
+            last_id = await self._read(self._newest_event, tenant_id)
+        return self._response(tenant_id, self._tenant_stream(tenant_id, last_id))
 
     def _response(self, tenant_id: str, body: AsyncIterator[str]) -> Response:
         if self.open.get(tenant_id, 0) >= self.max_per_tenant:
@@ -156,8 +161,6 @@ class EventStreams:
 
     async def _tenant_stream(self, tenant_id: str, last_id: int) -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
-        if last_id <= 0:  # a new stream: from now on (the client read the list just before)
-            last_id = await self._read(self._newest_event, tenant_id)
         now = datetime.datetime.now(datetime.UTC)
         since = now - datetime.timedelta(seconds=RECENT_SECONDS)
         shown: dict[str, tuple[Any, ...]] = {}

@@ -175,7 +175,7 @@ def install_console(
 
     @app.get("/events", tags=["Job"], summary="The tenant's events (Server-Sent Events)")
     async def tenant_events(request: Request, who: Principal = Depends(principal)):
-        return streams.tenant_response(request, who.tenant_id)
+        return await streams.tenant_response(request, who.tenant_id)
 
     @app.get(
         "/Job/{JobId}/output/{name:path}",

@@ -220,6 +220,7 @@ async function jobView(jobId) {
   const chartBox = el("section", { id: "chart-section" });
   const reportBox = el("pre", { id: "report", class: "report" });
   const previewBox = el("section", { id: "preview-section" });
+  const detailsBox = el("section", {}, el("h2", {}, "Details"), detailList(view));
   let eventCount = view.Events.length;
 
   replace(main,
@@ -228,7 +229,7 @@ async function jobView(jobId) {
       el("div", { class: "tools" }, state, phase, bar, cancel)),
     error,
     el("div", { class: "columns" },
-      el("section", {}, el("h2", {}, "Details"), detailList(view)),
+      detailsBox,
       el("section", {}, el("h2", {}, "Timeline"), timeline)),
     el("h2", {}, "Preview"), previewBox,
     el("h2", {}, "Streams"), streamsBox,
@@ -247,6 +248,7 @@ async function jobView(jobId) {
       view = await api(`/Job/${encodeURIComponent(jobId)}`);
     } catch (err) { failure(err); return; }
     outputs(view);
+    replace(detailsBox, el("h2", {}, "Details"), detailList(view));
     replace(error, view.ErrorCode ? `${view.ErrorCode}: ${view.ErrorMessage || ""}` : "");
     try {
       replace(reportBox, JSON.stringify(await api(`/reporting/${encodeURIComponent(jobId)}`), null, 2));
