@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import os
 import sys
 
 from rich.console import Console
@@ -34,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold]{name}[/bold]: {BENCHMARKS[name]}")
         module = importlib.import_module(f"benchmarks.{name}")
         produced = module.run(quick=args.quick)
-        results += produced if isinstance(produced, list) else [produced]
+        # every row notes how it was run and the machine's load (benchmarks share 2 cores)
+        load = [round(v, 2) for v in os.getloadavg()]
+        results += [
+            dataclasses.replace(r, extra={**(r.extra or {}), "quick": args.quick, "load": load})
+            for r in (produced if isinstance(produced, list) else [produced])
+        ]
     table = Table(title="vipe vs the tools users would pick instead (medians)")
     for column in ("benchmark", "vipe s", "anchor", "anchor s", "ratio", "vipe MB", "anchor MB"):
         table.add_column(column)

@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -62,7 +62,9 @@ class Result:
     vipe_cpu_s: float
     anchor_cpu_s: float
     runs: int
-    extra: dict | None = None  # a row's own figures (e.g. the API row's p50, p99)
+    # a row's own figures (the API row's p50, p99...); keyword-only, so subclasses may add
+    # fields without defaults
+    extra: dict | None = field(default=None, kw_only=True)
 
     def as_json(self) -> dict:
         return asdict(self)
