@@ -307,6 +307,7 @@ class PerSceneQuality(RenditionQuality):
     crf: float = 0.0
     target_vmaf: float = DEFAULT_TARGET
     segment_vmaf: tuple[float, ...] = field(default=())
+    predicted_vmaf: float | None = None  # what the probes predicted (the model's error)
 
     def per_scene_fields(self) -> dict[str, Any]:
         """The PerScene fields (contract §5.3)."""
@@ -320,6 +321,9 @@ class PerSceneQuality(RenditionQuality):
                 "VmafP5Segments": None if self.vmaf_p5 is None else round(self.vmaf_p5, 3),
                 "Scenes": self.scenes,
                 "Crf": self.crf,
+                "PredictedVmaf": None
+                if self.predicted_vmaf is None
+                else round(self.predicted_vmaf, 2),
             }
         }
 

@@ -146,6 +146,7 @@ def _measure(
         crf=rate.crf if rate else 0.0,
         target_vmaf=rate.target if rate else perscene.DEFAULT_TARGET,
         segment_vmaf=tuple(round(v, 3) for v in segments),
+        predicted_vmaf=rate.predicted_vmaf if rate else None,
     )
 
 
