@@ -22,6 +22,7 @@ BENCHMARKS = {
     "scaling": "ladder encode time and peak memory for 15, 30, 60 s sources",
     "api": "POST /Job latency, 20 concurrent clients against vipe serve",
     "perscene": "EncodingMode PerScene vs Default: kbps, VMAF (libvmaf on the package), time",
+    "chunked": "1080p ladder: one pass vs vipe run --parallel N (chunks), cores, speed-up",
 }
 
 
