@@ -17,6 +17,7 @@ bytes in field 1, which are what is read here.
 
 from __future__ import annotations
 
+import contextlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,7 +42,6 @@ def _pairs(
 
     pairs: list[tuple[Fraction, bytes]] = []
     seen = False
-    stream = None
     try:
         with av.open(str(path)) as container:
             stream = next((s for s in container.streams.video if s.index == index), None)
@@ -49,34 +49,37 @@ def _pairs(
                 raise CaptionError(f"{path.name}: track {index} is not a video track")
             if stream.codec_context.name not in CAPTION_CODECS:
                 return [], False
-            stream.thread_type = "AUTO"
+            # A detection stops early: slice threads only, so that no frame thread is still
+            # busy when the file closes (with FFmpeg's log on, closing a decoder whose frame
+            # threads wait to log deadlocks). A whole read uses frame threads and flushes them
+            # before the close, whatever ends it.
+            stream.thread_type = "SLICE" if until is not None else "AUTO"
             start = container.start_time or 0
             offset = Fraction(start, 1_000_000) if start > 0 else Fraction(0)
-            for frame in container.decode(stream):
-                if not isinstance(frame, av.VideoFrame):
-                    continue
-                if frame.pts is None or frame.time_base is None:
-                    continue
-                time = frame.pts * frame.time_base - offset
-                if until is not None and time > until:
-                    # frame threads may still be busy: wait for them now, with the GIL
-                    # released, not in close() (a deadlock with a Python log callback)
-                    stream.codec_context.flush_buffers()
-                    break
-                data = frame.side_data.get("A53_CC")
-                if not isinstance(data, SideData):
-                    continue
-                raw = bytes(data)
-                for at in range(0, len(raw) - 2, 3):
-                    head, first, second = raw[at], raw[at + 1], raw[at + 2]
-                    if not head & 0x04 or head & 0x03 != 0:  # not valid, or not field 1
+            try:
+                for frame in container.decode(stream):
+                    if not isinstance(frame, av.VideoFrame):
                         continue
-                    seen = True
-                    if first & 0x7F not in _PADDING or second & 0x7F not in _PADDING:
-                        pairs.append((time, bytes([first, second])))
+                    if frame.pts is None or frame.time_base is None:
+                        continue
+                    time = frame.pts * frame.time_base - offset
+                    if until is not None and (seen or time > until):
+                        break
+                    data = frame.side_data.get("A53_CC")
+                    if not isinstance(data, SideData):
+                        continue
+                    raw = bytes(data)
+                    for at in range(0, len(raw) - 2, 3):
+                        head, first, second = raw[at], raw[at + 1], raw[at + 2]
+                        if not head & 0x04 or head & 0x03 != 0:  # not valid, or not field 1
+                            continue
+                        seen = True
+                        if first & 0x7F not in _PADDING or second & 0x7F not in _PADDING:
+                            pairs.append((time, bytes([first, second])))
+            finally:
+                with contextlib.suppress(Exception):  # nothing left to wait for
+                    stream.codec_context.flush_buffers()
     except av.FFmpegError as error:
-        if stream is not None:  # a corrupt frame: the frame threads too may be busy (see above)
-            stream.codec_context.flush_buffers()
         raise CaptionError(f"{path.name}: cannot read the video: {error}") from error
     return pairs, seen
 
