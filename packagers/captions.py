@@ -88,10 +88,45 @@ def has_cea608(path: Path, index: int, *, seconds: float = 10.0) -> bool:
     """Whether video track `index` carries CEA-608 field-1 caption data within its first
     `seconds` (a stream with captions sends cc_data, padding at least, on every frame)."""
     try:
+        if not _may_carry_a53(path, index, seconds):
+            return False  # no decoding (seconds and hundreds of MB for 1080p) when none
         _, seen = _pairs(path, index, seconds)
     except CaptionError:
         return False
     return seen
+
+
+# H.264/H.265 SEI user_data_registered_itu_t_t35 carrying A/53 cc_data holds the ATSC
+# identifier "GA94" (FFmpeg exports A53_CC from these only); emulation prevention never
+# changes these bytes (it inserts 0x03 only after 00 00).
+_A53_IDENTIFIER = b"GA94"
+
+
+def _may_carry_a53(path: Path, index: int, seconds: float) -> bool:
+    """False when no packet of an H.264/H.265 track's first `seconds` holds the A/53
+    identifier, so there are no captions to decode; True otherwise (and for MPEG-2, whose
+    decoder also exports SCTE-20 and DVD captions)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = next((s for s in container.streams.video if s.index == index), None)
+            if stream is None or stream.codec_context.name not in ("h264", "hevc"):
+                return True
+            time_base = stream.time_base or Fraction(1, 90000)
+            first: int | None = None
+            for packet in container.demux(stream):
+                if packet.size and _A53_IDENTIFIER in bytes(packet):
+                    return True
+                stamp = packet.dts if packet.dts is not None else packet.pts
+                if stamp is None:
+                    continue
+                first = stamp if first is None else first
+                if (stamp - first) * time_base > seconds + 1:
+                    break
+    except av.FFmpegError:
+        return True  # let the decoding scan report what is wrong
+    return False
 
 
 def cea608_pairs(path: Path, index: int) -> list[tuple[Fraction, bytes]]:
