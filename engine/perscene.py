@@ -60,6 +60,10 @@ CUT_ABS = 18.0  # mean absolute luma difference (0..255) that may be a cut
 CUT_RELATIVE = 3.0  # ... and this many times the recent mean difference
 MIN_SCENE_S = 1.0
 NEAR_DUPLICATE = 0.10
+# VBV maxrate as a share of the cap: the encoder may also spend the initial buffer (0.9 s at
+# maxrate), so over a 20 s source the average stays under the cap (measured: at maxrate = cap
+# a capped 20 s rung averaged up to 2.5 % above it)
+VBV_SHARE = 0.96
 MAX_ZONE_FACTOR = 8.0
 
 Progress = Callable[[float], None]
@@ -225,19 +229,20 @@ def rate_choice(choice: EncoderChoice, rate: RungRate, cap_kbps: int) -> Encoder
     """`choice` (Default's settings) with PerScene rate control: CRF/CQ, zones, VBV at the cap.
     Keyframe settings are left exactly as they are."""
     options = {k: v for k, v in choice.options.items() if k not in ("b", "maxrate", "bufsize")}
+    maxrate = max(1, round(cap_kbps * VBV_SHARE))
     if choice.hardware:  # NVENC: constant quality under the cap, no zones (module docs)
         options.update(
             {
                 "rc": "vbr",
                 "cq": str(max(1, min(51, round(rate.crf)))),
-                "maxrate": f"{cap_kbps}k",
+                "maxrate": f"{maxrate}k",
                 "bufsize": f"{cap_kbps}k",
             }
         )
         return replace(choice, options=options, bit_rate=0)
     key = "x264-params" if choice.name == "libx264" else "x265-params"
     params = [options[key]] if options.get(key) else []
-    params += [f"crf={rate.crf:g}", f"vbv-maxrate={cap_kbps}", f"vbv-bufsize={cap_kbps}"]
+    params += [f"crf={rate.crf:g}", f"vbv-maxrate={maxrate}", f"vbv-bufsize={cap_kbps}"]
     if rate.zones:
         params.append("zones=" + "/".join(f"{a},{b},b={f:g}" for a, b, f in rate.zones))
     options[key] = ":".join(params)
@@ -471,6 +476,19 @@ class _Prober:
             pipe.abort()
 
 
+def _thumbnail(frame: av.VideoFrame) -> np.ndarray:
+    """About `THUMB` luma samples of `frame` (8-bit planar or NV12: a strided view of the luma
+    plane, no scaling; other formats through the scaler), as int16."""
+    if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p", "nv12"):
+        plane = frame.planes[0]
+        luma = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        step_y = max(1, plane.height // THUMB[1])
+        step_x = max(1, plane.width // THUMB[0])
+        return luma[: plane.height : step_y, : plane.width : step_x].astype(np.int16)
+    thumb = frame.reformat(width=THUMB[0], height=THUMB[1], format="gray")
+    return thumb.to_ndarray().astype(np.int16)
+
+
 def analyse(
     plan: TranscodePlan,
     ffmpeg: str,
@@ -506,8 +524,7 @@ def analyse(
 
             def take(frame: av.VideoFrame) -> None:
                 nonlocal previous, clip_start, index
-                thumb = frame.reformat(width=THUMB[0], height=THUMB[1], format="gray")
-                luma = thumb.to_ndarray().astype(np.int16)
+                luma = _thumbnail(frame)
                 differences.append(
                     0.0 if previous is None else float(np.abs(luma - previous).mean())
                 )

@@ -90,15 +90,15 @@ def test_rate_choice_keeps_keyframes_and_caps_with_vbv():
     choice = perscene.rate_choice(default, rate, 1000)
     params = choice.options["x264-params"]
     assert params.startswith(default.options["x264-params"])  # keyint, scenecut=0, closed GOP
-    assert ":crf=27.5:vbv-maxrate=1000:vbv-bufsize=1000:zones=0,49,b=0.5/50,99,b=2" in params
+    assert ":crf=27.5:vbv-maxrate=960:vbv-bufsize=1000:zones=0,49,b=0.5/50,99,b=2" in params
     assert "b" not in choice.options and "maxrate" not in choice.options
     assert choice.options["forced-idr"] == "1" and choice.bit_rate == 0
     h265 = perscene.rate_choice(cpu_choice("H265", OptimizeFor.Speed, 800, 25.0, 4.0), rate, 800)
     assert "keyint=-1:scenecut=0:open-gop=0" in h265.options["x265-params"]
-    assert "crf=27.5:vbv-maxrate=800:vbv-bufsize=800:zones=" in h265.options["x265-params"]
+    assert "crf=27.5:vbv-maxrate=768:vbv-bufsize=800:zones=" in h265.options["x265-params"]
     nvenc = perscene.rate_choice(nvenc_choice("H264", OptimizeFor.Balance, 1000, 25, 4), rate, 1000)
     assert nvenc.options["rc"] == "vbr" and nvenc.options["cq"] == "28"
-    assert nvenc.options["maxrate"] == nvenc.options["bufsize"] == "1000k"
+    assert (nvenc.options["maxrate"], nvenc.options["bufsize"]) == ("960k", "1000k")
     assert "b" not in nvenc.options and nvenc.options["no-scenecut"] == "1"
 
 
