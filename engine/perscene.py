@@ -17,8 +17,9 @@ Three parts, the middle one pure (tests/test_perscene.py tables):
    extrapolated with the end slopes, clamped to `CRF_RANGE`). The rung gets one base CRF (the
    frame-weighted mean) and x264/x265 zones `b=2^((base - crf_scene)/6)` that move the
    scenes to their own CRF (a zone factor b scales the rate like CRF - 6 log2 b, measured).
-3. `rate_choice` — the encoder settings: CRF + VBV with maxrate = bufsize = the rung's
-   configured bitrate (the cap; a 1 s buffer bounds a 4 s segment at 1.25x the cap), zones in
+3. `rate_choice` — the encoder settings: CRF + VBV with maxrate = `VBV_SHARE` of the rung's
+   configured bitrate (the cap) and bufsize = the cap (1 s: a 4 s segment peaks at 1.21x the
+   cap at most), zones in
    x264-params/x265-params; everything about keyframes (forced segment IDRs, no scene-cut
    keyframes, closed GOPs) stays exactly as in Default. NVENC: constant quality (`rc=vbr`,
    `cq`, no target bitrate) under the same maxrate/bufsize; NVENC has no zones, so the rung's
