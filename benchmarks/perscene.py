@@ -7,7 +7,7 @@ Per source and rung: Default and PerScene kbps (packaged bytes / duration), VMAF
 percentile of per-segment means, bytes saved; per source the PerScene / Default wall time
 (each job timed as a child process, `benchmarks.common.measure`) and a rate-quality plot
 (`benchmarks/results/perscene-<source>.png`). The full table goes into latest.json (field
-`detail` of each result) and `benchmarks/results/perscene.json`.
+`detail` of each result) and `benchmarks/results/perscene.json` (`--quick`: files named `-quick`).
 
 Sources (generated with numpy + PyAV, cached in benchmarks/.cache): `static` (a slide with a
 slightly moving talking head), `animation` (flat-colour shapes in fast motion), `pan`
@@ -338,7 +338,7 @@ def _compare(default: dict, perscene: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def _plot(kind: str, default: dict, perscene: dict) -> Path | None:
+def _plot(kind: str, default: dict, perscene: dict, suffix: str = "") -> Path | None:
     try:
         import matplotlib
 
@@ -360,7 +360,7 @@ def _plot(kind: str, default: dict, perscene: dict) -> Path | None:
     axis.set_title(f"rate-quality: {kind}")
     axis.grid(True, alpha=0.3)
     axis.legend()
-    path = RESULTS / f"perscene-{kind}.png"
+    path = RESULTS / f"perscene-{kind}{suffix}.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -368,7 +368,9 @@ def _plot(kind: str, default: dict, perscene: dict) -> Path | None:
     return path
 
 
-def bench_source(kind: str, width: int, height: int, seconds: int) -> PerSceneResult:
+def bench_source(
+    kind: str, width: int, height: int, seconds: int, suffix: str = ""
+) -> PerSceneResult:
     """Default and PerScene on one source; the per-rung comparison."""
     source = make_source(kind, width, height, seconds)
     scratch = Path(tempfile.mkdtemp(prefix=f"vipe-perscene-{kind}-"))
@@ -380,7 +382,7 @@ def bench_source(kind: str, width: int, height: int, seconds: int) -> PerSceneRe
     rows = _compare(default, perscene)
     default_bytes = sum(r["bytes"] for r in default["rungs"].values())
     perscene_bytes = sum(r["bytes"] for r in perscene["rungs"].values())
-    plot = _plot(kind, default, perscene)
+    plot = _plot(kind, default, perscene, suffix)
     detail = {
         "source": kind,
         "size": f"{width}x{height}",
@@ -427,13 +429,14 @@ def run(quick: bool = False, report: Callable[[str], None] = print) -> list[Resu
     """Every source (module docs); the harness's results, a summary in perscene.json."""
     sources, (width, height), seconds = _settings(quick)
     results: list[Result] = []
+    suffix = "-quick" if quick else ""  # the quick case keeps the full run's files
     RESULTS.mkdir(parents=True, exist_ok=True)
     for kind in sources:
-        result = bench_source(kind, width, height, seconds)
+        result = bench_source(kind, width, height, seconds, suffix)
         report(json.dumps(result.detail["rows"]))
         results.append(result)
         # each source's table as soon as it is measured (a long run may be interrupted)
-        detail = RESULTS / f"perscene-{kind}.json"
+        detail = RESULTS / f"perscene-{kind}{suffix}.json"
         detail.write_text(json.dumps(result.detail, indent=2) + "\n")
     details = [r.detail for r in results if isinstance(r, PerSceneResult)]
     total_default = sum(d["default_bytes"] for d in details)
@@ -447,6 +450,6 @@ def run(quick: bool = False, report: Callable[[str], None] = print) -> list[Resu
         },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "perscene.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / f"perscene{suffix}.json").write_text(json.dumps(summary, indent=2) + "\n")
     report(f"total bytes saved: {summary['total_bytes_saved_pct']} %")
     return results
