@@ -145,6 +145,7 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
             normalize_audio=processing.normalize_audio,
             hw_decode=plan.hw_decode,
             quality=_quality_settings(scope, plan),
+            job_id=scope.job_id,
         )
         _encoding_started(scope, plan, outputs)
         # EncodingMode PerScene: an analysis pass first (engine.pipeline.per_scene); its
