@@ -133,6 +133,7 @@ def test_metrics_equal_the_ffmpeg_cli_on_the_rendition_files(job_run, source):
 def test_without_libvmaf_vmaf_is_null_and_warned_and_sampling(source, tmp_path, monkeypatch):
     """No libvmaf: `"Vmaf": null` and a Warning. Also a long source's sampling, simulated
     with a cap of 30 frames: 100 frames → every 4th measured, and the streams say so."""
+
     def no_vmaf() -> tuple[None, str]:
         return None, "no libvmaf (test)"
 
