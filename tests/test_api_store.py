@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from api_helpers import tiny_job
 from sqlalchemy import create_engine, inspect, text, update
+from sqlalchemy.exc import IntegrityError
 
 from engine.service.jobs import JobService, ServiceOptions
 from engine.service.store import (
@@ -22,6 +23,7 @@ from engine.service.store import (
     ReportRow,
     SealError,
     Store,
+    TenantQueueFull,
 )
 
 POSTGRES_URL = os.environ.get(
@@ -355,3 +357,89 @@ def test_publishing_tells_its_plan_before_it_writes(tmp_path):
     assert present == ["manifest.mpd"]  # nothing written yet
     published = sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())
     assert sorted(names) == [n for n in published if n != "manifest.mpd"]
+
+
+def _paused_writer(store: Store) -> tuple[threading.Event, threading.Event, list[int]]:
+    """Hold the store's job writer inside its first batch until `release` is set; the sizes
+    of the batches it commits go to `sizes`."""
+    writer = store._job_writer
+    insert_jobs = writer._insert_jobs
+    entered, release, sizes = threading.Event(), threading.Event(), []
+
+    def paused(batch):
+        entered.set()
+        assert release.wait(30)
+        sizes.append(len(batch))
+        return insert_jobs(batch)
+
+    writer._insert_jobs = paused
+    return entered, release, sizes
+
+
+def test_waiting_jobs_are_committed_together_with_exact_queued_limits(store):
+    entered, release, sizes = _paused_writer(store)
+    first = store.create_job_future(new_job("tenant-a"), max_queued_per_tenant=5)
+    assert entered.wait(30)  # the writer holds the first job; the next ones wait for it
+    a_jobs = [new_job("tenant-a") for _ in range(7)]
+    b_jobs = [new_job("tenant-b") for _ in range(3)]
+    futures = [store.create_job_future(j, max_queued_per_tenant=5) for j in a_jobs]
+    futures += [store.create_job_future(j, max_queued_per_tenant=None) for j in b_jobs]
+    assert not any(f.done() for f in [first, *futures])  # nothing answers before its commit
+    release.set()
+    first.result(30)
+    outcomes = [f.exception(30) for f in futures]
+    assert sizes == [1, 10]  # one transaction for the ten that waited
+    refused = [e for e in outcomes if e is not None]
+    assert len(refused) == 3 and all(isinstance(e, TenantQueueFull) for e in refused)
+    assert outcomes[:4] == [None] * 4 and outcomes[7:] == [None] * 3  # first come, first in
+    assert store.queued_count("tenant-a") == 5 and store.queued_count("tenant-b") == 3
+    for job in a_jobs[:4] + b_jobs:
+        assert store.report(job.job_id, job.tenant_id)["State"] == "Queued"
+
+
+def test_a_failing_job_in_a_batch_fails_only_its_own_request(store):
+    taken = new_job()
+    store.create_job(taken)
+    entered, release, sizes = _paused_writer(store)
+    blocker = store.create_job_future(new_job())
+    assert entered.wait(30)
+    good = [new_job(), new_job()]
+    futures = [
+        store.create_job_future(good[0]),
+        store.create_job_future(taken),  # its id is stored already: the insert fails
+        store.create_job_future(good[1]),
+    ]
+    release.set()
+    blocker.result(30)
+    assert futures[0].exception(30) is None and futures[2].exception(30) is None
+    assert isinstance(futures[1].exception(30), IntegrityError)
+    assert sizes == [1, 3, 1, 1, 1]  # the batch failed as a whole, then one job at a time
+    assert all(store.get_job(j.job_id) is not None for j in good)
+    assert store.count_jobs("tenant-a") == 4
+
+
+def test_closing_the_store_commits_the_jobs_handed_over(tmp_path):
+    url = f"sqlite:///{tmp_path / 'vipe.db'}"
+    store = Store(url, JobSealer(os.urandom(32)))
+    store.migrate()
+    futures = [store.create_job_future(new_job()) for _ in range(20)]
+    store.close()
+    assert all(f.done() and f.exception() is None for f in futures)
+    again = Store(url, store.sealer)
+    try:
+        assert again.count_jobs("tenant-a") == 20
+    finally:
+        again.close()
+
+
+def test_a_request_that_goes_away_does_not_stop_its_job_or_the_writer(store):
+    entered, release, _ = _paused_writer(store)
+    blocker = store.create_job_future(new_job())
+    assert entered.wait(30)
+    gone = new_job()
+    future = store.create_job_future(gone)
+    assert not future.cancel()  # a cancelled request task cannot withdraw a handed-over job
+    release.set()
+    assert blocker.exception(30) is None and future.exception(30) is None
+    store.create_job(after := new_job())  # the writer still runs
+    assert store.get_job(gone.job_id) is not None and store.get_job(after.job_id) is not None

@@ -287,6 +287,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
             log.info("request %s %s refused: %s", request.method, request.url.path, refused.reason)
             raise
 
+    def _stage(
+        document: Any, tenant_id: str
+    ) -> Submission | concurrent.futures.Future[dict[str, Any]]:
+        """The steps of `POST /Job` that need no network, in one thread: checks, local keys
+        and the hand-over to the store. The Submission back when a Key Service is to be asked."""
+        submission = service.prepare(document, tenant_id)
+        if submission.asks_key_service:
+            return submission
+        return service.accept_future(submission, service.creation_keys(submission))
+
     async def _creation_keys(submission: Submission) -> Any:
         """The job's keys; a Key Service is asked on `key_pool`, awaited without holding a
         thread, and given `key_service_deadline` seconds in all (503 beyond)."""
@@ -330,9 +340,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if isinstance(document, JSONResponse):
             return document
         try:
-            submission = await run_in_threadpool(service.prepare, document, who.tenant_id)
-            keys = await _creation_keys(submission)
-            answer = await run_in_threadpool(service.accept, submission, keys)
+            staged = await run_in_threadpool(_stage, document, who.tenant_id)
+            if isinstance(staged, Submission):  # a Key Service to ask, under its deadline
+                keys = await _creation_keys(staged)
+                staged = await run_in_threadpool(service.accept_future, staged, keys)
+            # the store commits the jobs waiting for it together; no thread waits for it
+            answer = await asyncio.wrap_future(staged)
         except InvalidJob as invalid:
             return _message(400, invalid.message, Errors=[e.as_json() for e in invalid.errors])
         except KeyServiceFailed as failed:
@@ -343,8 +356,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 status_code=429,
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        try:  # in a thread: a Celery queue publishes to its broker (network, retries)
-            await run_in_threadpool(queue.enqueue, answer["JobId"])
+        try:
+            if isinstance(queue, InProcessQueue):  # a notify: no thread needed
+                queue.enqueue(answer["JobId"])
+            else:  # in a thread: a Celery queue publishes to its broker (network, retries)
+                await run_in_threadpool(queue.enqueue, answer["JobId"])
         except Exception:  # the job is stored: a queue sweep or the next start runs it
             log.exception("job %s: stored, but the queue did not take it now", answer["JobId"])
         return JSONResponse(answer, status_code=201)

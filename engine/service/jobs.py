@@ -29,6 +29,7 @@ Decisions:
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import shutil
@@ -185,10 +186,14 @@ class JobService:
         errors = self._location_errors(job, tenant_id) + _publisher_errors(job, self.service_key)
         if errors:
             raise InvalidJob(errors)
+        submission = Submission(str(uuid.uuid4()), tenant_id, document, job, list(checked.warnings))
         limit = self.options.max_queued_per_tenant
-        if limit is not None and self.store.queued_count(tenant_id) >= limit:
-            raise TenantQueueFull(tenant_id, limit)  # before asking a Key Service for keys
-        return Submission(str(uuid.uuid4()), tenant_id, document, job, list(checked.warnings))
+        # Counted here only before asking a Key Service for keys; otherwise the count in the
+        # storing transaction (`accept`) is the one check, not a second query per request.
+        if limit is not None and submission.asks_key_service:
+            if self.store.queued_count(tenant_id) >= limit:
+                raise TenantQueueFull(tenant_id, limit)
+        return submission
 
     def creation_keys(self, submission: Submission) -> Any:
         """The job's content keys (None without DRM); a Managed job asks its Key Service,
@@ -197,6 +202,14 @@ class JobService:
 
     def accept(self, submission: Submission, keys: Any) -> dict[str, Any]:
         """Store a prepared job with its key ids; the 201 answer. Raises TenantQueueFull."""
+        return self.accept_future(submission, keys).result()
+
+    def accept_future(
+        self, submission: Submission, keys: Any
+    ) -> concurrent.futures.Future[dict[str, Any]]:
+        """`accept` without waiting for the store: the future gives the 201 answer once the
+        job is committed (the store commits waiting jobs together), or raises
+        TenantQueueFull. The API awaits it without holding a thread."""
         job, job_id, tenant_id = submission.job, submission.job_id, submission.tenant_id
         document = submission.document
         key_ids = [
@@ -209,11 +222,6 @@ class JobService:
         report = reporting_entry(job_id, tenant_id, job, ReportFacts(state=QUEUED))
         report["JobStartTime"] = None
         external = (job.external_id, job.external_type, job.external_provider)
-        self.store.create_job(
-            NewJob(job_id, tenant_id, external, document, summary, key_ids, report),
-            max_queued_per_tenant=self.options.max_queued_per_tenant,
-        )
-        self.metrics.submitted.inc()
         answer: dict[str, Any] = {"JobId": job_id}
         if len(key_ids) == 1:
             answer["KeyId"] = key_ids[0]["KeyId"]
@@ -222,8 +230,26 @@ class JobService:
         answer.update(
             ExternalId=external[0], ExternalType=external[1], ExternalProvider=external[2]
         )
-        log.info("job %s: accepted for tenant %s (%d key id(s))", job_id, tenant_id, len(key_ids))
-        return answer
+        stored = self.store.create_job_future(
+            NewJob(job_id, tenant_id, external, document, summary, key_ids, report),
+            max_queued_per_tenant=self.options.max_queued_per_tenant,
+        )
+        accepted: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        accepted.set_running_or_notify_cancel()  # not cancellable: the job is stored anyway
+
+        def done(stored: concurrent.futures.Future[None]) -> None:  # on the store's writer
+            error = stored.exception()
+            if error is not None:
+                accepted.set_exception(error)
+                return
+            self.metrics.submitted.inc()
+            log.info(
+                "job %s: accepted for tenant %s (%d key id(s))", job_id, tenant_id, len(key_ids)
+            )
+            accepted.set_result(answer)
+
+        stored.add_done_callback(done)
+        return accepted
 
     def _location_errors(self, job: Any, tenant_id: str) -> list[FieldError]:
         """Protected storage secrets that do not decrypt with the service key, and `Local`

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import datetime
 import json
@@ -40,9 +41,9 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -59,6 +60,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     literal,
     select,
     update,
@@ -304,6 +306,91 @@ class CancelOutcome:
     UNKNOWN, FINISHED, QUEUED, RUNNING = "unknown", "finished", "queued", "running"
 
 
+@dataclass(frozen=True)
+class _PendingJob:
+    """A new job waiting for the job writer: its `jobs` and `reports` rows (sealed), the
+    tenant's queued limit, and the future its request waits on."""
+
+    job: dict[str, Any]
+    report: dict[str, Any]
+    limit: int | None
+    future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+
+
+class _JobWriter:
+    """Group commit for new jobs (`POST /Job` under load).
+
+    One commit per job made the store's single writer (the SQLite write lock and its fsync)
+    the bottleneck of `POST /Job`. Requests hand their rows to this writer; its thread takes
+    every job waiting, stores them in one transaction and completes their futures only after
+    the commit. No batching delay: the jobs that arrive while one commit runs form the next
+    batch. A batch that fails as a whole (not a tenant's queued limit) is retried one job at
+    a time, so one bad row fails only its own request."""
+
+    MAX_BATCH = 256
+
+    def __init__(self, insert_jobs: Callable[[list[_PendingJob]], list[TenantQueueFull | None]]):
+        self._insert_jobs = insert_jobs
+        self._wake = threading.Condition()
+        self._pending: list[_PendingJob] = []
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._closed = False
+
+    def submit(self, pending: _PendingJob) -> concurrent.futures.Future[None]:
+        # Running from now on: a request that goes away (its awaiting task cancelled) cannot
+        # cancel it; the job is committed all the same.
+        pending.future.set_running_or_notify_cancel()
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the job store is closed")
+            if self._pid != os.getpid():  # a forked child: the parent's thread is not here
+                self._pending, self._thread, self._pid = [], None, os.getpid()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="vipe-job-writer", daemon=True
+                )
+                self._thread.start()
+            self._pending.append(pending)
+            self._wake.notify()
+        return pending.future
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._wake:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            self._wake.notify()
+        if thread is not None and self._pid == os.getpid():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if not self._pending:
+                    return  # closed, and nothing left to commit
+                batch = self._pending[: self.MAX_BATCH]
+                del self._pending[: self.MAX_BATCH]
+            self._commit(batch)
+
+    def _commit(self, batch: list[_PendingJob]) -> None:
+        try:
+            outcomes = self._insert_jobs(batch)
+        except Exception as error:
+            if len(batch) > 1:
+                for pending in batch:
+                    self._commit([pending])
+            else:
+                batch[0].future.set_exception(error)
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:
+                pending.future.set_result(None)
+            else:
+                pending.future.set_exception(outcome)
+
+
 class Store:
     """Access to the job store. Thread-safe: each method is its own short transaction."""
 
@@ -326,6 +413,7 @@ class Store:
         self._write_lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)
+        self._job_writer = _JobWriter(self._insert_jobs)
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -337,6 +425,7 @@ class Store:
         upgrade(self.engine)
 
     def close(self) -> None:
+        self._job_writer.close()  # the jobs already handed to it are committed first
         self.engine.dispose()
 
     @contextmanager
@@ -359,40 +448,68 @@ class Store:
         Raises TenantQueueFull when the tenant has `max_queued_per_tenant` Queued jobs already
         (counted in the writing transaction: exact on SQLite; on PostgreSQL posts racing in
         separate transactions may pass it by a few)."""
+        self.create_job_future(new, max_queued_per_tenant=max_queued_per_tenant).result()
+
+    def create_job_future(
+        self, new: NewJob, *, max_queued_per_tenant: int | None = None
+    ) -> concurrent.futures.Future[None]:
+        """`create_job` without waiting: the future completes once the job is committed (or
+        with TenantQueueFull). The job is sealed here, in the caller's thread; the store's
+        job writer commits the jobs waiting for it together, one transaction (and one fsync)
+        for the lot, then completes each future."""
         now = utcnow()
+        job = {
+            "id": new.job_id,
+            "tenant_id": new.tenant_id,
+            "state": QUEUED,
+            "phase": None,
+            "progress": 0,
+            "external_id": new.external[0],
+            "external_type": new.external[1],
+            "external_provider": new.external[2],
+            "job_sealed": self.sealer.seal(new.job_id, new.document),
+            "summary": json.dumps(new.summary),
+            "key_ids": json.dumps(new.key_ids),
+            "created_at": now,
+            "updated_at": now,
+            "attempts": 0,
+            "cancel_requested": False,
+        }
+        report = {
+            "job_id": new.job_id,
+            "tenant_id": new.tenant_id,
+            "period_at": now,
+            "entry": json.dumps(new.report),
+        }
+        return self._job_writer.submit(_PendingJob(job, report, max_queued_per_tenant))
+
+    def _insert_jobs(self, batch: list[_PendingJob]) -> list[TenantQueueFull | None]:
+        """One transaction for a batch of new jobs (the job writer's); per job, None when
+        it is stored, else the TenantQueueFull that refused it."""
+        outcomes: list[TenantQueueFull | None] = []
+        jobs: list[dict[str, Any]] = []
         with self.writing() as session:
-            if max_queued_per_tenant is not None:
-                if _queued_count(session, new.tenant_id) >= max_queued_per_tenant:
-                    raise TenantQueueFull(new.tenant_id, max_queued_per_tenant)
-            session.add(
-                JobRow(
-                    id=new.job_id,
-                    tenant_id=new.tenant_id,
-                    state=QUEUED,
-                    phase=None,
-                    progress=0,
-                    external_id=new.external[0],
-                    external_type=new.external[1],
-                    external_provider=new.external[2],
-                    job_sealed=self.sealer.seal(new.job_id, new.document),
-                    summary=json.dumps(new.summary),
-                    key_ids=json.dumps(new.key_ids),
-                    created_at=now,
-                    updated_at=now,
-                    attempts=0,
-                    cancel_requested=False,
-                )
-            )
-            session.flush()  # the job row first: the report refers to it
-            session.add(
-                ReportRow(
-                    job_id=new.job_id,
-                    tenant_id=new.tenant_id,
-                    period_at=now,
-                    entry=json.dumps(new.report),
-                )
-            )
-        log.info("job %s: stored for tenant %s", new.job_id, new.tenant_id)
+            queued: dict[str, int] = {}  # per tenant, counted once, then kept up to date
+            for pending in batch:
+                tenant, limit = pending.job["tenant_id"], pending.limit
+                if limit is not None:
+                    if tenant not in queued:
+                        queued[tenant] = _queued_count(session, tenant)
+                    if queued[tenant] >= limit:
+                        outcomes.append(TenantQueueFull(tenant, limit))
+                        continue
+                    queued[tenant] += 1
+                jobs.append(pending.job)
+                outcomes.append(None)
+            accepted = [p for p, outcome in zip(batch, outcomes, strict=True) if outcome is None]
+            if accepted:  # the job rows first: the reports refer to them
+                session.execute(insert(JobRow), jobs)
+                session.execute(insert(ReportRow), [p.report for p in accepted])
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:
+                job = pending.job
+                log.info("job %s: stored for tenant %s", job["id"], job["tenant_id"])
+        return outcomes
 
     def get_job(self, job_id: str, tenant_id: str | None = None) -> JobRow | None:
         """The job, or None when unknown or of another tenant (`tenant_id` given)."""
@@ -876,7 +993,10 @@ def _sqlite_pragmas(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-        cursor.execute("PRAGMA synchronous=FULL")  # a 201 answer means the job survives a crash
+        # A 201 answer means the job survives a crash, power loss included. (NORMAL would keep
+        # it across a process crash only; with the job writer's group commit the fsync is
+        # paid once per batch, and NORMAL measured no faster.)
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
