@@ -22,19 +22,41 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from engine.chunks import DEFAULT_CHUNK_SECONDS, ChunkSettings
 from engine.errors import JobValidationError
 from engine.policy import DEFAULT_MAX_INPUT_PIXELS, TRUSTED, JobPolicy, PolicyError, server_policy
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
-console = Console(stderr=True)
+
+_console: Console | None = None
+
+
+def rich_console() -> Console:
+    """rich's stderr Console, imported on first use: rich costs tens of milliseconds of
+    start-up that `vipe serve`/`worker` never need and `vipe run` needs only to print."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(stderr=True)
+    return _console
+
+
+class _LazyConsole:
+    """`console.print(...)` etc. on `rich_console()`, created at the first call."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(rich_console(), name)
+
+
+console: Any = _LazyConsole()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,6 +298,8 @@ def run_job_file(
 
 
 def _print_report(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table(title="reporting entry", show_header=False)
     for key, value in report.items():
         table.add_row(key, str(value))
@@ -292,13 +316,15 @@ class _Display:
     }
 
     def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
         self.interactive = console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description:<12}"),
             BarColumn(),
             TextColumn("{task.percentage:>3.0f}%"),
             TimeElapsedColumn(),
-            console=console,
+            console=rich_console(),
             disable=not self.interactive,
         )
         self.tasks: dict[str, TaskID] = {}
@@ -360,6 +386,9 @@ def _add_report_command(commands) -> None:
 
 def _report(args) -> int:
     """`vipe report`: the rungs' metrics as a table, or a rate–quality chart with --plot."""
+    from rich.console import Console
+    from rich.table import Table
+
     from engine.quality import plot_rate_quality, quality_rows
 
     try:
@@ -420,6 +449,9 @@ def _certificate(args) -> int:
 
 
 def _doctor(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     from engine.capabilities import probe
     from engine.encoders import CPU_ENCODERS, NVENC_ENCODERS
 
