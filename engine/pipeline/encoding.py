@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from engine import ladder
 from engine.capabilities import NVENC_SESSIONS
-from engine.encoders import NodeCapabilities, assign_encoders
+from engine.encoders import EncoderAssignment, NodeCapabilities, assign_encoders
 from engine.errors import MappingError
 from engine.events import EventType
 from engine.job import ContentProcessing, EncodingMode, HardwareAcceleration
@@ -101,29 +101,9 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
             )
         return copy_renditions(scope, mapped)
     plan = plan_encoding(mapped, processing, scope.capabilities)
-    chunks: tuple[dict, ...] = ()  # the report's ChunkDetails when encoded in chunks
     folder = scope.workdir / "encode"
     folder.mkdir(parents=True, exist_ok=True)
-    # This job's share of the node's NVENC sessions (the largest rungs get them, see
-    # engine.encoders); what it does not use goes back now, the rest after the transcode.
-    sessions = NVENC_SESSIONS.acquire(scope.capabilities.nvenc_sessions, len(plan.video))
-    try:
-        assignment = assign_encoders(
-            plan.video,
-            processing.optimize_for,
-            processing.hardware_acceleration,
-            scope.capabilities,
-            frame_rate=float(plan.frame_rate),
-            segment_seconds=processing.segment_length_in_seconds,
-            hdr=_hdr_metadata(scope, mapped.video),
-            sessions=sessions,
-            # H.265 keeps a 10-bit (or deeper) source's depth: Main 10 (H.264 stays 8-bit)
-            ten_bit=mapped.video is not None and mapped.video.bit_depth >= 10,
-        )
-    except BaseException:
-        NVENC_SESSIONS.release(sessions)
-        raise
-    NVENC_SESSIONS.release(sessions - assignment.nvenc_sessions)
+    assignment = _assign_encoders(scope, plan, mapped)
     try:
         for message in assignment.warnings:
             scope.events.warning("HardwareFallback", message)
@@ -148,25 +128,7 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
             job_id=scope.job_id,
         )
         _encoding_started(scope, plan, outputs)
-        # EncodingMode PerScene: an analysis pass first (engine.pipeline.per_scene); its
-        # zones count frames of the whole source, so such a job is not encoded in chunks.
-        share, rates = 0.0, dict[str, RungRate]()
-        if processing.encoding_mode == EncodingMode.PerScene and plan.video:
-            share = PER_SCENE_SHARE
-            transcode_plan, rates = per_scene_plan(scope, transcode_plan)
-        # In chunks when the node chunks and the job allows (engine.pipeline.chunked).
-        chunked = None if rates else encode_chunked(scope, transcode_plan)
-        if chunked is not None:
-            tracks, chunks = chunked
-        else:
-            tracks = transcode(
-                transcode_plan,
-                progress=lambda f: scope.events.progress(
-                    EventType.ENCODING_PROGRESS, 100 * (share + (1 - share) * f)
-                ),
-                cancel=scope.cancel.check,
-                warn=scope.events.warning,
-            )
+        transcode_plan, tracks, chunks, rates = _transcode(scope, plan, transcode_plan)
     finally:
         NVENC_SESSIONS.release(assignment.nvenc_sessions)
     renditions = plan.video
@@ -183,6 +145,58 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
         _quality_entries(scope, renditions, tracks),
         chunks,
     )
+
+
+def _assign_encoders(scope: JobScope, plan: EncodingPlan, mapped: Mapped) -> EncoderAssignment:
+    """The encoder of every rung, with this job's share of the node's NVENC sessions (the
+    largest rungs get them, see engine.encoders); what it does not use goes back now, the
+    caller gives back the rest (`assignment.nvenc_sessions`) after the transcode."""
+    processing = scope.processing
+    sessions = NVENC_SESSIONS.acquire(scope.capabilities.nvenc_sessions, len(plan.video))
+    try:
+        assignment = assign_encoders(
+            plan.video,
+            processing.optimize_for,
+            processing.hardware_acceleration,
+            scope.capabilities,
+            frame_rate=float(plan.frame_rate),
+            segment_seconds=processing.segment_length_in_seconds,
+            hdr=_hdr_metadata(scope, mapped.video),
+            sessions=sessions,
+            # H.265 keeps a 10-bit (or deeper) source's depth: Main 10 (H.264 stays 8-bit)
+            ten_bit=mapped.video is not None and mapped.video.bit_depth >= 10,
+        )
+    except BaseException:
+        NVENC_SESSIONS.release(sessions)
+        raise
+    NVENC_SESSIONS.release(sessions - assignment.nvenc_sessions)
+    return assignment
+
+
+def _transcode(
+    scope: JobScope, plan: EncodingPlan, transcode_plan: TranscodePlan
+) -> tuple[TranscodePlan, list[EncodedTrack], tuple[dict, ...], dict[str, RungRate]]:
+    """Run the transcode: PerScene analysis first when asked (engine.pipeline.per_scene; its
+    zones count frames of the whole source, so such a job is not encoded in chunks), in chunks
+    when the node chunks and the job allows (engine.pipeline.chunked), else in one pass. The
+    (possibly PerScene-tuned) plan, the tracks, the report's ChunkDetails, the PerScene rates."""
+    share, rates = 0.0, dict[str, RungRate]()
+    if scope.processing.encoding_mode == EncodingMode.PerScene and plan.video:
+        share = PER_SCENE_SHARE
+        transcode_plan, rates = per_scene_plan(scope, transcode_plan)
+    chunked = None if rates else encode_chunked(scope, transcode_plan)
+    if chunked is not None:
+        tracks, chunks = chunked
+        return transcode_plan, list(tracks), chunks, rates
+    tracks = transcode(
+        transcode_plan,
+        progress=lambda f: scope.events.progress(
+            EventType.ENCODING_PROGRESS, 100 * (share + (1 - share) * f)
+        ),
+        cancel=scope.cancel.check,
+        warn=scope.events.warning,
+    )
+    return transcode_plan, tracks, (), rates
 
 
 def _encoding_started(
