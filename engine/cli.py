@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.chunks import DEFAULT_CHUNK_SECONDS, ChunkSettings
 from engine.errors import JobValidationError
+from engine.events import EventType
 from engine.policy import DEFAULT_MAX_INPUT_PIXELS, TRUSTED, JobPolicy, PolicyError, server_policy
 
 if TYPE_CHECKING:
@@ -310,9 +311,9 @@ class _Display:
     """A progress bar per phase on a terminal; plain lines otherwise."""
 
     PROGRESS = {
-        "AcquisitionProgress": "acquisition",
-        "EncodingProgress": "encoding",
-        "PublishingProgress": "publishing",
+        EventType.ACQUISITION_PROGRESS: "acquisition",
+        EventType.ENCODING_PROGRESS: "encoding",
+        EventType.PUBLISHING_PROGRESS: "publishing",
     }
 
     def __init__(self) -> None:
@@ -339,7 +340,7 @@ class _Display:
 
     def show(self, event: dict[str, Any]) -> None:
         kind = event["MessageType"]
-        if kind == "FinalError":
+        if kind == EventType.FINAL_ERROR:
             self.final_error = f"{event['ErrorMessage']} (phase {event['Phase']})"
         if kind in self.PROGRESS:
             name = self.PROGRESS[kind]

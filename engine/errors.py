@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from engine.events import Phase
+
 
 class EngineError(Exception):
     """Base of every error that ends a job with a `FinalError`.
 
-    `code` is the contract's FinalError code, `phase` the phase the error belongs to, and
+    `code` is the contract's FinalError code, `phase` the phase the error belongs to (the
+    FinalError names the phase the runner was in), and
     `retryable` marks transient faults (only those are retried, with a bound).
     """
 
     code = 5000
-    phase = "Unknown"
+    phase: Phase | None = None
     retryable = False
 
     def __init__(self, message: str, *, code: int | None = None, retryable: bool | None = None):
@@ -27,7 +30,7 @@ class JobValidationError(EngineError):
     """The job is invalid. `errors` lists every problem with the JSON path of its field."""
 
     code = 1001
-    phase = "Pre-Validation"
+    phase = Phase.PRE_VALIDATION
 
     def __init__(self, errors: list, warnings: list | None = None):
         self.errors = errors
@@ -40,26 +43,26 @@ class AcquisitionError(EngineError):
     """Input storage: 2001 unreachable, 2002 access denied, 2003 input folder empty or missing."""
 
     code = 2001
-    phase = "Acquisition"
+    phase = Phase.ACQUISITION
 
 
 class MappingError(EngineError):
     """Media mapping failed: no video, nothing matched, a FailOn… rule."""
 
     code = 3001
-    phase = "Media Mapping"
+    phase = Phase.MEDIA_MAPPING
 
 
 class SourceError(EngineError):
     """A source file is unreadable or corrupt."""
 
     code = 3002
-    phase = "Media Mapping"
+    phase = Phase.MEDIA_MAPPING
 
 
 class EncodingError(EngineError):
     code = 3101
-    phase = "Encoding"
+    phase = Phase.ENCODING
 
 
 class HardwareUnavailableError(EncodingError):
@@ -70,24 +73,24 @@ class HardwareUnavailableError(EncodingError):
 
 class DrmError(EngineError):
     code = 4001
-    phase = "DRM"
+    phase = Phase.PACKAGING
 
 
 class PackagingError(EngineError):
     code = 4101
-    phase = "Packaging"
+    phase = Phase.PACKAGING
 
 
 class ImageExtractionError(EngineError):
     code = 4201
-    phase = "Image Extraction"
+    phase = Phase.IMAGE_EXTRACTION
 
 
 class PublishError(EngineError):
     """Output storage: 4301 unreachable, 4302 access denied."""
 
     code = 4301
-    phase = "Publishing"
+    phase = Phase.PUBLISHING
 
 
 # A BaseException, so that a broad `except Exception` cannot swallow a cancellation.
