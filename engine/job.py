@@ -476,22 +476,6 @@ _ALL_AUTH_FIELDS = (
     "SecretAccessKey",
     "SessionToken",
 )
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
-# Headers vipe sets itself (or the transport does): an authentication header cannot be one.
-_RESERVED_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "content-type",
-        "transfer-encoding",
-        "connection",
-        "accept",
-        "accept-encoding",
-        "x-speke-version",
-        "x-amz-date",
-        "x-amz-security-token",
-    }
-)
 
 
 class DrmAuthentication(JobModel):
@@ -522,9 +506,11 @@ class DrmAuthentication(JobModel):
             elif alias not in uses and value is not None:
                 problems.append((alias, f"not used when Type is {self.type}"))
         if self.type == AuthenticationType.Header and self.name is not None:
-            if not _HEADER_NAME.match(self.name):
+            from drm.cpix import HEADER_NAME, RESERVED_HEADERS  # the client's own rules
+
+            if not HEADER_NAME.match(self.name):
                 problems.append(("Name", "must be an HTTP header name"))
-            elif self.name.lower() in _RESERVED_HEADERS:
+            elif self.name.lower() in RESERVED_HEADERS:
                 problems.append(("Name", f"{self.name} is set by vipe itself"))
         if self.type == AuthenticationType.AwsSigV4:
             if (self.access_key_id is None) != (self.secret_access_key is None):
