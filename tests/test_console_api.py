@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from api_helpers import ApiServer, TokenIssuer, tiny_job, wait_final
+from api_helpers import ApiServer, TokenIssuer, tiny_job, wait_final, wait_for
 from mediagen import make_media
 
 KEY_ID = "6e5a1d26-2757-47d7-8046-eaa5c4a0a7e9"
@@ -143,10 +143,13 @@ def test_tenant_stream_sends_new_events_and_is_bounded(server, keys, source, tmp
         assert any(b.get("MessageType") == "JobCreated" and b["JobId"] == job_id for b in bodies)
         assert any(b.get("State") == "Succeeded" and b["JobId"] == job_id for b in bodies)
 
+        # The reader's stream is released when the server sees it closed: wait for that, or
+        # its release would undo the count set below.
+        wait_for(lambda: streams.open.get("c-api-a", 0) == 0, 10)
         limit = streams.max_per_tenant
         streams.open["c-api-a"] = limit  # as if `limit` tabs held streams open
         try:
-            refused = a.get("/events")
+            refused = a.get("/events", timeout=10)
             assert refused.status_code == 429 and "at most" in refused.json()["Message"]
         finally:
             streams.open.pop("c-api-a", None)
