@@ -199,7 +199,8 @@ def test_kill_9_is_redelivered_at_once(cluster, client, sources, tmp_path):
         worker.wait_registered()
     job_id = client.post("/Job", json=slow_job(sources["long"], tmp_path / "out")).json()["JobId"]
     owner = wait_encoding(client, job_id)["Worker"]
-    victim = next(w for w in pair if w.owner == owner)
+    victim = next((w for w in pair if w.owner == owner), None)
+    assert victim is not None, (owner, [w.owner for w in pair], [w.owner for w in cluster.workers])
     survivor = next(w for w in pair if w is not victim)
     killed = time.monotonic()
     victim.kill()

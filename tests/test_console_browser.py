@@ -62,7 +62,8 @@ XSS = '<img src=x onerror="window.__xss=1">'
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("console-source")
-    make_media(folder / "movie.mp4", duration=10, width=320, height=180)
+    # 30 s: seconds of encoding even on a quiet machine, so the progress bar is seen moving
+    make_media(folder / "movie.mp4", duration=30, width=320, height=180)
     return folder
 
 
