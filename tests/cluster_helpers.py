@@ -362,10 +362,19 @@ def wait_encoding(client, job_id: str, timeout: float = 60) -> dict[str, Any]:
 
 
 def cluster_sources(media_dir: Path) -> dict[str, Path]:
-    """`tiny`: 2 s of 160x90, under a second of work; `long`: 30 s of 320x180, seconds of
-    encoding even on a quiet machine (kills and SIGTERM must land mid-encode)."""
-    folders = {"tiny": media_dir / "cluster-tiny", "long": media_dir / "cluster-long-320"}
-    for name, seconds, width, height in (("tiny", 2, 160, 90), ("long", 30, 320, 180)):
+    """`tiny`: 2 s, under a second of work; `long`: 20 s, seconds of encoding (for kills);
+    `heavy`: 30 s of 320x180, seconds of encoding even on a quiet machine (for SIGTERM's
+    short grace)."""
+    folders = {
+        "tiny": media_dir / "cluster-tiny",
+        "long": media_dir / "cluster-long",
+        "heavy": media_dir / "cluster-heavy",
+    }
+    for name, seconds, width, height in (
+        ("tiny", 2, 160, 90),
+        ("long", 20, 160, 90),
+        ("heavy", 30, 320, 180),
+    ):
         clip = folders[name] / "clip.mp4"
         if not clip.exists():
             make_media(clip, duration=seconds, width=width, height=height, audio=[])
@@ -379,8 +388,21 @@ def quick_job(source: Path, output: Path, **fields) -> dict:
 
 
 def slow_job(source: Path, output: Path) -> dict:
-    """Seconds of encoding on 2 cores, on a quiet machine too: two rungs of the `long` source
-    at the Quality preset."""
+    """Seconds of encoding on 2 cores: two rungs at the Quality preset."""
+    return quick_job(
+        source,
+        output,
+        OptimizeFor="Quality",
+        VideoRepresentations=[
+            {"Width": 160, "Height": 90, "BitrateInKbps": 200},
+            {"Width": 160, "Height": 90, "BitrateInKbps": 100},
+        ],
+    )
+
+
+def heavy_job(source: Path, output: Path) -> dict:
+    """Seconds of encoding even on a quiet machine: the `heavy` source's two rungs at the
+    Quality preset."""
     return quick_job(
         source,
         output,

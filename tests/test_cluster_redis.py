@@ -17,6 +17,7 @@ from cluster_helpers import (
     Cluster,
     cluster_sources,
     encodes,
+    heavy_job,
     postgres_schema,
     quick_job,
     redis_broker,
@@ -162,7 +163,8 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_the_attempts(
 def test_sigterm_mid_job_hands_it_back(workers, client, sources, tmp_path):
     """Grace 1 s: the job is still encoding, so the worker hands it back (no attempt used)
     and exits 0 at once; the other worker runs it to the end."""
-    job_id = client.post("/Job", json=slow_job(sources["long"], tmp_path / "out")).json()["JobId"]
+    job = heavy_job(sources["heavy"], tmp_path / "out")  # still encoding when the grace ends
+    job_id = client.post("/Job", json=job).json()["JobId"]
     victim = by_owner(workers, wait_encoding(client, job_id)["Worker"])
     started = time.monotonic()
     victim.terminate()
