@@ -500,6 +500,16 @@ class JobService:
 
     # -- recovery ---------------------------------------------------------------------------
 
+    def recover_at_start(self, owner: str) -> None:
+        """`recover` when a cluster process starts: a store that fails now is logged, and the
+        periodic sweep tries again."""
+        try:
+            recovered = self.recover(owner, at_start=True)
+            if recovered:
+                log.warning("%d job(s) left by stopped workers were taken over", recovered)
+        except Exception:
+            log.exception("the orphan sweep failed at start")
+
     def recover(self, owner: str, *, at_start: bool) -> int:
         """Take over jobs whose worker is gone; returns how many were requeued or ended.
 
@@ -570,31 +580,13 @@ class JobService:
         previous = row.owner
         if row.cancel_requested:
             message = "the job was cancelled (its worker stopped meanwhile)"
-            if self.store.finish_job(
-                row.id, CANCELLED, None, error_code=5001, error_message=message, owner=previous
-            ):
-                self.emit_outside_run(
-                    row,
-                    EventType.FINAL_ERROR,
-                    ErrorCode=5001,
-                    ErrorMessage=message,
-                    Phase=row.phase or "",
-                )
+            self._end_taken_over(row, CANCELLED, 5001, message)
             return
         if row.attempts >= self.options.max_attempts:
             message = f"the job's worker stopped {row.attempts} times while running it; giving up"
             self.roll_back_publishing(row)
             shutil.rmtree(self.options.data_dir / "work" / row.id, ignore_errors=True)
-            if self.store.finish_job(
-                row.id, FAILED, None, error_code=5000, error_message=message, owner=previous
-            ):
-                self.emit_outside_run(
-                    row,
-                    EventType.FINAL_ERROR,
-                    ErrorCode=5000,
-                    ErrorMessage=message,
-                    Phase=row.phase or "",
-                )
+            self._end_taken_over(row, FAILED, 5000, message)
             log.error("job %s: %s", row.id, message)
             return
         if self.store.requeue(row.id, owner=previous):
@@ -604,6 +596,20 @@ class JobService:
                     self.on_requeue(row.id)
                 except Exception:  # the store has it Queued: a later sweep sends it again
                     log.exception("job %s: queued again, but not dispatched", row.id)
+
+    def _end_taken_over(self, row: JobRow, state: str, code: int, message: str) -> None:
+        """End a job whose worker is gone, with its FinalError (once: only the caller whose
+        `finish_job` takes the row from the old owner emits it)."""
+        if self.store.finish_job(
+            row.id, state, None, error_code=code, error_message=message, owner=row.owner
+        ):
+            self.emit_outside_run(
+                row,
+                EventType.FINAL_ERROR,
+                ErrorCode=code,
+                ErrorMessage=message,
+                Phase=row.phase or "",
+            )
 
 
 class _KeyFailure(Exception):

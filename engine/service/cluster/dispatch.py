@@ -256,12 +256,7 @@ class CeleryQueue(JobQueue):
 
     def start(self) -> None:
         self.service.on_requeue = self._resend
-        try:
-            recovered = self.service.recover(self.owner, at_start=True)
-            if recovered:
-                log.warning("%d job(s) left by stopped workers were taken over", recovered)
-        except Exception:
-            log.exception("the orphan sweep failed at start")
+        self.service.recover_at_start(self.owner)
         self._thread = threading.Thread(target=self._sweep, name="vipe-sweeper", daemon=True)
         self._thread.start()
         log.info("Celery queue: broker %s, queues %s", redacted(self.broker), self._names())

@@ -235,12 +235,7 @@ class ClusterWorker:
         celery_state.should_stop = None
         celery_state.should_terminate = None
         self._register()
-        try:
-            recovered = self.service.recover(self.owner, at_start=True)
-            if recovered:
-                log.warning("%d job(s) left by stopped workers were taken over", recovered)
-        except Exception:
-            log.exception("the orphan sweep failed at start")
+        self.service.recover_at_start(self.owner)
         self._prune_workdirs()
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, self._on_signal)
