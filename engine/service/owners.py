@@ -40,8 +40,21 @@ def process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # it exists, owned by someone else
-    return True
+        pass  # it exists, owned by someone else
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether the process has exited but not been reaped: `kill(pid, 0)` still succeeds on
+    it, yet its sockets are closed and the broker has already re-delivered its messages."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) STATE ...": comm may hold spaces and parentheses, so split at the last ")"
+            return stat.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
+    except FileNotFoundError:
+        return os.path.isdir("/proc/self")  # reaped meanwhile; without /proc, kill() answered
+    except (OSError, IndexError):
+        return False
 
 
 def owner_gone(theirs: str, mine: str) -> bool:
