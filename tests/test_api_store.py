@@ -14,7 +14,8 @@ from api_helpers import tiny_job
 from sqlalchemy import create_engine, inspect, text, update
 from sqlalchemy.exc import IntegrityError
 
-from engine.service.jobs import JobService, ServiceOptions
+from engine.cancel import CancelToken
+from engine.service.jobs import JobService, RunningJob, ServiceOptions, StoreEventSink
 from engine.service.store import (
     CancelOutcome,
     JobRow,
@@ -162,6 +163,26 @@ def test_events_in_order(store):
     assert [e["Progress"] for e in store.events(job.job_id)] == list(range(25))
 
 
+def test_a_run_that_lost_its_job_adds_no_events(store):
+    """A worker whose lease ran out (or whose job was given up) may still be running: its late
+    events must not land after the new owner's or after the job's end."""
+    job = new_job()
+    store.create_job(job)
+    assert not store.add_event(job.job_id, {"MessageType": "Warning"}, owner="owner-1")  # queued
+    store.claim(job.job_id, "owner-1")
+    assert store.add_event(job.job_id, {"MessageType": "EncodingProgress"}, owner="owner-1")
+    assert store.requeue(job.job_id, "owner-1")
+    store.claim(job.job_id, "owner-2")
+    assert not store.add_event(job.job_id, {"MessageType": "EncodingProgress"}, owner="owner-1")
+    assert store.add_event(job.job_id, {"MessageType": "JobSuccess"}, owner="owner-2")
+    assert store.finish_job(job.job_id, "Succeeded", None, owner="owner-2")
+    assert not store.add_event(job.job_id, {"MessageType": "Warning"}, owner="owner-2")
+    assert [e["MessageType"] for e in store.events(job.job_id)] == [
+        "EncodingProgress",
+        "JobSuccess",
+    ]
+
+
 def test_reports_by_month_utc(store):
     jobs = [new_job(), new_job(), new_job(), new_job("tenant-b")]
     moments = [
@@ -290,6 +311,21 @@ def test_recovery_requeues_fails_and_cancels(service, tmp_path):
     assert ended.state == "Cancelled" and store.events(cancelled)[-1]["ErrorCode"] == 5001
     # the sweep (not at start) leaves a live, fresh job alone
     assert service.recover(me, at_start=False) == 0
+
+
+def test_the_event_sink_stops_a_run_whose_job_was_taken_over(service, tmp_path):
+    job_id = submit(service, tmp_path)
+    service.store.claim(job_id, "owner-1")
+    run = RunningJob(job_id, CancelToken(), "owner-1")
+    sink = StoreEventSink(service, job_id, run)
+    sink({"MessageType": "EncodingProgress", "Progress": 10})
+    assert not run.abandoned and not run.token.cancelled
+    service.store.requeue(job_id, "owner-1")  # its lease ran out; another worker claims it
+    service.store.claim(job_id, "owner-2")
+    sink({"MessageType": "EncodingProgress", "Progress": 20})
+    assert run.abandoned and run.token.cancelled
+    assert [e.get("Progress") for e in service.store.events(job_id)] == [10]
+    assert service.store.get_job(job_id).progress != 20
 
 
 def test_submit_stores_summary_without_secrets(service, tmp_path):

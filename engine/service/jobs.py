@@ -134,6 +134,9 @@ class ServiceOptions:
     # POST /Job: total seconds the Key Service may take (503 beyond), on a pool of this size.
     key_service_deadline: float = 15.0
     key_service_workers: int = 4
+    # How this node splits a job's video into chunks (engine.chunks.ChunkSettings; None: one
+    # pass): `vipe serve --chunk-workers N`, `vipe worker --work-storage` (the farm).
+    chunking: Any = None
 
 
 @dataclass
@@ -400,6 +403,7 @@ class JobService:
                     on_publish_plan=lambda names: self.store.record_publish_plan(job_id, names),
                     keep_workdir=self.options.checkpoints,
                     checkpoints=self.options.checkpoints,
+                    chunking=self.chunking(row, run),
                 )
             except JobValidationError as error:
                 return self._fail_outside_run(row, run, error.message, code=1001, document=document)
@@ -419,6 +423,10 @@ class JobService:
                 self.metrics.encoder_in_use.labels(encoder).dec()
             if not run.abandoned:  # an abandoned run may still be writing there
                 shutil.rmtree(workdir, ignore_errors=True)
+
+    def chunking(self, row: JobRow, run: RunningJob) -> Any:
+        """How this run splits the job's video (the farm's coordinator overrides it)."""
+        return self.options.chunking
 
     def _fail_outside_run(
         self,
@@ -643,9 +651,16 @@ class StoreEventSink:
         store = self.service.store
         if self.run is not None and self.run.abandoned:
             return  # the job was queued again or taken over: this run no longer speaks for it
-        store.add_event(self.job_id, event)
-        if self.run is not None:
+        if self.run is None:
+            store.add_event(self.job_id, event)
+        elif store.add_event(self.job_id, event, owner=self.run.owner):
             self.run.last_alive = time.monotonic()
+        else:
+            # another worker took the job over before this run's heartbeat could tell
+            log.warning("job %s: taken over by another worker; stopping", self.job_id)
+            self.run.abandoned = True
+            self.run.token.cancel("the job was taken over by another worker")
+            return
         phase = event.get("Phase") if kind == EventType.FINAL_ERROR else _phase_of(kind)
         progress = event.get("Progress") if "Progress" in event else None
         if kind in _PHASE_DONE:

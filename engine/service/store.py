@@ -846,8 +846,20 @@ class Store:
 
     # -- events -----------------------------------------------------------------------------
 
-    def add_event(self, job_id: str, body: dict[str, Any]) -> None:
+    def add_event(self, job_id: str, body: dict[str, Any], *, owner: str | None = None) -> bool:
+        """Store one of a job's events. With `owner`, only while that owner runs the job: a
+        run that lost its job (taken over after its lease, given up) must not add events after
+        the new owner's, or after the job's end. False when the event was refused."""
         with self.writing() as session:
+            if owner is not None:
+                # locks the job row, so a take-over commits before or after this event
+                held = session.scalar(
+                    select(JobRow.id)
+                    .where(JobRow.id == job_id, JobRow.owner == owner, JobRow.state == RUNNING)
+                    .with_for_update()
+                )
+                if held is None:
+                    return False
             session.add(
                 EventRow(
                     job_id=job_id,
@@ -856,6 +868,7 @@ class Store:
                     body=json.dumps(body),
                 )
             )
+        return True
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         with self.reading() as session:
