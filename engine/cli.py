@@ -571,6 +571,15 @@ def _add_server_commands(commands) -> None:
         default=15.0,
         help="seconds POST /Job waits for a Key Service in all (503 beyond)",
     )
+    serve.add_argument(
+        "--chunk-workers",
+        type=int,
+        default=int(os.environ.get("VIPE_CHUNK_WORKERS") or 0),
+        metavar="N",
+        help="encode each job's video in chunks by N processes of this node, as `vipe run "
+        "--parallel N` (default: VIPE_CHUNK_WORKERS, else one pass)",
+    )
+    _add_chunk_seconds(serve)
     _add_policy_arguments(serve, trusted=False)
     serve.set_defaults(command=_serve)
     _add_worker_command(commands)
@@ -644,9 +653,20 @@ def _serve(args) -> int:
             max_queued_per_tenant=args.max_queued_per_tenant,
             max_running_per_tenant=args.max_running_per_tenant,
             key_service_deadline=args.key_service_deadline,
+            chunking=_chunking(args.chunk_workers, args.chunk_seconds),
         )
     )
     return EXIT_OK
+
+
+def _add_chunk_seconds(parser) -> None:
+    parser.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=float(os.environ.get("VIPE_CHUNK_SECONDS") or DEFAULT_CHUNK_SECONDS),
+        help="chunk length, rounded to whole segments (default: VIPE_CHUNK_SECONDS, else "
+        "%(default)s)",
+    )
 
 
 def _add_worker_command(commands) -> None:

@@ -53,6 +53,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.chunks import ChunkSettings
 from engine.config import data_dir as default_data_dir
 from engine.policy import TRUSTED, JobPolicy
 from engine.service.auth import (
@@ -112,6 +113,9 @@ class ServerSettings:
     # What jobs may touch (engine.policy). `vipe serve` builds it from its flags (no
     # --local-root: Local refused; egress restricted); embedding code gives its own.
     policy: JobPolicy = TRUSTED
+    # The in-process pool's chunking (engine.chunks.ChunkSettings; `--chunk-workers N`):
+    # each job's video in chunks encoded by N processes of this node. None: one pass.
+    chunking: ChunkSettings | None = None
 
 
 # --------------------------------------------------------------------------- middleware
@@ -232,6 +236,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         max_running_per_tenant=settings.max_running_per_tenant,
         key_service_deadline=settings.key_service_deadline,
         key_service_workers=settings.key_service_workers,
+        chunking=settings.chunking,
     )
     service = JobService(store, options, service_key)
     queue = (
