@@ -28,8 +28,10 @@ def make_source(seconds: int, width: int = 1920, height: int = 1080) -> Path:
     """A cached H.264/AAC source with detail and motion (moving gradients, a sweeping bar)."""
     from engine.demo import make_sample_source
 
-    path = CACHE / f"source-{width}x{height}-{seconds}s.mp4"
+    # A folder of its own: a job acquires its whole input folder, and the cache holds others
+    path = CACHE / f"source-{width}x{height}-{seconds}s" / "source.mp4"
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.mp4")
         make_sample_source(partial, seconds=seconds, width=width, height=height)
         partial.rename(path)
