@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 DEFAULT_CHUNK_SECONDS = 60.0
 
@@ -19,10 +20,15 @@ DEFAULT_CHUNK_SECONDS = 60.0
 @dataclass(frozen=True)
 class ChunkSettings:
     """How a node chunks jobs: `workers` processes (1: chunks one after another in this
-    process), chunks of `seconds` rounded to whole segments."""
+    process), chunks of `seconds` rounded to whole segments. `runner`: who encodes the chunks
+    instead of this node's processes (the farm's, `engine.service.cluster.chunks`): called
+    as `runner(tasks, cancel, progress)` with the `engine.stitch.ChunkTask`s, the job's
+    cancel token and a callback taking the fraction of the video encoded; it returns the
+    `engine.stitch.ChunkResult`s in the tasks' order, their files at the tasks' paths."""
 
     workers: int = 1
     seconds: float = DEFAULT_CHUNK_SECONDS
+    runner: Any = None
 
 
 @dataclass(frozen=True)

@@ -699,6 +699,15 @@ def _add_worker_command(commands) -> None:
     )
     worker.add_argument("--log-format", choices=("text", "json"), default="text")
     worker.add_argument("--strict", action="store_true", help="unknown properties are errors")
+    worker.add_argument(
+        "--work-storage",
+        default=os.environ.get("VIPE_WORK_STORAGE") or None,
+        metavar="URI",
+        help="storage every worker shares for chunk files (file:///shared/dir, s3://bucket/dir, "
+        "Provider:URI; default: VIPE_WORK_STORAGE): jobs are split into chunks that any "
+        "worker of the job's queue encodes (engine.service.cluster.chunks)",
+    )
+    _add_chunk_seconds(worker)
     _add_policy_arguments(worker, trusted=False)
     worker.set_defaults(command=_worker)
 
@@ -719,6 +728,16 @@ def _worker(args) -> int:
     if policy is None:
         return EXIT_INVALID
     queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
+    work_storage = None
+    if args.work_storage:
+        from engine.service.cluster.chunks import work_storage_location
+        from storage import StorageError
+
+        try:
+            work_storage = work_storage_location(args.work_storage)
+        except StorageError as error:
+            console.print(f"[red]error[/red]: --work-storage: {error}", highlight=False)
+            return EXIT_INVALID
     try:
         import celery  # noqa: F401
     except ImportError:
@@ -738,6 +757,8 @@ def _worker(args) -> int:
             strict=args.strict,
             log_format=args.log_format,
             policy=policy,
+            work_storage=work_storage,
+            chunk_seconds=max(args.chunk_seconds, 0.001),
         )
     )
 

@@ -148,7 +148,13 @@ class _Progress:
 def _run_chunks(
     scope: JobScope, tasks: list[ChunkTask], workers: int, progress: _Progress
 ) -> list[ChunkResult]:
-    """Every chunk, in this process (one worker) or in a pool of processes; in chunk order."""
+    """Every chunk, in this process (one worker), in a pool of processes, or by the node's
+    own runner (the farm's, `ChunkSettings.runner`); in chunk order."""
+    runner = scope.chunking.runner if scope.chunking is not None else None
+    if runner is not None:
+        return list(
+            runner(tasks, scope.cancel, lambda fraction: progress.update(VIDEO_SHARE * fraction))
+        )
     total = max(1, round(_estimated_frames(tasks)))
     done = 0
 

@@ -19,8 +19,16 @@ from typing import Any
 
 from drm.credentials import CERTIFICATE_FILE, KEY_FILE, ServiceKey
 from engine.cancel import CancelToken
+from engine.chunks import DEFAULT_CHUNK_SECONDS, ChunkSettings
 from engine.encoders import NodeCapabilities, cpu_capabilities
 from engine.policy import TRUSTED, JobPolicy
+from engine.service.cluster.chunks import (
+    CHUNK_TASK_NAME,
+    ChunkContext,
+    ChunkStore,
+    FarmChunks,
+    encode_claimed,
+)
 from engine.service.cluster.dispatch import (
     CPU,
     GPU,
@@ -41,10 +49,12 @@ from engine.service.store import (
     RUNNING,
     STORE_KEY_ENV,
     STORE_KEY_FILE,
+    JobRow,
     JobSealer,
     Store,
     database_url,
 )
+from storage import StorageLocation
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,10 @@ class WorkerSettings:
     log_format: str = "text"
     capabilities: NodeCapabilities | None = None  # given (tests); None: probed
     policy: JobPolicy = TRUSTED  # what jobs may touch; `vipe worker` builds it from its flags
+    # The farm's chunking (engine.service.cluster.chunks): where chunk files go (operator
+    # configuration, `--work-storage`); None: this worker runs each job in one piece.
+    work_storage: StorageLocation | None = None
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS
 
 
 class WorkerSetupError(RuntimeError):
@@ -85,6 +99,13 @@ def _task(task: Any, job_id: str) -> str:
     if _WORKER is None:  # pragma: no cover - only workers register the task
         raise RuntimeError("vipe.run_job runs only in `vipe worker`")
     return _WORKER.handle(job_id, task.request)
+
+
+def _chunk_task(task: Any, job_id: str, index: int) -> str:
+    """The Celery task of one chunk: runs in a thread of the worker's pool."""
+    if _WORKER is None:  # pragma: no cover - only workers register the task
+        raise RuntimeError("vipe.run_chunk runs only in `vipe worker`")
+    return _WORKER.handle_chunk(job_id, index)
 
 
 # ------------------------------------------------------------------------------- setup
@@ -171,7 +192,23 @@ def worker_celery(settings: WorkerSettings, prefix: str) -> Any:
         reject_on_worker_lost=True,
         ignore_result=True,
     )(_task)
+    app.task(
+        name=CHUNK_TASK_NAME,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+    )(_chunk_task)
     return app
+
+
+class FarmService(JobService):
+    """A worker's service whose jobs encode their chunks on the whole farm."""
+
+    farm: ClusterWorker
+
+    def chunking(self, row: JobRow, run: RunningJob) -> Any:
+        return self.farm.chunking(row)
 
 
 # ---------------------------------------------------------------------------- the worker
@@ -198,7 +235,20 @@ class ClusterWorker:
         self.capabilities = settings.capabilities or probe_capabilities()
         self.queues = served_queues(settings.queues, self.capabilities)
         options = service_options(settings, self.capabilities)
-        self.service = JobService(self.store, options, service_key)
+        self.chunks: ChunkContext | None = None
+        self.service: JobService
+        if settings.work_storage is not None:
+            self.chunks = ChunkContext(
+                ChunkStore(self.store, settings.lease_seconds, settings.max_attempts),
+                settings.work_storage,
+                settings.data_dir / "chunks",
+                self.owner,
+            )
+            farm = FarmService(self.store, options, service_key)
+            farm.farm = self
+            self.service = farm
+        else:
+            self.service = JobService(self.store, options, service_key)
         self.service.on_requeue = self._resend
         self.app = worker_celery(settings, self.prefix)
         self.dispatcher = Dispatcher(self.store, self.app, self.prefix)
@@ -345,6 +395,47 @@ class ClusterWorker:
     def _resend(self, job_id: str) -> None:
         self.dispatcher.send(job_id)
 
+    # -- chunks -----------------------------------------------------------------------------
+
+    def chunking(self, row: JobRow) -> ChunkSettings | None:
+        """How the job `row` chunks here: on the farm, its messages on the job's queue."""
+        if self.chunks is None:
+            return None
+        queue = queue_name(row.queue if row.queue in ROUTES else CPU, self.prefix)
+
+        def send(job_id: str, index: int, message_id: str) -> None:
+            self.app.send_task(
+                CHUNK_TASK_NAME,
+                args=[job_id, index],
+                task_id=message_id,
+                queue=queue,
+                routing_key=queue,
+            )
+
+        def revoke(message_ids: list[str]) -> None:
+            self.app.control.revoke(message_ids)
+
+        runner = FarmChunks(self.chunks, row.id, send, revoke)
+        return ChunkSettings(workers=1, seconds=self.settings.chunk_seconds, runner=runner)
+
+    def handle_chunk(self, job_id: str, index: int) -> str:
+        """One chunk message: claim the chunk and encode it; or drop the message (why)."""
+        token = JOB_ID.set(job_id)
+        try:
+            if self._stopping.is_set():
+                raise self._reject("the worker is stopping", requeue=True)
+            if self.chunks is None:
+                log.warning("job %s: chunk %d: no --work-storage here; dropped", job_id, index)
+                return "no work storage"
+            row = self.store.get_job(job_id)
+            if row is None or row.state != RUNNING or row.cancel_requested:
+                return "job not running"
+            if self.chunks.chunks.claim(job_id, index, self.owner) is None:
+                return "not claimable"
+            return encode_claimed(self.chunks, job_id, index)
+        finally:
+            JOB_ID.reset(token)
+
     # -- watchdog ---------------------------------------------------------------------------
 
     def _watch(self) -> None:
@@ -431,12 +522,16 @@ class ClusterWorker:
 
     def _prune_workdirs(self) -> None:
         """Remove the work folders of jobs that ended (or are unknown) in the store: a job's
-        checkpoints matter only while it may come back to this worker."""
-        folder = self.settings.data_dir / "work"
-        if not folder.is_dir():
-            return
+        checkpoints matter only while it may come back to this worker. (The sources of
+        chunked jobs, `chunks/<job id>`, likewise.)"""
         with self._lock:
             mine = set(self.runs)
+        for kind in ("work", "chunks"):
+            folder = self.settings.data_dir / kind
+            if folder.is_dir():
+                self._prune_folder(folder, mine)
+
+    def _prune_folder(self, folder: Path, mine: set[str]) -> None:
         for path in folder.iterdir():
             if not path.is_dir() or path.name in mine:
                 continue

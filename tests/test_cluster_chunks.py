@@ -1,0 +1,191 @@
+"""The farm encodes one job in chunks (issue 17): `vipe worker --work-storage URI
+--chunk-seconds S` on the machine's RabbitMQ and PostgreSQL, a shared folder as work storage.
+
+- one job of four chunks on two workers uses both (the report's ChunkDetails names both), and
+  its package has the source's frame count in every rung;
+- cancel: 5001 within 5 s, no chunk left running, nothing published, the work folder removed;
+- `kill -9` of the worker that encodes a chunk (not the coordinator): the chunk runs again
+  elsewhere (a second attempt), the job succeeds with the source's frame count per rung.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from api_helpers import TokenIssuer, job_state, wait_final, wait_for
+from cluster_helpers import Cluster, postgres_schema, quick_job, rabbitmq_broker
+from e2e_helpers import count_frames, read_dash, segment_frames
+from mediagen import make_media
+
+from engine.service.cluster.chunks import ChunkRow, ChunkStore, work_storage_location
+
+LEASE = 30.0  # long: a killed worker's chunk is taken over because its process is gone
+CHUNK_SECONDS = 6
+STARTED = re.compile(r"chunk \d+ started on ")
+ENDED = re.compile(r"chunk \d+ (done|stopped|failed)")
+
+
+@pytest.fixture(scope="module")
+def sources(media_dir) -> dict[str, Path]:
+    """`four`: 24 s of 160x90 (four 6 s chunks, quick); `heavy`: 24 s of 320x180 (four
+    chunks of seconds of encoding each, so that a worker can be killed in the middle of one)."""
+    folders = {"four": media_dir / "chunks-four", "heavy": media_dir / "chunks-heavy"}
+    for name, seconds, width, height in (("four", 24, 160, 90), ("heavy", 24, 320, 180)):
+        clip = folders[name] / "clip.mp4"
+        if not clip.exists():
+            make_media(clip, duration=seconds, width=width, height=height, audio=[])
+    return folders
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster-chunks")
+    issuer = TokenIssuer(root)
+    with (
+        postgres_schema() as database,
+        rabbitmq_broker() as broker,
+        Cluster(root, broker, database, issuer, lease=LEASE, attempts=3) as cluster,
+    ):
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def workers(cluster):
+    """Two workers sharing a folder as work storage, 6 s chunks (three 2 s segments)."""
+    work = (cluster.root / "work").as_uri()
+    return [
+        cluster.worker(name, "--work-storage", work, "--chunk-seconds", str(CHUNK_SECONDS))
+        for name in ("w1", "w2")
+    ]
+
+
+def chunk_job(source: Path, output: Path, *, heavy: bool = False) -> dict:
+    if not heavy:
+        return quick_job(source, output, SegmentLengthInSeconds=2)
+    return quick_job(
+        source,
+        output,
+        SegmentLengthInSeconds=2,
+        OptimizeFor="Quality",
+        VideoRepresentations=[
+            {"Width": 320, "Height": 180, "BitrateInKbps": 400},
+            {"Width": 160, "Height": 90, "BitrateInKbps": 100},
+        ],
+    )
+
+
+def rung_frames(output: Path) -> dict[str, int]:
+    _, tracks = read_dash(output / "manifest.mpd")
+    return {
+        t.name: sum(frames for frames, _ in segment_frames(t)) for t in tracks if t.kind == "video"
+    }
+
+
+def chunk_rows(cluster: Cluster, job_id: str) -> list[ChunkRow]:
+    return ChunkStore(cluster.store, LEASE, 3).rows(job_id)
+
+
+def work_folder_empty(cluster: Cluster) -> bool:
+    folder = cluster.root / "work"
+    return not folder.exists() or not any(folder.iterdir())
+
+
+def test_work_storage_uris():
+    assert work_storage_location("file:///srv/work").provider == "Local"
+    assert work_storage_location("/srv/work").uri == "file:///srv/work/"
+    assert work_storage_location("s3://bucket/work").provider == "AmazonS3"
+    location = work_storage_location("S3Compatible:http://127.0.0.1:9000/bucket/work")
+    assert (location.provider, location.uri) == (
+        "S3Compatible",
+        "http://127.0.0.1:9000/bucket/work/",
+    )
+    azure = work_storage_location("https://acct.blob.core.windows.net/c/work")
+    assert azure.provider == "AzureBlob"
+
+
+def test_four_chunks_on_two_workers(cluster, workers, sources, tmp_path):
+    first, second = workers
+    with cluster.client() as client:
+        output = tmp_path / "out"
+        job_id = client.post("/Job", json=chunk_job(sources["four"], output)).json()["JobId"]
+        view = wait_final(client, job_id, timeout=120)
+        assert view["State"] == "Succeeded", (view, first.tail(), second.tail())
+        report = client.get(f"/reporting/{job_id}").json()
+    assert report["Chunks"] == 4
+    details = report["ChunkDetails"]
+    assert [d["Chunk"] for d in details] == [0, 1, 2, 3]
+    workers = {d["Worker"].rsplit(":", 1)[1] for d in details}
+    assert workers == {str(first.pid), str(second.pid)}, details
+    frames = count_frames(sources["four"] / "clip.mp4")
+    assert sum(d["Frames"] for d in details) == frames
+    assert list(rung_frames(output).values()) == [frames]
+    rows = chunk_rows(cluster, job_id)
+    assert [r.state for r in rows] == ["Done"] * 4
+    progress = [e["Progress"] for e in view["Events"] if e["MessageType"] == "EncodingProgress"]
+    assert progress == sorted(progress)
+    wait_for(lambda: work_folder_empty(cluster), 10)
+
+
+def test_cancel_stops_every_chunk(cluster, workers, sources, tmp_path):
+    with cluster.client() as client:
+        output = tmp_path / "out"
+        job = chunk_job(sources["heavy"], output, heavy=True)
+        job_id = client.post("/Job", json=job).json()["JobId"]
+
+        def chunks_running() -> bool:
+            return sum(r.state == "Running" for r in chunk_rows(cluster, job_id)) >= 2
+
+        wait_for(chunks_running, 60, 0.1)
+        asked = time.monotonic()
+        assert client.delete(f"/Job/{job_id}").status_code in (200, 202, 204)
+        view = wait_final(client, job_id, timeout=10)
+        assert time.monotonic() - asked < 5, "cancelled after more than 5 s"
+        assert view["State"] == "Cancelled" and view["Events"][-1]["ErrorCode"] == 5001
+        assert not any(r.state == "Running" for r in chunk_rows(cluster, job_id))
+
+        def all_ended() -> bool:
+            """Every chunk that started ended (each worker logs how its chunk ended)."""
+            for worker in workers:
+                messages = [line["message"] for line in worker.lines() if job_id in line["message"]]
+                started = sum(bool(STARTED.search(m)) for m in messages)
+                if started != sum(bool(ENDED.search(m)) for m in messages):
+                    return False
+            return True
+
+        wait_for(all_ended, 5, 0.1)
+    assert not output.exists() or not any(output.iterdir())
+    wait_for(lambda: work_folder_empty(cluster), 10)
+
+
+def test_kill_9_mid_chunk_reruns_the_chunk(cluster, workers, sources, tmp_path):
+    with cluster.client() as client:
+        output = tmp_path / "out"
+        job = chunk_job(sources["heavy"], output, heavy=True)
+        job_id = client.post("/Job", json=job).json()["JobId"]
+        wait_for(lambda: job_state(client, job_id)["State"] == "Running", 60)
+        owner = wait_for(lambda: cluster.store.get_job(job_id).owner, 30)
+        victim = next(w for w in workers if w.owner != owner)  # not the coordinator
+
+        def victim_chunk() -> ChunkRow | None:
+            for row in chunk_rows(cluster, job_id):
+                if row.state == "Running" and row.owner == victim.owner and row.progress < 0.3:
+                    return row
+            return None
+
+        killed = wait_for(victim_chunk, 60, 0.05)
+        victim.kill()
+        view = wait_final(client, job_id, timeout=180)
+        assert view["State"] == "Succeeded", view["Events"][-3:]
+        report = client.get(f"/reporting/{job_id}").json()
+    rows = {r.chunk: r for r in chunk_rows(cluster, job_id)}
+    again = rows[killed.chunk]
+    assert again.state == "Done" and again.owner != victim.owner and again.attempts == 2
+    assert str(victim.pid) not in report["ChunkDetails"][killed.chunk]["Worker"]
+    frames = count_frames(sources["heavy"] / "clip.mp4")
+    assert report["Chunks"] == 4
+    assert sum(d["Frames"] for d in report["ChunkDetails"]) == frames
+    assert set(rung_frames(output).values()) == {frames}
+    assert len(rung_frames(output)) == 2
