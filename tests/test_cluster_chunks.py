@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from pathlib import Path
@@ -30,10 +31,11 @@ ENDED = re.compile(r"chunk \d+ (done|stopped|failed)")
 
 @pytest.fixture(scope="module")
 def sources(media_dir) -> dict[str, Path]:
-    """`four`: 24 s of 160x90 (four 6 s chunks, quick); `heavy`: 24 s of 320x180 (four
-    chunks of seconds of encoding each, so that a worker can be killed in the middle of one)."""
+    """`four`: 24 s of 160x90 (four 6 s chunks, quick); `heavy`: 24 s of 640x360 (four
+    chunks of seconds of encoding each, so that a worker can be killed in the middle of one:
+    a 320x180 chunk took 0.7 s here, too short to land in reliably)."""
     folders = {"four": media_dir / "chunks-four", "heavy": media_dir / "chunks-heavy"}
-    for name, seconds, width, height in (("four", 24, 160, 90), ("heavy", 24, 320, 180)):
+    for name, seconds, width, height in (("four", 24, 160, 90), ("heavy", 24, 640, 360)):
         clip = folders[name] / "clip.mp4"
         if not clip.exists():
             make_media(clip, duration=seconds, width=width, height=height, audio=[])
@@ -71,8 +73,8 @@ def chunk_job(source: Path, output: Path, *, heavy: bool = False) -> dict:
         SegmentLengthInSeconds=2,
         OptimizeFor="Quality",
         VideoRepresentations=[
-            {"Width": 320, "Height": 180, "BitrateInKbps": 400},
-            {"Width": 160, "Height": 90, "BitrateInKbps": 100},
+            {"Width": 640, "Height": 360, "BitrateInKbps": 800},
+            {"Width": 320, "Height": 180, "BitrateInKbps": 300},
         ],
     )
 
@@ -169,14 +171,23 @@ def test_kill_9_mid_chunk_reruns_the_chunk(cluster, workers, sources, tmp_path):
         owner = wait_for(lambda: cluster.store.get_job(job_id).owner, 30)
         victim = next(w for w in workers if w.owner != owner)  # not the coordinator
 
-        def victim_chunk() -> ChunkRow | None:
-            for row in chunk_rows(cluster, job_id):
-                if row.state == "Running" and row.owner == victim.owner and row.progress < 0.3:
-                    return row
-            return None
+        def victim_encoding() -> bool:
+            """The victim holds a chunk, less than half done by a heartbeat of now."""
+            now = datetime.datetime.now(datetime.UTC)
+            return any(
+                row.state == "Running"
+                and row.owner == victim.owner
+                and row.progress < 0.5
+                and row.heartbeat_at is not None
+                and (now - row.heartbeat_at).total_seconds() < 0.3
+                for row in chunk_rows(cluster, job_id)
+            )
 
-        killed = wait_for(victim_chunk, 60, 0.05)
+        wait_for(victim_encoding, 60, 0.05)
         victim.kill()
+        # The chunk the victim was encoding when it died (its row as the kill left it).
+        held = [r for r in chunk_rows(cluster, job_id) if r.owner == victim.owner]
+        killed = next(r for r in held if r.state == "Running")
         view = wait_final(client, job_id, timeout=180)
         assert view["State"] == "Succeeded", view["Events"][-3:]
         report = client.get(f"/reporting/{job_id}").json()
