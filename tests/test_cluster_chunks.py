@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,8 @@ from e2e_helpers import count_frames, read_dash, segment_frames
 from mediagen import make_media
 
 from engine.service.cluster.chunks import ChunkRow, ChunkStore, work_storage_location
+from engine.service.owners import new_owner
+from engine.service.store import JobSealer, NewJob, Store
 
 LEASE = 30.0  # long: a killed worker's chunk is taken over because its process is gone
 CHUNK_SECONDS = 6
@@ -106,6 +110,44 @@ def test_work_storage_uris():
     )
     azure = work_storage_location("https://acct.blob.core.windows.net/c/work")
     assert azure.provider == "AzureBlob"
+
+
+def test_chunk_claims_in_the_store(tmp_path):
+    """Claims are exclusive; a chunk of a live owner is not taken, one of a dead process of
+    this host is (an attempt each), and the attempts are bounded; stop ends the rest."""
+    store = Store(f"sqlite:///{tmp_path / 'vipe.db'}", JobSealer(os.urandom(32)))
+    store.migrate()
+    try:
+        job_id = str(uuid.uuid4())
+        store.create_job(NewJob(job_id, "t", ("e", "t", "p"), {}, {}, [], {"JobId": job_id}))
+        chunks = ChunkStore(store, lease_seconds=60, max_attempts=2)
+        chunks.reset(job_id, 2)
+        me = new_owner()
+        host = me.split(":")[0]
+        other = f"{host}:{os.getppid()}:parent"  # another live process of this host
+        dead = f"{host}:999999999:gone"  # a pid of this host that does not run
+        assert chunks.claim(job_id, 0, me) is not None
+        assert chunks.claim(job_id, 0, other) is None  # held by a live owner
+        assert chunks.heartbeat(job_id, 0, me, 0.5)
+        assert not chunks.heartbeat(job_id, 0, other, 0.5)
+        assert chunks.finish(job_id, 0, me, {"Frames": 1})
+        assert chunks.claim(job_id, 0, other) is None  # done
+        assert chunks.claim(job_id, 1, dead) is not None  # first attempt, then the worker dies
+        assert chunks.claim(job_id, 1, me) is not None  # taken over: second attempt
+        assert not chunks.heartbeat(job_id, 1, dead, 0.1)  # the old owner lost it
+        with store.writing() as session:  # this owner dies too
+            session.get(ChunkRow, (job_id, 1)).owner = dead
+        assert chunks.claim(job_id, 1, other) is None  # two attempts used: Failed
+        rows = chunks.rows(job_id)
+        assert [r.state for r in rows] == ["Done", "Failed"]
+        assert "stopped 2 times" in rows[1].error
+        chunks.reset(job_id, 2)  # the job's next attempt starts its chunks afresh
+        assert chunks.claim(job_id, 0, me) is not None
+        chunks.stop(job_id)
+        assert [r.state for r in chunks.rows(job_id)] == ["Cancelled", "Cancelled"]
+        assert not chunks.heartbeat(job_id, 0, me, 0.9)  # its encoder stops
+    finally:
+        store.close()
 
 
 def test_four_chunks_on_two_workers(cluster, workers, sources, tmp_path):

@@ -66,7 +66,7 @@ from engine.chunks import Chunk
 from engine.errors import Cancelled, EncodingError
 from engine.service.owners import owner_gone
 from engine.service.store import Base, Store, UTCDateTime, _rows_changed, utcnow
-from engine.stitch import ChunkResult, ChunkTask, encode_chunk
+from engine.stitch import ChunkMismatch, ChunkResult, ChunkTask, encode_chunk
 from engine.transcode import EncodedTrack
 from storage import REGISTRY, Storage, StorageError, StorageLocation, open_storage
 
@@ -80,6 +80,7 @@ PENDING, RUNNING, DONE, FAILED, CANCELLED = "Pending", "Running", "Done", "Faile
 BEAT_SECONDS = 0.5  # chunk heartbeats, progress and the cancel flag
 POLL_SECONDS = 0.3  # how often the coordinator reads its chunks' rows
 TASKS_FILE = "tasks.pkl"
+MISMATCH = "ChunkMismatch: "  # a Failed chunk's error that makes the job encode in one pass
 
 
 class ChunkRow(Base):
@@ -347,9 +348,10 @@ def encode_claimed(
 
     watcher = threading.Thread(target=beat, name=f"vipe-chunk-{index}", daemon=True)
     watcher.start()
-    storage = job_storage(context.work_storage, job_id)
+    storage: Storage | None = None
     log.info("job %s: chunk %d started on %s", job_id, index, owner)
     try:
+        storage = job_storage(context.work_storage, job_id)
         task = _local_task(storage, job_folder, scratch, index, check)
         result = encode_chunk(task, cancel=check, progress=progress)
         for rung, track in enumerate(result.tracks):
@@ -362,6 +364,10 @@ def encode_claimed(
     except Cancelled:
         log.info("job %s: chunk %d stopped", job_id, index)
         return "stopped"
+    except ChunkMismatch as mismatch:  # the coordinator encodes the job in one pass instead
+        log.warning("job %s: chunk %d failed: %s", job_id, index, mismatch)
+        chunks.fail(job_id, index, owner, f"{MISMATCH}{mismatch}")
+        return "failed"
     except Exception as error:
         log.exception("job %s: chunk %d failed", job_id, index)
         chunks.fail(job_id, index, owner, f"chunk {index} failed on {owner}: {error}")
@@ -369,7 +375,8 @@ def encode_claimed(
     finally:
         done.set()
         watcher.join()
-        storage.close()
+        if storage is not None:
+            storage.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -507,7 +514,10 @@ class FarmChunks:
             rows = chunks.rows(job_id)
             failed = [r for r in rows if r.state == FAILED]
             if failed:
-                raise EncodingError(failed[0].error or f"chunk {failed[0].chunk} failed")
+                error = failed[0].error or f"chunk {failed[0].chunk} failed"
+                if error.startswith(MISMATCH):
+                    raise ChunkMismatch(error.removeprefix(MISMATCH))
+                raise EncodingError(error)
             if len(rows) == len(tasks) and all(r.state == DONE for r in rows):
                 progress(1.0)
                 return rows
