@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from api_helpers import TokenIssuer, job_state, wait_final, wait_for
-from cluster_helpers import Cluster, postgres_schema, quick_job, rabbitmq_broker
+from cluster_helpers import Cluster, postgres_schema, quick_job, rabbitmq_broker, redis_broker
 from e2e_helpers import count_frames, read_dash, segment_frames
 from mediagen import make_media
 
@@ -242,3 +242,57 @@ def test_kill_9_mid_chunk_reruns_the_chunk(cluster, workers, sources, tmp_path):
     assert sum(d["Frames"] for d in report["ChunkDetails"]) == frames
     assert set(rung_frames(output).values()) == {frames}
     assert len(rung_frames(output)) == 2
+
+
+# ------------------------------------------------------------- S3 work storage, on Redis
+
+
+@pytest.fixture(scope="module")
+def s3_farm(tmp_path_factory, moto_server):
+    """Another farm (Redis broker, own schema) whose work storage is a folder of a bucket on
+    moto (S3Compatible), the credentials in VIPE_WORK_STORAGE_KEY / _SECRET."""
+    root = tmp_path_factory.mktemp("cluster-chunks-s3")
+    bucket = moto_server.create_bucket()
+    work = f"S3Compatible:{moto_server.endpoint}/{bucket}/work"
+    credentials = {
+        "VIPE_WORK_STORAGE_KEY": moto_server.access_key,
+        "VIPE_WORK_STORAGE_SECRET": moto_server.secret_key,
+    }
+    with (
+        postgres_schema() as database,
+        redis_broker() as broker,
+        Cluster(root, broker, database, TokenIssuer(root), lease=LEASE, attempts=3) as cluster,
+    ):
+        workers = [
+            cluster.worker(
+                name,
+                "--work-storage",
+                work,
+                "--chunk-seconds",
+                str(CHUNK_SECONDS),
+                env=credentials,
+            )
+            for name in ("s3-w1", "s3-w2")
+        ]
+        yield cluster, workers, moto_server.client("s3"), bucket
+
+
+def test_four_chunks_through_s3_work_storage(s3_farm, sources, tmp_path):
+    cluster, workers, s3, bucket = s3_farm
+    with cluster.client() as client:
+        output = tmp_path / "out"
+        job_id = client.post("/Job", json=chunk_job(sources["four"], output)).json()["JobId"]
+        view = wait_final(client, job_id, timeout=120)
+        assert view["State"] == "Succeeded", [w.tail() for w in workers]
+        report = client.get(f"/reporting/{job_id}").json()
+    assert report["Chunks"] == 4
+    frames = count_frames(sources["four"] / "clip.mp4")
+    assert sum(d["Frames"] for d in report["ChunkDetails"]) == frames
+    pids = {d["Worker"].rsplit(":", 1)[1] for d in report["ChunkDetails"]}
+    assert pids == {str(w.pid) for w in workers}  # the source and chunks crossed the bucket
+    assert list(rung_frames(output).values()) == [frames]
+    messages = [line["message"] for w in workers for line in w.lines()]
+    assert sum(bool(re.search(rf"job {job_id}: chunk \d+ done", m)) for m in messages) == 4
+    # The chunk files went through the bucket, and the job's folder is gone.
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"work/{job_id}/")
+    assert listed.get("KeyCount", 0) == 0
