@@ -4,6 +4,7 @@
     vipe worker [--queues gpu,cpu] [--concurrency N] [--burst] [--data-dir DIR]
                 [--keys-dir DIR] [--grace-seconds S] [--lease-seconds S] [--max-attempts N]
                 [--log-format text|json] [--broker URL]
+                [--work-storage URI [--chunk-seconds S]]
 
 The job store (PostgreSQL, `VIPE_DATABASE_URL`) is the source of truth; a broker message only
 says "job X may be runnable now". A worker that gets one claims the job in the store
@@ -13,7 +14,22 @@ finished, cancelled or running on a live worker is acknowledged and dropped. So 
 
 **Modules.** `dispatch`: broker settings, routing, `Dispatcher` (sends a job's message) and
 `CeleryQueue` (the API's queue and its sweeper, which sends the jobs that have no message);
-`worker`: `ClusterWorker`, `WorkerSettings`, `run_worker`; `logs`: JSON log lines.
+`worker`: `ClusterWorker`, `WorkerSettings`, `run_worker`; `chunks`: a job's chunks encoded by
+the whole farm; `logs`: JSON log lines.
+
+**Chunks** (`chunks`, issue 17). Workers given one shared work storage (`--work-storage URI`,
+`VIPE_WORK_STORAGE`: a shared folder, an S3 or Azure folder, any storage provider; operator
+configuration, never a job's) split each job they claim into chunks of `--chunk-seconds`
+(rounded to whole segments; a video shorter than two chunks runs in one pass). The claiming
+worker coordinates: it puts the source and the chunk tasks in `<work storage>/<job id>/`,
+writes a `chunks` row per chunk in the store and sends one `vipe.run_chunk` message per chunk
+to the job's queue; any worker of that queue (the coordinator too, while it waits) claims a
+chunk in the store, encodes it, uploads its rung files and marks it Done; the coordinator
+stitches them, then packaging, DRM and publishing run as for any job. Chunk rows follow the
+jobs' rules: owner and heartbeat (every 0.5 s, with the chunk's progress), taken over when the
+owner's process is gone (same host) or its heartbeat is older than the lease, at most
+`--max-attempts` claims; a cancelled or failed job stops its chunks (rows Cancelled, their
+encoders stop within a second) and revokes their messages, and its work folder is removed.
 
 **Routing.** `HardwareAcceleration: Nvidia` goes to the `gpu` queue; `Auto` to `gpu` when a
 live worker that serves `gpu` advertises an NVENC encoder that opened, else `cpu`; `None` to
