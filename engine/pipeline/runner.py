@@ -23,7 +23,7 @@ from engine.cancel import CancelToken
 from engine.capabilities import node_capabilities
 from engine.chunks import ChunkSettings
 from engine.config import data_dir as default_data_dir
-from engine.encoders import NodeCapabilities
+from engine.encoders import NodeCapabilities, cpu_capabilities
 from engine.errors import Cancelled, EngineError
 from engine.events import EventEmitter, EventSink, EventType, Phase, utc_now
 from engine.job import Job
@@ -176,6 +176,15 @@ class JobRunner:
         )
 
 
+def _job_capabilities(model: Job) -> NodeCapabilities:
+    """Probed once per process; a job with HardwareAcceleration None probes no GPU, and a
+    packaging-only job (it encodes nothing) probes nothing: the probe opens and runs encoders,
+    most of a short packaging job's wall time."""
+    if model.content_processing.packaging_only:
+        return cpu_capabilities()
+    return node_capabilities(model.content_processing.hardware_acceleration)
+
+
 def run_job(
     job: dict | str | bytes | Path | ValidJob,
     *,
@@ -227,9 +236,7 @@ def run_job(
         workdir=folder,
         events=events,
         cancel=cancel or CancelToken(),
-        # Probed once per process; a job with HardwareAcceleration None probes no GPU.
-        capabilities=capabilities
-        or node_capabilities(model.content_processing.hardware_acceleration),
+        capabilities=capabilities or _job_capabilities(model),
         data_dir=default_data_dir(data_dir),
         policy=policy,
         on_publish_plan=on_publish_plan,
