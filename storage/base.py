@@ -297,6 +297,30 @@ class Storage(ABC):
         """Upload `source` as `name` (a relative path, may contain sub-folders); `cancel` as for
         download_file."""
 
+    # A storage that can share a file instead of copying it (Local: a hard link on the same
+    # file system) overrides these two. They are used only where the caller promises that
+    # nobody writes into the file in place afterwards (`shared=True` of download_folder and
+    # upload_folder: a job's input and its package): a shared file changes wherever it is.
+    def download_shared_file(
+        self,
+        name: str,
+        target: Path,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """download_file, where `target` may become the stored file itself."""
+        self.download_file(name, target, progress, cancel)
+
+    def upload_shared_file(
+        self,
+        source: Path,
+        name: str,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """upload_file, where the stored file may become `source` itself."""
+        self.upload_file(source, name, progress, cancel)
+
     @abstractmethod
     def delete_file(self, name: str) -> None:
         """Delete `name` (a relative path); deleting a missing file is not an error."""
@@ -348,14 +372,19 @@ class Storage(ABC):
         target: Path,
         progress: Progress | None = None,
         cancel: CancelCheck | None = None,
+        *,
+        shared: bool = False,
     ) -> list[Path]:
         """Download every file of the folder into `target`; an empty or missing folder raises
-        StorageError(kind='missing')."""
+        StorageError(kind='missing'). `shared`: the caller only reads the files (and removes
+        them), never writes into one, so they may be the stored files themselves
+        (download_shared_file)."""
         # a 503 or reset is transient here too
         files = self.retrying("listing", lambda: run_cancellable(self.list_files, cancel), cancel)
         if not files:
             raise StorageError(f"{self.describe()}: the folder holds no files", "missing")
         target.mkdir(parents=True, exist_ok=True)
+        download = self.download_shared_file if shared else self.download_file
         total = sum(f.size for f in files)
         done = 0
         paths = []
@@ -373,7 +402,7 @@ class Storage(ABC):
 
             self.retrying(
                 f"download of {remote.name}",
-                functools.partial(self.download_file, remote.name, path, report, cancel),
+                functools.partial(download, remote.name, path, report, cancel),
                 cancel,
             )
             done += remote.size
@@ -388,6 +417,8 @@ class Storage(ABC):
         progress: Progress | None = None,
         cancel: CancelCheck | None = None,
         plan: Callable[[list[str]], None] | None = None,
+        *,
+        shared: bool = False,
     ) -> list[str]:
         """Upload every file under `source` (sub-folders kept), manifests last, so a reader never
         sees a manifest that points at a missing file.
@@ -400,7 +431,11 @@ class Storage(ABC):
         raised: the files it created are deleted again. Objects that were there before it
         started are never deleted (the folder may hold another job's files): an object this
         upload overwrote cannot be restored, so it is left with the new content, and a warning
-        names it. Which names were there is read once, before the first upload."""
+        names it. Which names were there is read once, before the first upload.
+
+        `shared`: nobody writes into the files under `source` in place after the upload (they
+        are only removed), so the stored files may be these files themselves
+        (upload_shared_file)."""
         files = sorted(p for p in source.rglob("*") if p.is_file())
         ordered = [p for p in files if not is_manifest(p.name)] + [
             p for p in files if is_manifest(p.name)
@@ -413,6 +448,7 @@ class Storage(ABC):
         )
         if plan is not None:
             plan([name for name in names if name not in before])
+        upload = self.upload_shared_file if shared else self.upload_file
         total = sum(p.stat().st_size for p in ordered)
         done = 0
         uploaded: list[str] = []
@@ -432,7 +468,7 @@ class Storage(ABC):
 
                 self.retrying(
                     f"upload of {name}",
-                    functools.partial(self.upload_file, path, name, report, cancel),
+                    functools.partial(upload, path, name, report, cancel),
                     cancel,
                 )
                 uploaded.append(name)

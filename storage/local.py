@@ -187,6 +187,28 @@ class LocalStorage(Storage):
         progress: Progress | None = None,
         cancel: CancelCheck | None = None,
     ) -> None:
+        self._download(name, target, progress, cancel, share=False)
+
+    def download_shared_file(
+        self,
+        name: str,
+        target: Path,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """`target` becomes a hard link of the file (the one opened and checked) when both are
+        on one file system and the kernel allows it; else a copy."""
+        self._download(name, target, progress, cancel, share=True)
+
+    def _download(
+        self,
+        name: str,
+        target: Path,
+        progress: Progress | None,
+        cancel: CancelCheck | None,
+        *,
+        share: bool,
+    ) -> None:
         safe_name(name)
         try:
             root, real = self._open_root()
@@ -202,6 +224,14 @@ class LocalStorage(Storage):
                 if not stat.S_ISREG(info.st_mode):
                     raise StorageError(f"Local {self.root}: {name} is not a file", "invalid")
                 os.set_blocking(reader.fileno(), True)
+                if share:
+                    # Whatever has the name (a link of an earlier attempt) is replaced, never
+                    # written through: writing into a link would write into the stored file.
+                    target.unlink(missing_ok=True)
+                    if _link_into(reader.fileno(), target):
+                        if progress:
+                            progress(info.st_size, info.st_size)
+                        return
                 with open(target, "wb") as writer:
                     _copy(reader, writer, info.st_size, progress, cancel)
                     _copy_times(info, writer)
@@ -215,6 +245,29 @@ class LocalStorage(Storage):
         progress: Progress | None = None,
         cancel: CancelCheck | None = None,
     ) -> None:
+        self._upload(source, name, progress, cancel, share=False)
+
+    def upload_shared_file(
+        self,
+        source: Path,
+        name: str,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        """The stored file becomes a hard link of `source` when both are on one file system
+        and the kernel allows it; else a copy. Either way it appears under its name only when
+        complete, and never through a symlink."""
+        self._upload(source, name, progress, cancel, share=True)
+
+    def _upload(
+        self,
+        source: Path,
+        name: str,
+        progress: Progress | None,
+        cancel: CancelCheck | None,
+        *,
+        share: bool,
+    ) -> None:
         name = safe_relative_path(name)
         base = name.rsplit("/", 1)[-1]
         partial = f".{base}.partial"
@@ -226,9 +279,13 @@ class LocalStorage(Storage):
         try:
             with open(source, "rb") as reader:
                 info = os.fstat(reader.fileno())
-                with open(_create(partial, folder), "wb") as writer:
-                    _copy(reader, writer, info.st_size, progress, cancel)
-                    _copy_times(info, writer)
+                if share and _link(reader.fileno(), partial, folder):
+                    if progress:
+                        progress(info.st_size, info.st_size)
+                else:
+                    with open(_create(partial, folder), "wb") as writer:
+                        _copy(reader, writer, info.st_size, progress, cancel)
+                        _copy_times(info, writer)
             # Readers never see a half-written file; a symlink at the target name is replaced,
             # not written through.
             os.replace(partial, base, src_dir_fd=folder, dst_dir_fd=folder)
@@ -284,6 +341,38 @@ def _create(name: str, folder: int) -> int:
     except FileExistsError:
         os.unlink(name, dir_fd=folder)
         return os.open(name, flags, 0o666, dir_fd=folder)
+
+
+def _link_into(fd: int, target: Path) -> bool:
+    """_link of `fd` as the path `target`."""
+    try:
+        folder = os.open(target.parent, _DIRECTORY)
+    except OSError:
+        return False
+    try:
+        return _link(fd, target.name, folder)
+    finally:
+        os.close(folder)
+
+
+def _link(fd: int, name: str, folder: int) -> bool:
+    """Hard-link the open file `fd` as `name` in the folder open as `folder`: the very file
+    that was opened and checked, not whatever its path leads to now (linkat of /proc's link
+    with AT_SYMLINK_FOLLOW). Like _create, never through a symlink: a name already there (a
+    partial file left by a crash, a planted link) is removed first, and link() itself never
+    follows the new name. False where no link can be made (another file system,
+    fs.protected_hardlinks, no /proc): the caller copies."""
+    for attempt in range(2):
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
+            return True
+        except FileExistsError:
+            if attempt:
+                return False
+            os.unlink(name, dir_fd=folder)
+        except OSError:
+            return False
+    return False
 
 
 def _copy(

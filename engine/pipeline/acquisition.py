@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
 
 def acquire(scope: JobScope, prepared: Prepared) -> Acquired:
-    """Download every file of the input folder (not sub-folders), with progress events."""
+    """Download every file of the input folder (not sub-folders), with progress events.
+
+    The job only reads its input files (and removes them with the work folder), so a storage
+    may share them instead of copying (Local: hard links where it can)."""
 
     def progress(done: int, total: int) -> None:
         percent = 100 * done / total if total else 100
@@ -24,7 +27,9 @@ def acquire(scope: JobScope, prepared: Prepared) -> Acquired:
 
     folder = scope.workdir / "input"
     try:
-        files = prepared.input_storage.download_folder(folder, progress, scope.cancel.check)
+        files = prepared.input_storage.download_folder(
+            folder, progress, scope.cancel.check, shared=True
+        )
     except StorageError as error:
         raise storage_error_to_engine(error, publishing=False) from None
     return Acquired(tuple(files), sum(p.stat().st_size for p in files))

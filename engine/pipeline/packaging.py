@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from typing import TYPE_CHECKING, Literal, cast
 
 from engine import ladder
@@ -42,6 +43,10 @@ def package_output(
     tracks = _track_inputs(scope, prepared.keys, encoded)
     images = _thumbnail_images(scope, mapped, encoded)
     folder = scope.workdir / "output"
+    # A fresh folder: the files of an earlier attempt (a resumed job) may have been published
+    # as hard links (Publishing shares them); writing into them would change the published
+    # package. Removing them and writing new files leaves that untouched.
+    shutil.rmtree(folder, ignore_errors=True)
     try:
         result = package(tracks, texts, spec, folder, images=images, cancel=scope.cancel.check)
     except PackagerError as error:

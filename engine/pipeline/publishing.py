@@ -27,8 +27,10 @@ def publish(scope: JobScope, prepared: Prepared, mapped: Mapped, packaged: Packa
         scope.events.progress(EventType.PUBLISHING_PROGRESS, percent)
 
     try:
+        # Shared (Local: hard links where it can): nothing writes into the package's files in
+        # place afterwards; Packaging writes a fresh folder and _tar a new archive each attempt.
         uploaded = prepared.output_storage.upload_folder(
-            folder, progress, scope.cancel.check, plan=scope.on_publish_plan
+            folder, progress, scope.cancel.check, plan=scope.on_publish_plan, shared=True
         )
     except StorageError as error:
         raise storage_error_to_engine(error, publishing=True) from None
@@ -63,6 +65,9 @@ def _archived(scope: JobScope, packaged: Packaged) -> Path:
 
 
 def _tar(folder: Path, target: Path) -> None:
+    # An archive of an earlier attempt may be a published file itself (shared): a new file
+    # replaces it, never written through.
+    target.unlink(missing_ok=True)
     with tarfile.open(target, "w") as archive:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
