@@ -17,7 +17,9 @@ from typing import Any, ClassVar
 
 # How many escaped bytes to unescape for a slice header before falling back to the whole NAL
 # unit: headers are tens of bytes (more with many entry points), NAL units up to megabytes.
-HEADER_WINDOW = 1024
+# The RBSP of a window is a prefix of the whole NAL unit's (an emulation prevention byte cut
+# off at its end was not read anyway), so a header read within it is the same header.
+HEADER_WINDOWS = (64, 1024)
 
 
 class BitstreamError(ValueError):
@@ -51,12 +53,15 @@ def escaped_length(rbsp_bytes: int, removed: list[int]) -> int:
 
 
 class BitReader:
-    """MSB-first bit reader with Exp-Golomb codes (H.264 §9.1)."""
+    """MSB-first bit reader with Exp-Golomb codes (H.264 §9.1). The data is one Python int:
+    a field is a shift and a mask, an Exp-Golomb prefix one bit_length (slice headers are read
+    for every VCL NAL unit, so this is on the packager's hot path)."""
 
     def __init__(self, data: bytes):
         self.data = data
         self.pos = 0  # in bits
         self.size = len(data) * 8
+        self._value = int.from_bytes(data, "big")
 
     def u(self, bits: int) -> int:
         """An unsigned integer of `bits` bits."""
@@ -65,10 +70,8 @@ class BitReader:
         end = self.pos + bits
         if end > self.size:
             raise EOFError
-        first, last = self.pos >> 3, (end + 7) >> 3
-        chunk = int.from_bytes(self.data[first:last], "big")
         self.pos = end
-        return (chunk >> (last * 8 - end)) & ((1 << bits) - 1)
+        return (self._value >> (self.size - end)) & ((1 << bits) - 1)
 
     def flag(self) -> bool:
         return bool(self.u(1))
@@ -79,13 +82,16 @@ class BitReader:
         self.pos += bits
 
     def ue(self) -> int:
-        """ue(v): unsigned Exp-Golomb."""
-        zeros = 0
-        while not self.u(1):
-            zeros += 1
-            if zeros > 31:
-                raise BitstreamError("Exp-Golomb code longer than 32 bits")
-        return (1 << zeros) - 1 + self.u(zeros)
+        """ue(v): unsigned Exp-Golomb: `zeros` 0 bits, a 1, then `zeros` bits."""
+        left = self.size - self.pos
+        rest = self._value & ((1 << left) - 1)
+        zeros = left - rest.bit_length()  # leading 0 bits (all that is left when rest is 0)
+        if zeros > 31:
+            raise BitstreamError("Exp-Golomb code longer than 32 bits")
+        if not rest:
+            raise EOFError
+        # the 1 and the `zeros` bits after it: (1 << zeros) + those bits, less one
+        return self.u(2 * zeros + 1) - 1
 
     def se(self) -> int:
         """se(v): signed Exp-Golomb."""
@@ -953,7 +959,7 @@ def slice_data_offset(parser: H264Parser | H265Parser, nal: bytes | memoryview) 
     data: the NAL header plus the slice header rounded up to whole bytes."""
     header = parser.nal_header_size
     payload = memoryview(nal)[header:]
-    for limit in (HEADER_WINDOW, None):
+    for limit in (*HEADER_WINDOWS, None):
         if limit is not None and len(payload) <= limit:
             continue
         rbsp, removed = unescape(payload, limit)

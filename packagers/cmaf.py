@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -245,9 +246,11 @@ def segment_type() -> bytes:
 
 @dataclass(frozen=True)
 class Fragment:
-    """One written `moof` + `mdat`."""
+    """One `moof` + `mdat`, as its pieces in order (the sample data is not joined into one
+    buffer: a segment is written piece by piece, with no copy of its megabytes)."""
 
-    data: bytes
+    parts: tuple[bytes, ...]
+    size: int
     key_frame_end: int  # bytes from the moof start to the end of the first sample
 
 
@@ -298,12 +301,14 @@ def fragment(track: TimedTrack, segment: Segment) -> Fragment:
     if encrypted is not None:
         auxiliary = mp4.traf_encryption_boxes(encrypted, before_aux)
     moof_size = before_aux + len(auxiliary)
-    payload = b"".join(data)
-    if len(payload) + 8 > 0xFFFFFFFF:
+    payload_size = int(sizes.sum())
+    if payload_size + 8 > 0xFFFFFFFF:
         raise PackagingError(f"{track.name}: segment {segment.number} is larger than 4 GiB")
     moof = box("moof", head, box("traf", header, decode_time, run(moof_size + 8), auxiliary))
+    mdat = struct.pack(">I4s", payload_size + 8, b"mdat")
     first_size = int(sizes[0]) if count else 0
-    return Fragment(moof + box("mdat", payload), len(moof) + 8 + first_size)
+    size = len(moof) + len(mdat) + payload_size
+    return Fragment((moof, mdat, *data), size, len(moof) + 8 + first_size)
 
 
 def write_segment_files(
@@ -321,13 +326,15 @@ def write_segment_files(
             cancel()
         written = fragment(track, segment)
         uri = f"{name}_{segment.number}.m4s"
-        (folder / uri).write_bytes(styp + written.data)
+        with open(folder / uri, "wb") as handle:
+            handle.write(styp)
+            handle.writelines(written.parts)
         files.append(uri)
         refs.append(
             SegmentRef(
                 uri,
                 0,
-                len(styp) + len(written.data),
+                len(styp) + written.size,
                 segment.start,
                 segment.duration,
                 (len(styp), written.key_frame_end),
@@ -358,8 +365,8 @@ def write_single_file(
             if cancel:
                 cancel()
             written = fragment(track, segment)
-            handle.write(written.data)
-            size = len(written.data)
+            handle.writelines(written.parts)
+            size = written.size
             refs.append(
                 SegmentRef(
                     uri,
