@@ -6,7 +6,9 @@ Shaka Packager's wall time.
 Beside the 30 s rows (10 s with `--quick`), a long-content row: 10 minutes of 1080p in four
 renditions plus audio (`make_long_renditions`, generated once with the ffmpeg CLI into
 benchmarks/.cache), Cmaf cbcs and Dash cenc. `--long-seconds N` on `python -m
-benchmarks.packaging` changes its length."""
+benchmarks.packaging` changes its length. And a 60 s 720p row, three renditions plus audio, Cmaf
+cbcs (issue 18's whole-process target: vipe <= 1.5x Shaka Packager), generated the same cheap
+way (`make_720p_renditions`)."""
 
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ LONG_SECONDS = 600
 # The long row's four renditions: lower bit rates than RUNGS so ten minutes stay a few hundred MB.
 LONG_RUNGS = ((1920, 1080, 3000), (1280, 720, 1800), (960, 540, 1000), (640, 360, 600))
 LONG_CHUNK = 60  # seconds encoded once per rendition, then repeated by stream copy
+# The 60 s 720p row: three renditions of a 720p source.
+MID_SECONDS = 60
+MID_RUNGS = ((1280, 720, 2450), (960, 540, 1400), (640, 360, 800))
 
 
 def make_renditions(seconds: int) -> list[Path]:
@@ -65,25 +70,36 @@ def make_long_renditions(seconds: int = LONG_SECONDS) -> list[Path]:
     SEGMENT seconds), then each chunk is repeated by stream copy up to `seconds`. Packaging cost
     depends on bytes and samples, not on picture content, so this is as heavy to package as a
     real source of these bit rates, at a fraction of the encoding time on 2 cores."""
-    folder = CACHE / f"renditions-long-{seconds}s"
-    names = [folder / f"rendition-{h}p.mp4" for _, h, _ in LONG_RUNGS]
+    return _chunked_renditions(seconds, LONG_RUNGS, "long")
+
+
+def make_720p_renditions(seconds: int = MID_SECONDS) -> list[Path]:
+    """The three MID_RUNGS renditions of `seconds`, made as make_long_renditions makes its."""
+    return _chunked_renditions(seconds, MID_RUNGS, "720p")
+
+
+def _chunked_renditions(seconds: int, rungs: tuple[tuple[int, int, int], ...], kind: str):
+    folder = CACHE / f"renditions-{kind}-{seconds}s"
+    names = [folder / f"rendition-{h}p.mp4" for _, h, _ in rungs]
     if all(p.exists() for p in names):
         return names
     folder.mkdir(parents=True, exist_ok=True)
-    chunk_folder = CACHE / f"renditions-long-chunk-{LONG_CHUNK}s"
-    chunks = [chunk_folder / f"chunk-{h}p.mp4" for _, h, _ in LONG_RUNGS]
+    chunk_folder = CACHE / f"renditions-{kind}-chunk-{LONG_CHUNK}s"
+    chunks = [chunk_folder / f"chunk-{h}p.mp4" for _, h, _ in rungs]
     if not all(p.exists() for p in chunks):
         chunk_folder.mkdir(parents=True, exist_ok=True)
-        count = len(LONG_RUNGS)
+        count = len(rungs)
+        width, height, _ = rungs[0]
         split = f"[0:v]split={count}" + "".join(f"[s{i}]" for i in range(count))
-        scales = [f"[s{i}]scale={w}:{h}[v{i}]" for i, (w, h, _) in enumerate(LONG_RUNGS)]
+        scales = [f"[s{i}]scale={w}:{h}[v{i}]" for i, (w, h, _) in enumerate(rungs)]
         command = [
             ffmpeg_exe(), "-v", "error", "-y",
-            "-f", "lavfi", "-i", f"testsrc2=size=1920x1080:rate=25:duration={LONG_CHUNK}",
+            "-f", "lavfi", "-i",
+            f"testsrc2=size={width}x{height}:rate=25:duration={LONG_CHUNK}",
             "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={LONG_CHUNK}",
             "-filter_complex", ";".join([split, *scales]),
         ]  # fmt: skip
-        for i, ((_, _, kbps), target) in enumerate(zip(LONG_RUNGS, chunks, strict=True)):
+        for i, ((_, _, kbps), target) in enumerate(zip(rungs, chunks, strict=True)):
             command += [
                 "-map", f"[v{i}]", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast",
                 "-pix_fmt", "yuv420p", "-b:v", f"{kbps}k", "-maxrate", f"{kbps * 3 // 2}k",
@@ -176,17 +192,23 @@ def run_shaka(renditions, scratch: Path, fmt: str, scheme: str) -> Run:
 
 def run(quick: bool = False, long_seconds: int = LONG_SECONDS) -> list[Result]:
     """The short rows (3 renditions + audio) and the long row (4 renditions + audio), each in
-    Cmaf cbcs and Dash cenc; the long row runs once (it is long enough not to need medians)."""
+    Cmaf cbcs and Dash cenc; the long row runs once (it is long enough not to need medians).
+    The 60 s 720p row (3 renditions + audio), Cmaf cbcs only, 3 runs (1 with `quick`)."""
     seconds, runs = (10, 1) if quick else (30, 3)
-    sets = [(make_renditions(seconds), f"{seconds}s (3 renditions + audio)", runs)]
+    both = (("Cmaf", "cbcs"), ("Dash", "cenc"))
+    sets = [(make_renditions(seconds), f"{seconds}s (3 renditions + audio)", runs, both)]
+    sets.append(
+        (make_720p_renditions(), f"{MID_SECONDS}s 720p (3 renditions + audio)", runs, both[:1])
+    )
     if long_seconds:
         label = f"{long_seconds // 60} min 1080p" if long_seconds >= 60 else f"{long_seconds}s"
-        sets.append((make_long_renditions(long_seconds), f"{label} (4 renditions + audio)", 1))
+        renditions = make_long_renditions(long_seconds)
+        sets.append((renditions, f"{label} (4 renditions + audio)", 1, both))
     results = []
     with tempfile.TemporaryDirectory(prefix="vipe-bench-packaging-") as folder:
         scratch = Path(folder)
-        for renditions, label, count in sets:
-            for fmt, scheme in (("Cmaf", "cbcs"), ("Dash", "cenc")):
+        for renditions, label, count, kinds in sets:
+            for fmt, scheme in kinds:
                 results.append(
                     compare(
                         f"packaging {fmt} {scheme} {label}",
