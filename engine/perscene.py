@@ -50,7 +50,13 @@ from engine.quality import RenditionQuality, _VmafPipe
 from engine.transcode import TranscodePlan, VideoOutput, _FramePreparer, boundary_frames
 
 DEFAULT_TARGET = 95.0
-TARGET_MARGIN = 0.5  # aim a little above the target: probes on short clips are optimistic
+# The probes are pessimistic: a 4-frame clip's P-frames lack the long-run reference quality
+# (mb-tree) of the full encode, so the full encode's libvmaf VMAF at the chosen CRF came out
+# +1.3 to +3.8 above the probes' (median +1.45; benchmarks/perscene.py, 1280x720, five
+# sources, every rung below its cap). `PROBE_BIAS` (the smallest error seen) is added to every
+# probe score; the plan then aims at the target + `TARGET_MARGIN` on that calibrated scale.
+PROBE_BIAS = 1.3
+TARGET_MARGIN = 0.3
 PROBE_CRFS = {"H264": (18.0, 26.0, 34.0), "H265": (20.0, 28.0, 36.0)}
 CRF_RANGE = (12.0, 45.0)
 MIN_SLOPE = 0.25  # VMAF points per CRF step, at least, when extrapolating
@@ -65,7 +71,16 @@ NEAR_DUPLICATE = 0.10
 # maxrate), so over a 20 s source the average stays under the cap (measured: at maxrate = cap
 # a capped 20 s rung averaged up to 2.5 % above it)
 VBV_SHARE = 0.96
+# Hard scenes may peak above the cap, up to Default's own maxrate (engine.encoders
+# PEAK_FACTOR), when the easy scenes' predicted rates (times `KBPS_SAFETY`) leave room for it
+# under VBV_SHARE of the cap on average (`vbv_maxrate`)
+PEAK_SHARE = 1.10
+KBPS_SAFETY = 2.0
 MAX_ZONE_FACTOR = 8.0
+# Rung sizes probed (`probed_rungs`): the smallest, the largest and, from four rungs on, the
+# one nearest their geometric middle; the other rungs' scene CRFs and rates are interpolated
+# in log(pixels) (`interpolate_size`)
+PROBED_RUNGS = 3
 
 Progress = Callable[[float], None]
 Cancel = Callable[[], None]
@@ -77,13 +92,17 @@ Cancel = Callable[[], None]
 def detect_cuts(differences: Sequence[float], frame_rate: float) -> list[int]:
     """Scene starts (frame indices, 0 first) from the mean absolute luma difference between
     each frame and the one before (`differences[i]` for frame i; `differences[0]` unused).
-    A cut: above `CUT_ABS` and `CUT_RELATIVE` times the mean of the previous ten differences;
-    a cut less than `MIN_SCENE_S` after the last scene start is ignored."""
+    A cut: above `CUT_ABS` and `CUT_RELATIVE` times the mean of the ten differences before it
+    or of the ten after it, whichever is lower (so a cut from a busy scene into a quiet one
+    counts as well as the other way round); a cut less than `MIN_SCENE_S` after the last
+    scene start is ignored."""
     starts = [0]
     min_gap = max(1, round(MIN_SCENE_S * frame_rate))
     for i in range(1, len(differences)):
-        recent = differences[max(1, i - 10) : i]
-        level = float(np.mean(recent)) if recent else 0.0
+        before = differences[max(1, i - 10) : i]
+        after = differences[i + 1 : i + 11]
+        levels = [float(np.mean(d)) for d in (before, after) if d]
+        level = min(levels) if levels else 0.0
         value = differences[i]
         if value > CUT_ABS and value > CUT_RELATIVE * max(level, 1.0):
             if i - starts[-1] >= min_gap:
@@ -111,8 +130,10 @@ class Analysis:
     frame_rate: float
     scene_starts: tuple[int, ...]
     crfs: tuple[float, ...]
-    probes: dict[str, tuple[ClipProbe, ...]]
+    probes: dict[str, tuple[ClipProbe, ...]]  # the probed rungs only
     seconds: float = 0.0  # wall time of the pass
+    # every rung's name -> width x height, ladder order; empty: the probed rungs only
+    pixels: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,6 +148,8 @@ class RungRate:
     predicted_kbps: float  # frame-weighted probe estimate (before the cap)
     scenes: int = 1
     target: float = DEFAULT_TARGET
+    maxrate_kbps: int = 0  # VBV maxrate; 0: VBV_SHARE of the cap
+    probed: bool = True  # False: interpolated from the probed rungs' sizes
 
 
 def crf_for_target(crfs: Sequence[float], vmafs: Sequence[float], target: float) -> float:
@@ -180,30 +203,128 @@ def _scene_of(start: int, scene_starts: Sequence[int]) -> int:
     return max(i for i, s in enumerate(scene_starts) if s <= middle)
 
 
-def plan_rates(analysis: Analysis, target: float) -> list[RungRate]:
-    """Per rung: each scene's CRF for `target` (+ `TARGET_MARGIN`), the base CRF and zones
-    (module docs). A scene without a probe clip of its own uses the nearest clip."""
+def probed_rungs(pixels: Sequence[int]) -> list[int]:
+    """Indices of the rungs to probe (module docs of `PROBED_RUNGS`): the smallest and the
+    largest by pixel count and, from four rungs on, the one whose log(pixels) is nearest the
+    middle of theirs; ladder order."""
+    if len(pixels) <= 2:
+        return list(range(len(pixels)))
+    order = sorted(range(len(pixels)), key=lambda i: pixels[i])
+    chosen = {order[0], order[-1]}
+    if len(pixels) >= 4 and PROBED_RUNGS >= 3:
+        middle = (math.log(pixels[order[0]]) + math.log(pixels[order[-1]])) / 2
+        inner = order[1:-1]
+        chosen.add(min(inner, key=lambda i: (abs(math.log(pixels[i]) - middle), pixels[i])))
+    return sorted(chosen)
+
+
+def interpolate_size(known: dict[int, float], pixels: int) -> float:
+    """A value at `pixels` from the values at the probed pixel counts in `known`: linear in
+    log(pixels) between the nearest two, the end value beyond them."""
+    sizes = sorted(known)
+    logs = [math.log(max(k, 1)) for k in sizes]
+    return float(np.interp(math.log(max(pixels, 1)), logs, [known[k] for k in sizes]))
+
+
+def vbv_maxrate(scene_kbps: Sequence[float], lengths: Sequence[int], cap_kbps: int) -> int:
+    """The rung's VBV maxrate: the largest in [`VBV_SHARE`, `PEAK_SHARE`] x the cap at which
+    the scenes' predicted rates times `KBPS_SAFETY`, each held to the maxrate, average at
+    most `VBV_SHARE` of the cap (easy scenes leave hard ones room above the cap)."""
+    low, high = VBV_SHARE * cap_kbps, PEAK_SHARE * cap_kbps
+    total = sum(lengths)
+    if total <= 0:
+        return max(1, round(low))
+    budget = VBV_SHARE * cap_kbps * total
+
+    def spent(maxrate: float) -> float:
+        return sum(
+            min(KBPS_SAFETY * k, maxrate) * n for k, n in zip(scene_kbps, lengths, strict=True)
+        )
+
+    if spent(high) <= budget:
+        return max(1, round(high))
+    if spent(low) >= budget:
+        return max(1, round(low))
+    for _ in range(50):  # spent() is continuous and non-decreasing: bisect
+        middle = (low + high) / 2
+        low, high = (middle, high) if spent(middle) <= budget else (low, middle)
+    return max(1, math.floor(low))
+
+
+def _scene_curves(
+    analysis: Analysis, probes: Sequence[ClipProbe], starts: Sequence[int], ends: Sequence[int]
+) -> list[tuple[list[float], list[float]]]:
+    """Per scene: (VMAF per CRF, kbps per CRF) of its clips (averaged; log-mean kbps), or of
+    the nearest clip when it has none."""
+    curves = []
+    for index, (first, end) in enumerate(zip(starts, ends, strict=True)):
+        own = [p for p in probes if _scene_of(p.start, starts) == index]
+        if not own:
+            middle = (first + end) / 2
+            own = [min(probes, key=lambda p: abs(p.start + CLIP_FRAMES / 2 - middle))]
+        vmaf = np.mean([p.vmaf for p in own], axis=0)
+        kbps = np.exp(np.mean([np.log(np.maximum(p.kbps, 1e-3)) for p in own], axis=0))
+        curves.append((list(vmaf), list(kbps)))
+    return curves
+
+
+def _across(
+    at: dict[int, tuple[list[float], list[float], list[float]]],
+    pixels: int,
+    part: int,
+    scene: int,
+    log: bool = False,
+) -> float:
+    """One scene's CRF (part 0), kbps (1, interpolated in log) or VMAF (2) at `pixels`, from
+    the probed rungs' (`at`: pixel count -> parts)."""
+    values = {size: parts[part][scene] for size, parts in at.items()}
+    if not log:
+        return interpolate_size(values, pixels)
+    logs = {size: math.log(max(v, 1e-3)) for size, v in values.items()}
+    return math.exp(interpolate_size(logs, pixels))
+
+
+def plan_rates(
+    analysis: Analysis, target: float, caps: dict[str, int] | None = None
+) -> list[RungRate]:
+    """Per rung: each scene's CRF for `target` (module docs), the base CRF and zones, and the
+    VBV maxrate under the rung's cap in `caps` (`vbv_maxrate`; none given: 0, meaning
+    `VBV_SHARE` of the cap). Probe scores are calibrated (+ `PROBE_BIAS`) and the plan aims
+    at `target` + `TARGET_MARGIN` on that scale. Rungs of `analysis.pixels` without probes
+    get each scene's CRF and rate interpolated in log(pixels) between the probed rungs. A
+    scene without a probe clip of its own uses the nearest clip."""
     starts = list(analysis.scene_starts)
     ends = [*starts[1:], analysis.frames]
     lengths = [e - s for s, e in zip(starts, ends, strict=True)]
     crfs = analysis.crfs
-    plans = []
+    aim = target + TARGET_MARGIN - PROBE_BIAS  # on the probes' own scale
+    # per probed rung: (scene CRFs, scene kbps, scene calibrated VMAF)
+    probed: dict[str, tuple[list[float], list[float], list[float]]] = {}
     for name, probes in analysis.probes.items():
         if not probes:
             continue
-        scene_crfs, scene_vmaf, scene_kbps = [], [], []
-        for index, (first, end) in enumerate(zip(starts, ends, strict=True)):
-            own = [p for p in probes if _scene_of(p.start, starts) == index]
-            if not own:
-                middle = (first + end) / 2
-                own = [min(probes, key=lambda p: abs(p.start + CLIP_FRAMES / 2 - middle))]
-            vmaf = np.mean([p.vmaf for p in own], axis=0)
-            kbps = np.exp(np.mean([np.log(np.maximum(p.kbps, 1e-3)) for p in own], axis=0))
-            crf = round(crf_for_target(crfs, list(vmaf), target + TARGET_MARGIN), 1)
+        scene_crfs, scene_kbps, scene_vmaf = [], [], []
+        for vmaf, kbps in _scene_curves(analysis, probes, starts, ends):
+            crf = round(crf_for_target(crfs, vmaf, aim), 1)
             scene_crfs.append(crf)
-            scene_vmaf.append(vmaf_at(crfs, list(vmaf), crf))
-            scene_kbps.append(_interpolate(crfs, list(kbps), crf, log=True))
-        weights = np.asarray(lengths, dtype=float)
+            scene_vmaf.append(min(100.0, vmaf_at(crfs, vmaf, crf) + PROBE_BIAS))
+            scene_kbps.append(_interpolate(crfs, kbps, crf, log=True))
+        probed[name] = (scene_crfs, scene_kbps, scene_vmaf)
+    if not probed:
+        return []
+    pixels = analysis.pixels or {name: 0 for name in probed}
+    known = {name: pixels.get(name, 0) for name in probed}
+    weights = np.asarray(lengths, dtype=float)
+    plans = []
+    for name, size in pixels.items():
+        if name in probed:
+            scene_crfs, scene_kbps, scene_vmaf = probed[name]
+        else:
+            at = {known[n]: probed[n] for n in probed}  # pixels -> (crfs, kbps, vmafs)
+            scenes = range(len(starts))
+            scene_crfs = [round(_across(at, size, 0, s), 1) for s in scenes]
+            scene_kbps = [_across(at, size, 1, s, log=True) for s in scenes]
+            scene_vmaf = [_across(at, size, 2, s) for s in scenes]
         base = round(float(np.average(scene_crfs, weights=weights)), 1)
         zones = []
         if len(set(scene_crfs)) > 1:
@@ -211,6 +332,7 @@ def plan_rates(analysis: Analysis, target: float) -> list[RungRate]:
                 factor = min(max(2 ** ((base - crf) / 6), 1 / MAX_ZONE_FACTOR), MAX_ZONE_FACTOR)
                 if abs(factor - 1) > 0.01:
                     zones.append((first, end - 1, round(factor, 3)))
+        cap = (caps or {}).get(name)
         plans.append(
             RungRate(
                 name,
@@ -221,6 +343,8 @@ def plan_rates(analysis: Analysis, target: float) -> list[RungRate]:
                 float(np.average(scene_kbps, weights=weights)),
                 len(starts),
                 target,
+                vbv_maxrate(scene_kbps, lengths, cap) if cap else 0,
+                name in probed,
             )
         )
     return plans
@@ -230,20 +354,21 @@ def rate_choice(choice: EncoderChoice, rate: RungRate, cap_kbps: int) -> Encoder
     """`choice` (Default's settings) with PerScene rate control: CRF/CQ, zones, VBV at the cap.
     Keyframe settings are left exactly as they are."""
     options = {k: v for k, v in choice.options.items() if k not in ("b", "maxrate", "bufsize")}
-    maxrate = max(1, round(cap_kbps * VBV_SHARE))
+    maxrate = rate.maxrate_kbps or max(1, round(cap_kbps * VBV_SHARE))
+    bufsize = max(cap_kbps, maxrate)  # one second at the larger of the two
     if choice.hardware:  # NVENC: constant quality under the cap, no zones (module docs)
         options.update(
             {
                 "rc": "vbr",
                 "cq": str(max(1, min(51, round(rate.crf)))),
                 "maxrate": f"{maxrate}k",
-                "bufsize": f"{cap_kbps}k",
+                "bufsize": f"{bufsize}k",
             }
         )
         return replace(choice, options=options, bit_rate=0)
     key = "x264-params" if choice.name == "libx264" else "x265-params"
     params = [options[key]] if options.get(key) else []
-    params += [f"crf={rate.crf:g}", f"vbv-maxrate={maxrate}", f"vbv-bufsize={cap_kbps}"]
+    params += [f"crf={rate.crf:g}", f"vbv-maxrate={maxrate}", f"vbv-bufsize={bufsize}"]
     if rate.zones:
         params.append("zones=" + "/".join(f"{a},{b},b={f:g}" for a, b, f in rate.zones))
     options[key] = ":".join(params)
@@ -372,8 +497,9 @@ def packet_rates(
 
 
 class _Prober:
-    """One rung's probes: encodes a clip at each CRF, scores it with libvmaf (one ffmpeg per
-    CRF for the whole pass; the clip's first frame is not scored)."""
+    """One rung's probes: encodes a clip at each CRF, scores it with libvmaf (one ffmpeg for
+    the rung's whole pass, the CRFs' decoded clips one after the other; the clip's first
+    frame is not scored)."""
 
     def __init__(
         self, output: VideoOutput, frame_rate: Fraction, crfs: Sequence[float], ffmpeg: str
@@ -382,13 +508,12 @@ class _Prober:
         self.frame_rate = frame_rate
         self.crfs = list(crfs)
         rendition = output.rendition
-        self.pipes = [
-            _VmafPipe(ffmpeg, rendition.width, rendition.height, "yuv420p", 1, 1, rendition.name)
-            for _ in self.crfs
-        ]
+        self.pipe = _VmafPipe(
+            ffmpeg, rendition.width, rendition.height, "yuv420p", 1, 1, rendition.name
+        )
         # (start, kbps per crf, (first scored frame number, count) per crf)
         self.clips: list[tuple[int, list[float], list[tuple[int, int]]]] = []
-        self.pushed = [0] * len(self.crfs)
+        self.pushed = 0
 
     def _context(self, crf: float) -> av.VideoCodecContext:
         choice = self.output.encoder
@@ -426,7 +551,7 @@ class _Prober:
         references = [s.to_ndarray()[: rendition.height] for s in scaled]
         rates = []
         spans = []
-        for n, (crf, pipe) in enumerate(zip(self.crfs, self.pipes, strict=True)):
+        for crf in self.crfs:
             context = self._context(crf)
             bits: list[int] = []
             decoder = av.CodecContext.create("h264" if context.name == "libx264" else "hevc", "r")
@@ -445,9 +570,9 @@ class _Prober:
                 decoded.append(out.to_ndarray()[: rendition.height])
             pairs = list(zip(references[1:], decoded[1:], strict=False))
             for reference, distorted in pairs:
-                pipe.push(reference, distorted)
-            spans.append((self.pushed[n], len(pairs)))
-            self.pushed[n] += len(pairs)
+                self.pipe.push(reference, distorted)
+            spans.append((self.pushed, len(pairs)))
+            self.pushed += len(pairs)
             first = bits[0] if bits else 0
             rest = bits[1:] or [first]
             per_frame = float(np.mean(rest)) + (first - float(np.mean(rest))) / max(
@@ -457,24 +582,21 @@ class _Prober:
         self.clips.append((start, rates, spans))
 
     def finish(self) -> tuple[ClipProbe, ...]:
-        per_crf = []
-        for pipe in self.pipes:
-            mean, error = pipe.finish()
-            if mean is None:
-                raise RuntimeError(error or "no VMAF")
-            per_crf.append(dict(pipe.frame_scores))
+        mean, error = self.pipe.finish()
+        if mean is None:
+            raise RuntimeError(error or "no VMAF")
+        scores = dict(self.pipe.frame_scores)
         probes = []
         for start, rates, spans in self.clips:
             vmafs = []
-            for scores, (first, count) in zip(per_crf, spans, strict=True):
+            for first, count in spans:
                 values = [scores[k] for k in range(first, first + count) if k in scores]
                 vmafs.append(float(np.mean(values)) if values else 0.0)
             probes.append(ClipProbe(start, tuple(vmafs), tuple(rates)))
         return tuple(probes)
 
     def abort(self) -> None:
-        for pipe in self.pipes:
-            pipe.abort()
+        self.pipe.abort()
 
 
 def _thumbnail(frame: av.VideoFrame) -> np.ndarray:
@@ -507,7 +629,9 @@ def analyse(
     rate = plan.frame_rate
     segment_frames = max(1, round(plan.segment_seconds * rate))
     spacing = max(CLIP_FRAMES + 1, round(CLIP_SPACING_S * rate))
-    probers = [_Prober(o, rate, crfs, ffmpeg) for o in plan.video]
+    pixels = {o.rendition.name: o.rendition.width * o.rendition.height for o in plan.video}
+    chosen = probed_rungs(list(pixels.values()))
+    probers = [_Prober(plan.video[i], rate, crfs, ffmpeg) for i in chosen]
     differences: list[float] = []
     previous: np.ndarray | None = None
     clip: list[av.VideoFrame] = []
@@ -564,4 +688,5 @@ def analyse(
         crfs=tuple(crfs),
         probes=probes,
         seconds=time.monotonic() - began,
+        pixels=pixels,
     )

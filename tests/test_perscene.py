@@ -9,6 +9,7 @@ plays (tests/e2e_helpers.check_package on DASH and HLS)."""
 from __future__ import annotations
 
 import base64
+import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ from engine.job import OptimizeFor
         ([0.0] + [2.0] * 49 + [60.0] + [2.0] * 9 + [60.0] + [2.0] * 39, [0, 50]),  # < 1 s apart
         ([0.0] + [30.0] * 99, [0]),  # high but steady differences (a pan) are no cut
         ([0.0] + [2.0] * 29 + [15.0] + [2.0] * 69, [0]),  # below CUT_ABS
+        # busy (grain, 25 per frame) into quiet: 45 is under 3 x 25 but over 3 x 0.5 after it
+        ([0.0] + [25.0] * 49 + [45.0] + [0.5] * 49, [0, 50]),
+        ([0.0] + [0.5] * 49 + [45.0] + [25.0] * 49, [0, 50]),  # quiet into busy
+        ([0.0] + [25.0] * 49 + [45.0] + [25.0] * 49, [0]),  # busy on both sides: no cut
     ],
 )
 def test_detect_cuts(differences, expected):
@@ -64,15 +69,18 @@ def _analysis(probes: dict[str, tuple[perscene.ClipProbe, ...]], starts=(0, 50))
 def test_plan_rates_moves_bits_between_scenes():
     easy = perscene.ClipProbe(0, (99.0, 97.5, 95.5), (400.0, 200.0, 100.0))
     hard = perscene.ClipProbe(50, (97.5, 93.5, 85.5), (2000.0, 1000.0, 500.0))
-    (rate,) = perscene.plan_rates(_analysis({"r": (easy, hard)}), 94.5)
-    # target 94.5 + margin 0.5 = 95: easy at crf 34 + (95.5 - 95) / 0.25 = 36,
-    # hard at 18 + 2.5 * 8 / 4 = 23
+    (rate,) = perscene.plan_rates(_analysis({"r": (easy, hard)}), 96.0)
+    # target 96 + margin 0.3 - probe bias 1.3 = 95 on the probes' scale: easy at crf
+    # 34 + (95.5 - 95) / 0.25 = 36, hard at 18 + 2.5 * 8 / 4 = 23
+    assert (perscene.TARGET_MARGIN, perscene.PROBE_BIAS) == (0.3, 1.3)
     assert rate.scene_crfs == (36.0, 23.0)
     assert rate.crf == 29.5  # the frame-weighted mean (two 50-frame scenes)
     # zones: factor 2^((base - crf) / 6): fewer bits for the easy scene, more for the hard one
     assert rate.zones == ((0, 49, round(2 ** (-6.5 / 6), 3)), (50, 99, round(2 ** (6.5 / 6), 3)))
-    assert rate.scenes == 2 and rate.target == 94.5
-    assert rate.predicted_vmaf == pytest.approx(95.0, abs=0.01)
+    assert rate.scenes == 2 and rate.target == 96.0
+    # the prediction is calibrated: the probes' 95 + the bias
+    assert rate.predicted_vmaf == pytest.approx(96.3, abs=0.01)
+    assert rate.maxrate_kbps == 0 and rate.probed  # no caps given: VBV_SHARE of the cap
 
 
 def test_plan_rates_one_scene_has_no_zones_and_borrows_the_nearest_clip():
@@ -82,6 +90,96 @@ def test_plan_rates_one_scene_has_no_zones_and_borrows_the_nearest_clip():
     # two scenes, the second without a clip of its own: it takes the nearest, same CRF
     (rate,) = perscene.plan_rates(_analysis({"r": (clip,)}), 95.0)
     assert rate.scene_crfs[0] == rate.scene_crfs[1] and rate.zones == ()
+
+
+@pytest.mark.parametrize(
+    ("pixels", "expected"),
+    [
+        ([], []),
+        ([921600], [0]),
+        ([97344, 921600], [0, 1]),
+        ([97344, 230400, 921600], [0, 2]),  # three rungs: the ends only
+        # the V2 ladder at 720p (234p..720p): the middle in log(pixels) is 432p
+        ([97344, 230400, 331776, 518400, 921600], [0, 2, 4]),
+        ([921600, 518400, 331776, 230400, 97344], [0, 2, 4]),  # any order
+        # 1080p: 234p..1080p, middle sqrt(97344 * 2073600) = 449k pixels: 480p's 518400
+        ([97344, 230400, 331776, 518400, 921600, 2073600], [0, 3, 5]),
+    ],
+)
+def test_probed_rungs(pixels, expected):
+    assert perscene.probed_rungs(pixels) == expected
+
+
+@pytest.mark.parametrize(
+    ("known", "pixels", "expected"),
+    [
+        ({100: 20.0, 10000: 30.0}, 1000, 25.0),  # the middle in log(pixels)
+        ({100: 20.0, 10000: 30.0}, 100, 20.0),
+        ({100: 20.0, 10000: 30.0}, 50, 20.0),  # beyond the ends: the end value
+        ({100: 20.0, 10000: 30.0}, 10**6, 30.0),
+        ({100: 20.0, 1000: 22.0, 10000: 30.0}, 3162, 26.0),  # between the nearest two
+        ({500: 24.0}, 10**5, 24.0),  # one probed size: its value everywhere
+    ],
+)
+def test_interpolate_size(known, pixels, expected):
+    assert perscene.interpolate_size(known, pixels) == pytest.approx(expected, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("kbps", "lengths", "cap", "expected"),
+    [
+        ([200.0, 5000.0], [50, 50], 1000, 1100),  # easy half: the hard half up to PEAK_SHARE
+        ([5000.0, 5000.0], [50, 50], 1000, 960),  # all hard: VBV_SHARE, as a fixed cap
+        ([400.0], [100], 1000, 1100),  # 2 x 400 under 960 whatever the maxrate
+        ([500.0], [100], 1000, 960),  # 2 x 500 = 1000 > 960: no room above the cap
+        ([450.0, 5000.0], [50, 50], 1000, 1020),  # (960 * 100 - 900 * 50) / 50
+        ([300.0, 5000.0], [80, 20], 1000, 1100),
+        ([100.0, 5000.0], [0, 0], 1000, 960),
+    ],
+)
+def test_vbv_maxrate(kbps, lengths, cap, expected):
+    assert perscene.vbv_maxrate(kbps, lengths, cap) == pytest.approx(expected, abs=1)
+
+
+def test_plan_rates_interpolates_the_unprobed_rungs_and_sets_the_maxrate():
+    def probes(shift: float, kbps: float) -> tuple[perscene.ClipProbe, ...]:
+        easy = perscene.ClipProbe(0, (99.0, 97.5, 95.5), (kbps / 10, kbps / 20, kbps / 40))
+        hard = perscene.ClipProbe(
+            50, (97.5 - shift, 93.5 - shift, 85.5 - shift), (kbps * 2, kbps, kbps / 2)
+        )
+        return (easy, hard)
+
+    analysis = perscene.Analysis(
+        100, 25.0, (0, 50), (18.0, 26.0, 34.0),
+        {"small": probes(0.0, 400.0), "big": probes(2.0, 4000.0)},
+        pixels={"small": 100, "middle": 1000, "big": 10000},
+    )  # fmt: skip
+    caps = {"small": 500, "middle": 1500, "big": 3000}
+    plans = {r.name: r for r in perscene.plan_rates(analysis, 96.0, caps)}
+    assert list(plans) == ["small", "middle", "big"]  # ladder order, every rung
+    assert plans["small"].scene_crfs == (36.0, 23.0)
+    assert plans["big"].scene_crfs == (36.0, 19.0)  # 18 + 0.5 * 8 / 4
+    middle = plans["middle"]
+    assert not middle.probed and plans["small"].probed and plans["big"].probed
+    assert middle.scene_crfs == (36.0, 21.0)  # halfway in log(pixels)
+    # kbps halfway in log: hard scene sqrt(400 * 2^((26 - 23) / 8)... from the probes
+    small_hard = 400 * 2 ** ((26 - 23) / 8)
+    big_hard = 4000 * 2 ** ((26 - 19) / 8)
+    assert plans["small"].predicted_kbps == pytest.approx(
+        (400 / 40 * 2 ** ((34 - 36) / 8) + small_hard) / 2, rel=0.01
+    )
+    expected = (
+        math.sqrt(400 / 40 * 4000 / 40) * 2 ** ((34 - 36) / 8) + math.sqrt(small_hard * big_hard)
+    ) / 2
+    assert middle.predicted_kbps == pytest.approx(expected, rel=0.01)
+    # small: the hard scene predicted 2 x 519 > the cap: the easy one leaves it room up to 1.1x
+    assert plans["small"].maxrate_kbps == 550
+    # big: the hard scene needs 2 x 7336 kbps, the easy one 2 x 84: 2 x 960 x 3000 / 100 ...
+    assert plans["big"].maxrate_kbps == 3300
+    tight = perscene.plan_rates(analysis, 96.0, {"small": 100, "middle": 100, "big": 100})
+    # at a 100 kbps cap the small and middle rungs' easy scenes (2 x 8 and 2 x 27 kbps) still
+    # leave room; the big one's (2 x 84 kbps) does not
+    assert [r.maxrate_kbps for r in tight] == [110, 110, 96]
 
 
 def test_rate_choice_keeps_keyframes_and_caps_with_vbv():

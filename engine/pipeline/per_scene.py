@@ -47,7 +47,8 @@ def per_scene_plan(
         ),
         cancel=scope.cancel.check,
     )
-    rates = {r.name: r for r in perscene.plan_rates(analysis, target)}
+    caps = {o.rendition.name: o.rendition.bitrate_kbps for o in plan.video}
+    rates = {r.name: r for r in perscene.plan_rates(analysis, target, caps)}
     log.info(
         "PerScene analysis: %d frames, scenes at %s, %.1f s",
         analysis.frames,
@@ -65,13 +66,15 @@ def per_scene_plan(
         fallback = output.fallback and perscene.rate_choice(output.fallback, rate, cap)
         outputs.append(replace(output, encoder=encoder, fallback=fallback))
         log.info(
-            "%s: CRF %s, zones %s, predicted VMAF %.2f at %.0f kbps (cap %d)",
+            "%s: CRF %s, zones %s, predicted VMAF %.2f at %.0f kbps (cap %d, maxrate %d, %s)",
             output.rendition.name,
             rate.crf,
             rate.zones,
             rate.predicted_vmaf,
             rate.predicted_kbps,
             cap,
+            rate.maxrate_kbps,
+            "probed" if rate.probed else "interpolated",
         )
     quality = plan.quality
     if quality is None or quality.vmaf_ffmpeg is None:  # PerScene always measures VMAF
