@@ -454,7 +454,11 @@ class FarmChunks:
             chunks.reset(job_id, len(tasks))
             for task in tasks:
                 message_id = f"{job_id}.chunk{task.chunk.index}.{uuid.uuid4().hex[:8]}"
-                self.send(job_id, task.chunk.index, message_id)
+                try:
+                    self.send(job_id, task.chunk.index, message_id)
+                except Exception as error:  # the broker is down: this worker encodes it
+                    log.warning("job %s: chunk message not sent (%s)", job_id, error)
+                    continue
                 message_ids.append(message_id)
             rows = self._wait(tasks, cancel, progress, local)
             return self._collect(storage, tasks, rows, cancel)
@@ -534,6 +538,8 @@ class FarmChunks:
             thread = local.get("thread")
             if thread is None or not thread.is_alive():
                 for row in rows:
+                    if not chunks.claimable(row, owner):
+                        continue
                     if chunks.claim(job_id, row.chunk, owner) is not None:
                         mine[0] = 0.0
                         local["stop"] = threading.Event()
