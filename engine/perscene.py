@@ -94,8 +94,8 @@ def detect_cuts(differences: Sequence[float], frame_rate: float) -> list[int]:
     each frame and the one before (`differences[i]` for frame i; `differences[0]` unused).
     A cut: above `CUT_ABS` and `CUT_RELATIVE` times the mean of the ten differences before it
     or of the ten after it, whichever is lower (so a cut from a busy scene into a quiet one
-    counts as well as the other way round); a cut less than `MIN_SCENE_S` after the last
-    scene start is ignored."""
+    counts as well as the other way round), and the largest within two frames; a cut less
+    than `MIN_SCENE_S` after the last scene start is ignored."""
     starts = [0]
     min_gap = max(1, round(MIN_SCENE_S * frame_rate))
     for i in range(1, len(differences)):
@@ -104,7 +104,8 @@ def detect_cuts(differences: Sequence[float], frame_rate: float) -> list[int]:
         levels = [float(np.mean(d)) for d in (before, after) if d]
         level = min(levels) if levels else 0.0
         value = differences[i]
-        if value > CUT_ABS and value > CUT_RELATIVE * max(level, 1.0):
+        peak = value >= max(differences[max(1, i - 2) : i + 3])  # not a busy frame before one
+        if peak and value > CUT_ABS and value > CUT_RELATIVE * max(level, 1.0):
             if i - starts[-1] >= min_gap:
                 starts.append(i)
     return starts
