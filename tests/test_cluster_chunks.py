@@ -23,6 +23,7 @@ from cluster_helpers import Cluster, postgres_schema, quick_job, rabbitmq_broker
 from e2e_helpers import count_frames, read_dash, segment_frames
 from mediagen import make_media
 
+from engine import cli
 from engine.service.cluster.chunks import ChunkRow, ChunkStore, work_storage_location
 from engine.service.owners import new_owner
 from engine.service.store import JobSealer, NewJob, Store
@@ -110,6 +111,11 @@ def test_work_storage_uris():
     )
     azure = work_storage_location("https://acct.blob.core.windows.net/c/work")
     assert azure.provider == "AzureBlob"
+
+
+def test_worker_refuses_an_unknown_work_storage(tmp_path):
+    arguments = ["worker", "--broker", "amqp://127.0.0.1:1//", "--data-dir", str(tmp_path)]
+    assert cli.main([*arguments, "--work-storage", "nowhere"]) == cli.EXIT_INVALID
 
 
 def test_chunk_claims_in_the_store(tmp_path):
