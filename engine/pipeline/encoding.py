@@ -11,23 +11,20 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from engine import ladder
-from engine.capabilities import NVENC_SESSIONS
 from engine.encoders import EncoderAssignment, NodeCapabilities, assign_encoders
 from engine.errors import MappingError
 from engine.events import EventType
 from engine.job import ContentProcessing, EncodingMode, HardwareAcceleration
 from engine.media import AudioRendition, HdrInfo, VideoRendition, VideoTrackInfo
-from engine.perscene import RungRate
-from engine.pipeline.chunked import encode_chunked
 from engine.pipeline.passthrough import copy_renditions
 from engine.pipeline.payloads import audio_rendition_fields, video_rendition_fields
-from engine.pipeline.per_scene import PER_SCENE_SHARE, per_scene_outcome, per_scene_plan
 from engine.pipeline.results import Encoded, Mapped
 from engine.quality import QualitySettings, quality_settings, vmaf_support
 from engine.transcode import AudioOutput, EncodedTrack, TranscodePlan, VideoOutput, transcode
 from engine.watermark import Watermarker, WatermarkSpec
 
 if TYPE_CHECKING:
+    from engine.perscene import RungRate
     from engine.pipeline.scope import JobScope
 
 # The rates a VFR source's average snaps to when within 1% (a phone's 29.98 → 30000/1001).
@@ -100,6 +97,10 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
                 "QualityMetricsSkipped", "QualityMetrics: packaging-only mode encodes nothing"
             )
         return copy_renditions(scope, mapped)
+    # Imported here, not at start-up: a packaging-only job (above) uses none of them.
+    from engine.capabilities import NVENC_SESSIONS
+    from engine.pipeline.per_scene import per_scene_outcome
+
     plan = plan_encoding(mapped, processing, scope.capabilities)
     folder = scope.workdir / "encode"
     folder.mkdir(parents=True, exist_ok=True)
@@ -151,6 +152,8 @@ def _assign_encoders(scope: JobScope, plan: EncodingPlan, mapped: Mapped) -> Enc
     """The encoder of every rung, with this job's share of the node's NVENC sessions (the
     largest rungs get them, see engine.encoders); what it does not use goes back now, the
     caller gives back the rest (`assignment.nvenc_sessions`) after the transcode."""
+    from engine.capabilities import NVENC_SESSIONS
+
     processing = scope.processing
     sessions = NVENC_SESSIONS.acquire(scope.capabilities.nvenc_sessions, len(plan.video))
     try:
@@ -180,7 +183,11 @@ def _transcode(
     zones count frames of the whole source, so such a job is not encoded in chunks), in chunks
     when the node chunks and the job allows (engine.pipeline.chunked), else in one pass. The
     (possibly PerScene-tuned) plan, the tracks, the report's ChunkDetails, the PerScene rates."""
-    share, rates = 0.0, dict[str, RungRate]()
+    from engine.pipeline.chunked import encode_chunked
+    from engine.pipeline.per_scene import PER_SCENE_SHARE, per_scene_plan
+
+    share = 0.0
+    rates: dict[str, RungRate] = {}
     if scope.processing.encoding_mode == EncodingMode.PerScene and plan.video:
         share = PER_SCENE_SHARE
         transcode_plan, rates = per_scene_plan(scope, transcode_plan)

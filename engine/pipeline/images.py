@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from engine.errors import ImageExtractionError
 from engine.events import EventType
-from engine.images import extract_images
 from engine.pipeline.results import Mapped, Packaged, Prepared
 from storage import StorageError, open_storage
 
@@ -26,6 +25,8 @@ def extract_stills(scope: JobScope, prepared: Prepared, mapped: Mapped, packaged
     if source is None:
         raise ImageExtractionError("ImageExtraction needs a video track; this job has none")
     path, track = source
+    from engine.images import extract_images  # only jobs with ImageExtraction
+
     folder = scope.workdir / "images"
     video_seconds = packaged.video_seconds
     images = extract_images(

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Literal, cast
 
 from engine import ladder
 from engine.errors import MappingError, PackagingError
-from engine.images import make_thumbnails, plan_thumbnails
 from engine.languages import english_name, native_name
 from engine.pipeline.payloads import stream_fields
 from engine.pipeline.results import Encoded, Mapped, Packaged, Prepared
@@ -17,7 +16,6 @@ from packagers.errors import PackagingError as PackagerError
 from packagers.hooks import ImageInput, TrackProtection
 from packagers.model import PackageSpec, TextInput, TrackInput
 from packagers.packager import package
-from packagers.subtitles import SubtitleError, convert_to_webvtt
 
 if TYPE_CHECKING:
     from drm.keys import KeySet
@@ -115,8 +113,13 @@ def _text_tracks(scope: JobScope, mapped: Mapped, duration: float) -> list[TextI
     folder.mkdir(parents=True, exist_ok=True)
     processing = scope.processing
     mappings = scope.job.media_mappings
-    texts = []
-    for source in (*mapped.media.subtitles, *mapped.media.captions):
+    texts: list[TextInput] = []
+    sources = (*mapped.media.subtitles, *mapped.media.captions)
+    if not sources:
+        return texts
+    from packagers.subtitles import SubtitleError, convert_to_webvtt  # only jobs with text
+
+    for source in sources:
         name = ladder.subtitle_name(source.language, processing.naming, source.kind)
         target = folder / f"{name}.vtt"
         try:
@@ -165,6 +168,8 @@ def _thumbnail_images(scope: JobScope, mapped: Mapped, encoded: Encoded) -> list
         scope.events.warning("ThumbnailsSkipped", "Thumbnails need a video track: none here")
         return []
     path, track = source
+    from engine.images import make_thumbnails, plan_thumbnails  # only jobs with thumbnails
+
     plan = plan_thumbnails(
         encoded.duration,
         track.display_aspect_ratio,

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 from drm.keys import KeySet
 from engine.cancel import CancelToken
-from engine.capabilities import node_capabilities
 from engine.chunks import ChunkSettings
 from engine.config import data_dir as default_data_dir
 from engine.encoders import NodeCapabilities, cpu_capabilities
@@ -182,6 +181,8 @@ def _job_capabilities(model: Job) -> NodeCapabilities:
     most of a short packaging job's wall time."""
     if model.content_processing.packaging_only:
         return cpu_capabilities()
+    from engine.capabilities import node_capabilities
+
     return node_capabilities(model.content_processing.hardware_acceleration)
 
 
