@@ -38,6 +38,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import av
@@ -46,7 +47,14 @@ from av.video.frame import PictureType
 from av.video.reformatter import Interpolation
 
 from engine.encoders import CPU_PRESETS, EncoderChoice
-from engine.quality import RenditionQuality, _VmafPipe
+from engine.quality import (
+    RenditionQuality,
+    _Scores,
+    _VmafPipe,
+    compare_planes,
+    frame_planes,
+    psnr_db,
+)
 from engine.transcode import TranscodePlan, VideoOutput, _FramePreparer, boundary_frames
 
 DEFAULT_TARGET = 95.0
@@ -77,6 +85,13 @@ VBV_SHARE = 0.96
 PEAK_SHARE = 1.10
 KBPS_SAFETY = 2.0
 MAX_ZONE_FACTOR = 8.0
+# After the encode (unless QualityMetrics has the transcoder measure every rung), each rung's
+# VMAF comes from `WINDOWS_PER_SEGMENT` pairs of consecutive frames spread over every segment
+# (at most `MAX_MEASURED_SEGMENTS` segments, spread evenly), scored against the same frames of
+# the analysis pass scaled to the rung (`measure_windows`, `ReferenceStore`, `window_quality`)
+WINDOW_FRAMES = 2
+WINDOWS_PER_SEGMENT = 6
+MAX_MEASURED_SEGMENTS = 60
 # Rung sizes probed (`probed_rungs`): the smallest, the largest and, from four rungs on, the
 # one nearest their geometric middle; the other rungs' scene CRFs and rates are interpolated
 # in log(pixels) (`interpolate_size`)
@@ -151,6 +166,10 @@ class RungRate:
     target: float = DEFAULT_TARGET
     maxrate_kbps: int = 0  # VBV maxrate; 0: VBV_SHARE of the cap
     probed: bool = True  # False: interpolated from the probed rungs' sizes
+    # the measurement windows and this rung's reference frames (`ReferenceStore`); none:
+    # the transcoder measures the rung (QualityMetrics)
+    windows: tuple[tuple[int, int], ...] = ()
+    reference: str = ""
 
 
 def crf_for_target(crfs: Sequence[float], vmafs: Sequence[float], target: float) -> float:
@@ -494,6 +513,128 @@ def packet_rates(
     return average, peak
 
 
+def measure_windows(starts: Sequence[int], frames: int) -> list[tuple[int, int]]:
+    """The frames measured after the encode, as [first, end) windows: in every segment
+    (segments start at `starts`; `frames` in all) `WINDOWS_PER_SEGMENT` windows of
+    `WINDOW_FRAMES` consecutive frames (VMAF's motion feature compares neighbours) centred
+    at evenly spread points (all of a segment too short for them); at most
+    `MAX_MEASURED_SEGMENTS` segments, spread evenly (the first and the last among them)."""
+    ends = [*starts[1:], frames] if starts else []
+    segments = [(a, b) for a, b in zip(starts, ends, strict=True) if b > a]
+    if len(segments) > MAX_MEASURED_SEGMENTS:
+        last = len(segments) - 1
+        count = MAX_MEASURED_SEGMENTS
+        picks = sorted({round(i * last / (count - 1)) for i in range(count)})
+        segments = [segments[i] for i in picks]
+    windows = []
+    for first, end in segments:
+        length = end - first
+        if length <= WINDOWS_PER_SEGMENT * WINDOW_FRAMES:
+            windows.append((first, end))
+            continue
+        for k in range(WINDOWS_PER_SEGMENT):
+            centre = first + (2 * k + 1) * length // (2 * WINDOWS_PER_SEGMENT)
+            start = min(max(first, centre - WINDOW_FRAMES // 2), end - WINDOW_FRAMES)
+            windows.append((start, start + WINDOW_FRAMES))
+    return windows
+
+
+def _yuv420(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+    """`frame` at `width` x `height` in 8-bit 4:2:0, scaled as the transcoder scales a rung."""
+    return frame.reformat(
+        width=width, height=height, format="yuv420p", interpolation=Interpolation.BICUBIC
+    )
+
+
+class ReferenceStore:
+    """The analysis pass's frames inside the measurement windows, scaled to every rung's
+    size (8-bit 4:2:0, as the transcoder scales them), one raw file per rung in `folder`:
+    the reference of `window_quality`, so the encode pass measures nothing."""
+
+    def __init__(self, folder: Path, sizes: dict[str, tuple[int, int]]):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.sizes = sizes
+        self.paths = {name: folder / f"{n}.yuv" for n, name in enumerate(sizes)}
+        for path in self.paths.values():
+            path.write_bytes(b"")
+        self.indices: list[int] = []
+
+    def add(self, index: int, frame: av.VideoFrame) -> None:
+        for name, (width, height) in self.sizes.items():
+            planes = frame_planes(_yuv420(frame, width, height))
+            with self.paths[name].open("ab") as out:
+                for plane in planes:
+                    out.write(np.ascontiguousarray(plane).tobytes())
+        self.indices.append(index)
+
+
+def window_quality(
+    path: Path,
+    width: int,
+    height: int,
+    windows: Sequence[tuple[int, int]],
+    reference: Path,
+    ffmpeg: str,
+    label: str,
+) -> RenditionQuality:
+    """An encoded rung's quality on the measurement windows: its frames decoded (in order;
+    the i-th frame is output frame i) against the stored references (`ReferenceStore`, the
+    windows' frames in order): PSNR, SSIM (engine.quality) and libvmaf VMAF per frame."""
+    wanted = [i for first, end in windows for i in range(first, end)]
+    order = {index: k for k, index in enumerate(wanted)}
+    shapes = [(height, width), ((height + 1) // 2, (width + 1) // 2)]
+    shapes.append(shapes[1])
+    frame_size = sum(h * w for h, w in shapes)
+    stored = reference.stat().st_size // frame_size if reference.exists() else 0
+    scores = _Scores(3)
+    pipe = _VmafPipe(ffmpeg, width, height, "yuv420p", 1, 1, label)
+    pushed: list[int] = []
+    decoded = 0
+    bits = 0
+    try:
+        with av.open(str(path)) as container, reference.open("rb") as store:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_type = "AUTO"
+            for packet in container.demux(stream):
+                bits += packet.size * 8
+                for frame in packet.decode():
+                    assert isinstance(frame, av.VideoFrame)
+                    k = order.get(decoded, -1)
+                    decoded += 1
+                    if not 0 <= k < stored:
+                        continue
+                    store.seek(k * frame_size)
+                    raw = np.frombuffer(store.read(frame_size), np.uint8)
+                    ref, offset = [], 0
+                    for h, w in shapes:
+                        ref.append(raw[offset : offset + h * w].reshape(h, w))
+                        offset += h * w
+                    distorted = frame_planes(_yuv420(frame, width, height))
+                    scores.add(compare_planes(ref, distorted, 255))
+                    pipe.push(ref[0], np.ascontiguousarray(distorted[0]))
+                    pushed.append(decoded - 1)
+    except BaseException:
+        pipe.abort()
+        raise
+    vmaf, error = pipe.finish()
+    frame_scores = tuple(
+        (pushed[n], score) for n, score in pipe.frame_scores if 0 <= n < len(pushed)
+    )
+    count = max(scores.count, 1)
+    duration = decoded / float(stream.average_rate or 25) if decoded else 0.0
+    return RenditionQuality(
+        psnr=round(psnr_db(scores.weighted / count, 255), 4),
+        psnr_y=round(psnr_db(scores.mse[0] / count, 255), 4),
+        ssim=round(scores.ssim / count, 6),
+        vmaf=round(vmaf, 4) if vmaf is not None else None,
+        frames=scores.count,
+        step=max(1, round(decoded / count)),
+        bitrate_kbps=bits / 1000 / duration if duration > 0 else 0.0,
+        vmaf_error=error if pushed else "no frame of the measurement windows",
+        vmaf_frames=frame_scores,
+    )
+
+
 # ---------------------------------------------------------------------------------- analysis
 
 
@@ -619,8 +760,11 @@ def analyse(
     *,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
+    windows: Sequence[tuple[int, int]] = (),
+    store: ReferenceStore | None = None,
 ) -> Analysis:
-    """The analysis pass over `plan.video_file` (module docs) for the rungs of `plan.video`."""
+    """The analysis pass over `plan.video_file` (module docs) for the rungs of `plan.video`;
+    the frames inside `windows` go to `store`."""
     import time
 
     assert plan.video_file is not None
@@ -634,6 +778,7 @@ def analyse(
     chosen = probed_rungs(list(pixels.values()))
     probers = [_Prober(plan.video[i], rate, crfs, ffmpeg) for i in chosen]
     differences: list[float] = []
+    stored = {i for first, end in windows for i in range(first, end)}
     previous: np.ndarray | None = None
     clip: list[av.VideoFrame] = []
     clip_start = 0
@@ -655,6 +800,8 @@ def analyse(
                     0.0 if previous is None else float(np.abs(luma - previous).mean())
                 )
                 previous = luma
+                if store is not None and index in stored:
+                    store.add(index, frame)
                 if index % spacing == 0:
                     clip.clear()
                     clip_start = index

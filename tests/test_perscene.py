@@ -284,6 +284,8 @@ def jobs(tmp_path_factory) -> dict[str, JobRun]:
         "drm-near": _run(
             base / "drm-near", source, "PerScene", ladder=near, **drm, formats=["Dash"]
         ),
+        # QualityMetrics: the transcoder measures every rung (sampled over all frames)
+        "metrics": _run(base / "metrics", source, "PerScene", QualityMetrics=True),
     }
 
 
@@ -339,8 +341,81 @@ def test_report_and_streams_carry_the_per_scene_fields(jobs):
         assert 12 <= fields["Crf"] <= 45
     # the report's bitrates are the chosen (measured) averages, not the caps
     variants = [int(b) for b in job_run.report["BitrateVariants"].split(",")]
-    averages = [round(entries[n]["PerScene"]["AverageBitrateInKbps"]) for n in sorted(entries)]
-    assert sorted(variants) == sorted(averages)
+    averages = [entries[n]["PerScene"]["AverageBitrateInKbps"] for n in sorted(entries)]
+    # the field is rounded to 0.1 kbps, the variant from the exact average to 1 kbps
+    assert all(abs(v - a) <= 0.55 for v, a in zip(sorted(variants), sorted(averages), strict=True))
+
+
+def _libvmaf_mean(job_run: JobRun, name: str, width: int, height: int) -> float:
+    """The rung's VMAF over every frame of its DASH package (init + segments) against the
+    source scaled to its size (bicubic): the benchmark's measurement, the ground truth."""
+    import json
+    import subprocess
+    import tempfile
+
+    from engine.quality import vmaf_support
+
+    dash = job_run.output_dir / "dash"
+    segments = sorted(dash.glob(f"{name}_*.m4s"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    source = next(job_run.input_dir.glob("*.mp4"))
+    with tempfile.TemporaryDirectory() as folder:
+        joined, log = Path(folder) / "rung.mp4", Path(folder) / "vmaf.json"
+        joined.write_bytes(b"".join(p.read_bytes() for p in [dash / f"{name}_init.mp4", *segments]))
+        graph = (
+            f"[1:v]scale={width}:{height}:flags=bicubic,format=yuv420p[ref];"
+            f"[0:v]format=yuv420p[dist];[dist][ref]libvmaf=model=version=vmaf_v0.6.1"
+            f":log_fmt=json:log_path={log}"
+        )
+        ffmpeg = vmaf_support()[0]
+        assert ffmpeg is not None
+        subprocess.run(
+            [ffmpeg, "-v", "error", "-i", str(joined), "-i", str(source),
+             "-filter_complex", graph, "-f", "null", "-"],
+            check=True,
+        )  # fmt: skip
+        return float(json.loads(log.read_text())["pooled_metrics"]["vmaf"]["mean"])
+
+
+def test_the_window_measurement_is_near_libvmaf_on_every_frame(jobs):
+    """Without QualityMetrics the rungs are scored after the encode on windows in the middle
+    of every segment (perscene.window_quality), against the analysis pass's frames: near
+    libvmaf over every frame of the package; with QualityMetrics the transcoder measures
+    (the same plan)."""
+    windowed = {s["Name"]: s for s in _video_streams(jobs["perscene"])}
+    full = {s["Name"]: s for s in _video_streams(jobs["metrics"])}
+    assert set(windowed) == set(full)
+    for name, stream in windowed.items():
+        assert stream["PerScene"]["Crf"] == full[name]["PerScene"]["Crf"]  # the same plan
+        truth = _libvmaf_mean(jobs["perscene"], name, stream["Width"], stream["Height"])
+        print(name, truth, stream["Vmaf"], full[name]["Vmaf"])
+        assert abs(stream["Vmaf"] - truth) < 3.0, (name, stream["Vmaf"], truth)
+        assert stream["Psnr"] > 20 and 0.5 < stream["Ssim"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("starts", "frames", "most", "expected"),
+    [
+        # 6 pairs centred at 1/12, 3/12 ... 11/12 of each 100-frame segment
+        ([0, 100], 200, 60, [(7, 9), (24, 26), (40, 42), (57, 59), (74, 76), (90, 92),
+                             (107, 109), (124, 126), (140, 142), (157, 159), (174, 176),
+                             (190, 192)]),
+        ([0, 100], 140, 60, [(7, 9), (24, 26), (40, 42), (57, 59), (74, 76), (90, 92),
+                             (102, 104), (109, 111), (115, 117), (122, 124), (129, 131),
+                             (135, 137)]),  # a shorter last segment
+        ([0, 100], 110, 60, [(7, 9), (24, 26), (40, 42), (57, 59), (74, 76), (90, 92),
+                             (100, 110)]),  # 10 frames: all of them
+        # 3 of 5 segments (each too short for 6 pairs: whole): first, middle, last
+        ([0, 10, 20, 30, 40], 50, 3, [(0, 10), (20, 30), (40, 50)]),
+        # 30 frames: centres at (2k + 1) * 30 // 12 = 2, 7, 12 ... 27, each pair starting one
+        # frame before its centre
+        ([0, 30], 60, 60, [(1, 3), (6, 8), (11, 13), (16, 18), (21, 23), (26, 28),
+                           (31, 33), (36, 38), (41, 43), (46, 48), (51, 53), (56, 58)]),
+        ([], 0, 60, []),
+    ],
+)  # fmt: skip
+def test_measure_windows(starts, frames, most, expected, monkeypatch):
+    monkeypatch.setattr(perscene, "MAX_MEASURED_SEGMENTS", most)
+    assert perscene.measure_windows(starts, frames) == expected
 
 
 def test_thumbnails_are_unchanged(jobs):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import perscene
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 PER_SCENE_SHARE = 0.2  # of EncodingProgress, for the analysis pass
 MEASURED_FRAMES = 120  # frames per rung scored in the final encode (unless QualityMetrics)
 MEASURED_PER_SEGMENT = 12  # ... and at least this many per segment
+REFERENCE_FOLDER = "perscene-reference"  # in the work folder: the measurement's references
 
 
 def per_scene_plan(
@@ -39,6 +42,22 @@ def per_scene_plan(
         return plan, {}
     settings = scope.processing.per_scene_encoding
     target = settings.target_vmaf_score if settings else perscene.DEFAULT_TARGET
+    # Without QualityMetrics (which measures every rung in the transcode, sampled over all
+    # frames), the rungs are measured after the encode on windows of every segment against
+    # the analysis pass's frames: the transcode then measures nothing (it cost 40 % of a
+    # Default encode). Watermarked jobs keep the transcoder's measurement (its reference is
+    # the watermarked frame).
+    measured_in_transcode = (
+        plan.quality is not None and plan.quality.vmaf_ffmpeg is not None
+    ) or plan.watermarks is not None
+    windows: list[tuple[int, int]] = []
+    store = None
+    if not measured_in_transcode:
+        frames = round(plan.duration * plan.frame_rate)
+        starts = perscene.segment_starts(plan.frame_rate, plan.segment_seconds, frames)
+        windows = perscene.measure_windows(starts, frames)
+        sizes = {o.rendition.name: (o.rendition.width, o.rendition.height) for o in plan.video}
+        store = perscene.ReferenceStore(scope.workdir / REFERENCE_FOLDER, sizes)
     analysis = perscene.analyse(
         plan,
         ffmpeg,
@@ -46,9 +65,16 @@ def per_scene_plan(
             EventType.ENCODING_PROGRESS, 100 * PER_SCENE_SHARE * f
         ),
         cancel=scope.cancel.check,
+        windows=windows,
+        store=store,
     )
     caps = {o.rendition.name: o.rendition.bitrate_kbps for o in plan.video}
     rates = {r.name: r for r in perscene.plan_rates(analysis, target, caps)}
+    if store is not None:
+        rates = {
+            name: replace(r, windows=tuple(windows), reference=str(store.paths[name]))
+            for name, r in rates.items()
+        }
     log.info(
         "PerScene analysis: %d frames, scenes at %s, %.1f s",
         analysis.frames,
@@ -77,9 +103,8 @@ def per_scene_plan(
             "probed" if rate.probed else "interpolated",
         )
     quality = plan.quality
-    if quality is None or quality.vmaf_ffmpeg is None:  # PerScene always measures VMAF
-        # every few frames (MEASURED_PER_SEGMENT per segment at least): the measurement
-        # would otherwise cost as much as the encode
+    if measured_in_transcode and (quality is None or quality.vmaf_ffmpeg is None):
+        # watermarked: every few frames (MEASURED_PER_SEGMENT per segment at least)
         segments = max(1, math.ceil(plan.duration / plan.segment_seconds))
         frames = round(plan.duration * plan.frame_rate)
         quality = quality_settings(
@@ -125,6 +150,7 @@ def per_scene_outcome(
         for r in renditions
         if r.name not in dropped
     )
+    shutil.rmtree(scope.workdir / REFERENCE_FOLDER, ignore_errors=True)
     return kept_tracks, kept
 
 
@@ -137,6 +163,17 @@ def _measure(
     starts = perscene.segment_starts(plan.frame_rate, plan.segment_seconds, track.frames)
     average, peak = perscene.packet_rates(track.path, starts, plan.frame_rate, track.frames)
     base = track.quality
+    ffmpeg = vmaf_support()[0]
+    if base is None and rate is not None and rate.reference and ffmpeg is not None:
+        base = perscene.window_quality(
+            track.path,
+            rendition.width,
+            rendition.height,
+            rate.windows,
+            Path(rate.reference),
+            ffmpeg,
+            rendition.name,
+        )
     segments = perscene.segment_scores(base.vmaf_frames, starts, track.frames) if base else []
     fields: dict[str, Any] = dict(vars(base)) if base is not None else _unmeasured(average)
     return perscene.PerSceneQuality(
