@@ -139,12 +139,19 @@ def test_cancel_outcomes_and_owned_finish(store):
     assert store.claim(running.job_id, "owner-1") is not None
     assert store.claim(running.job_id, "owner-2") is None  # taken
     assert store.request_cancel(other.job_id, "tenant-a") == CancelOutcome.UNKNOWN
-    assert store.request_cancel(queued.job_id, "tenant-a") == CancelOutcome.QUEUED
+    final = {"MessageType": "FinalError", "ErrorCode": 5001, "Phase": "Pre-Validation"}
+    assert store.request_cancel(queued.job_id, "tenant-a", final_event=final) == (
+        CancelOutcome.QUEUED
+    )
+    assert store.events(queued.job_id) == [final]  # in the transaction that ends the job
     cancelled = store.get_job(queued.job_id)
     assert cancelled.state == "Cancelled" and cancelled.error_code == 5001
     assert store.claim(queued.job_id, "owner-1") is None  # never starts
     assert store.report(queued.job_id, "tenant-a")["ErrorCode"] == 5001
-    assert store.request_cancel(running.job_id, "tenant-a") == CancelOutcome.RUNNING
+    assert store.request_cancel(running.job_id, "tenant-a", final_event=final) == (
+        CancelOutcome.RUNNING
+    )
+    assert store.events(running.job_id) == []  # a running job ends by its worker
     assert store.cancel_requested(running.job_id)
     # a worker that no longer holds the job cannot finish it
     assert not store.finish_job(running.job_id, "Succeeded", None, owner="owner-2")

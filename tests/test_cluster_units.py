@@ -98,10 +98,13 @@ def test_hand_back_does_not_use_an_attempt_and_fail_queued(store):
     assert store.get_job(job_id).attempts == 1
     store.set_queue(job_id, "gpu")
     assert [r.id for r in store.queued_jobs("gpu")] == [job_id] and store.queued_jobs("cpu") == []
-    assert store.fail_queued(job_id, 3102, "no GPU worker")
+    final = {"MessageType": "FinalError", "ErrorCode": 3102, "Phase": "Encoding"}
+    assert store.fail_queued(job_id, 3102, "no GPU worker", final_event=final)
     row = store.get_job(job_id)
-    assert (row.state, row.error_code) == ("Failed", 3102)
-    assert not store.fail_queued(job_id, 3102, "again")  # only a Queued job
+    assert (row.state, row.error_code, row.phase) == ("Failed", 3102, "Encoding")
+    assert store.events(job_id) == [final]  # committed with the state: seen together
+    assert not store.fail_queued(job_id, 3102, "again", final_event=final)  # only a Queued job
+    assert store.events(job_id) == [final]
     assert store.report(job_id, "t")["ErrorCode"] == 3102
     with store.reading() as session:
         assert session.get(JobRow, job_id).queue == "gpu"

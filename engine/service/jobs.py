@@ -46,7 +46,7 @@ from drm.cpix import KeyServiceError
 from drm.keys import DrmKeyError
 from engine.cancel import CancelToken
 from engine.errors import JobValidationError
-from engine.events import EVENT_PHASE, EventEmitter, EventSink, EventType, Phase
+from engine.events import EVENT_PHASE, EventEmitter, EventType, Phase
 from engine.keys import keys_again, keys_from_job, possible_quality_groups
 from engine.locations import location_from_spec
 from engine.pipeline import job_created_fields, run_job
@@ -56,6 +56,7 @@ from engine.service.metrics import ServiceMetrics
 from engine.service.owners import owner_gone
 from engine.service.store import (
     CANCELLED,
+    CANCELLED_BEFORE_START,
     FAILED,
     QUEUED,
     RUNNING,
@@ -309,18 +310,31 @@ class JobService:
 
     def cancel(self, job_id: str, tenant_id: str) -> str:
         """Request cancellation (a `CancelOutcome`); a Queued job ends here and now."""
-        outcome = self.store.request_cancel(job_id, tenant_id)
+        row = self.store.get_job(job_id, tenant_id)
+        final = None
+        if row is not None and row.state == QUEUED:  # its FinalError, should it end here
+            final = self.outside_event(
+                row,
+                EventType.FINAL_ERROR,
+                ErrorCode=5001,
+                ErrorMessage=CANCELLED_BEFORE_START,
+                Phase=str(Phase.PRE_VALIDATION),
+            )
+        outcome = self.store.request_cancel(job_id, tenant_id, final_event=final)
         if outcome == CancelOutcome.QUEUED:
-            row = self.store.get_job(job_id)
-            if row is not None:
-                self.emit_outside_run(
-                    row,
-                    EventType.FINAL_ERROR,
-                    ErrorCode=5001,
-                    ErrorMessage="the job was cancelled before it started",
-                    Phase=str(Phase.PRE_VALIDATION),
-                )
-                self.metrics.finished.labels(CANCELLED).inc()
+            if row is not None and final is not None:
+                self.publish_outside_run(row, final)
+            else:  # claimed and handed back between the two reads: rare; stored on its own
+                ended = self.store.get_job(job_id)
+                if ended is not None:
+                    self.emit_outside_run(
+                        ended,
+                        EventType.FINAL_ERROR,
+                        ErrorCode=5001,
+                        ErrorMessage=CANCELLED_BEFORE_START,
+                        Phase=str(Phase.PRE_VALIDATION),
+                    )
+            self.metrics.finished.labels(CANCELLED).inc()
             log.info("job %s: cancelled while queued", job_id)
         elif outcome == CancelOutcome.RUNNING:
             log.info("job %s: cancellation requested", job_id)
@@ -329,25 +343,35 @@ class JobService:
     def emit_outside_run(
         self, row: JobRow, message_type: EventType, *, document: Any = None, **fields: Any
     ) -> None:
-        """An event outside a run (cancel of a queued job, a resume, a failure before the
-        runner starts): stored, and sent to the job's publishers by a hub of its own."""
-        hub = None
+        """An event outside a run (a resume, a failure before the runner starts): stored,
+        and sent to the job's publishers by a hub of its own."""
+        event = self.outside_event(row, message_type, **fields)
+        StoreEventSink(self, row.id)(event)
+        self.publish_outside_run(row, event, document=document)
+
+    def outside_event(self, row: JobRow, message_type: EventType, **fields: Any) -> dict[str, Any]:
+        """An event about `row` built outside a run, neither stored nor sent: a final one goes
+        into the store with the state change it tells (`Store.finish_job(final_event=…)`)."""
+        external = (row.external_id, row.external_type, row.external_provider)
+        return EventEmitter(row.id, row.tenant_id, external).emit(message_type, **fields)
+
+    def publish_outside_run(
+        self, row: JobRow, event: dict[str, Any], *, document: Any = None
+    ) -> None:
+        """Send a stored event outside a run to the job's publishers (a hub of its own)."""
         try:
             if document is None:
                 document = self.store.job_document(row)
             hub = open_publishers(document, self.service_key, row.id, self.options.policy)
         except (JobValidationError, SealError) as error:
             log.warning("job %s: event not published: %s", row.id, type(error).__name__)
-        sinks: list[EventSink] = [StoreEventSink(self, row.id)]
-        if hub is not None:
-            sinks.append(hub)
-        emitter = EventEmitter(
-            row.id,
-            row.tenant_id,
-            (row.external_id, row.external_type, row.external_provider),
-            sinks,
-        )
-        emitter.emit(message_type, **fields)
+            return
+        if hub is None:
+            return
+        try:
+            hub(event)
+        except Exception:  # delivery never fails a job
+            log.exception("job %s: publishing %s failed", row.id, event.get("MessageType"))
         close_publishers(hub, row.id, background=True)
 
     # -- execution --------------------------------------------------------------------------
@@ -608,16 +632,19 @@ class JobService:
     def _end_taken_over(self, row: JobRow, state: str, code: int, message: str) -> None:
         """End a job whose worker is gone, with its FinalError (once: only the caller whose
         `finish_job` takes the row from the old owner emits it)."""
+        final = self.outside_event(
+            row, EventType.FINAL_ERROR, ErrorCode=code, ErrorMessage=message, Phase=row.phase or ""
+        )
         if self.store.finish_job(
-            row.id, state, None, error_code=code, error_message=message, owner=row.owner
+            row.id,
+            state,
+            None,
+            error_code=code,
+            error_message=message,
+            owner=row.owner,
+            final_event=final,
         ):
-            self.emit_outside_run(
-                row,
-                EventType.FINAL_ERROR,
-                ErrorCode=code,
-                ErrorMessage=message,
-                Phase=row.phase or "",
-            )
+            self.publish_outside_run(row, final)
 
 
 class _KeyFailure(Exception):

@@ -92,6 +92,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
 )
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+CANCELLED_BEFORE_START = "the job was cancelled before it started"
 
 
 def utcnow() -> datetime.datetime:
@@ -604,9 +605,12 @@ class Store:
         with self.reading() as session:
             return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
 
-    def request_cancel(self, job_id: str, tenant_id: str) -> str:
-        """Cancel a job of `tenant_id`: a Queued one is Cancelled at once (it never starts);
-        a Running one gets the flag its worker watches. Returns a `CancelOutcome` value."""
+    def request_cancel(
+        self, job_id: str, tenant_id: str, *, final_event: dict[str, Any] | None = None
+    ) -> str:
+        """Cancel a job of `tenant_id`: a Queued one is Cancelled at once (it never starts),
+        with its `final_event` in the same transaction; a Running one gets the flag its worker
+        watches. Returns a `CancelOutcome` value."""
         now = utcnow()
         with self.writing() as session:
             row = session.get(JobRow, job_id)
@@ -620,7 +624,10 @@ class Store:
                 row.state = CANCELLED
                 row.finished_at = now
                 row.error_code = 5001
-                row.error_message = "the job was cancelled before it started"
+                row.error_message = CANCELLED_BEFORE_START
+                if final_event is not None:
+                    row.phase = _phase_of_event(final_event).get("phase", row.phase)
+                    _add_event_row(session, job_id, final_event)
                 report = session.get(ReportRow, job_id)
                 if report is not None:
                     entry = json.loads(report.entry)
@@ -643,9 +650,11 @@ class Store:
         error_code: int | None = None,
         error_message: str | None = None,
         owner: str | None = None,
+        final_event: dict[str, Any] | None = None,
     ) -> bool:
         """Record the end of a job and its final reporting entry (JobStartTime kept from the
-        first start, so a resumed job stays in the month it started in).
+        first start, so a resumed job stays in the month it started in), and `final_event`
+        in the same transaction (whoever sees the end sees its event).
 
         With `owner`, only a Running job held by that owner is finished (a worker whose job
         was taken over must not overwrite the new run); returns whether the job was finished.
@@ -665,6 +674,9 @@ class Store:
             row.error_message = error_message
             if state == SUCCEEDED:
                 row.progress = 100
+            if final_event is not None:
+                row.phase = _phase_of_event(final_event).get("phase", row.phase)
+                _add_event_row(session, job_id, final_event)
             stored = session.get(ReportRow, job_id)
             if stored is not None:
                 entry = dict(report) if report else json.loads(stored.entry)
@@ -728,9 +740,17 @@ class Store:
         with self.reading() as session:
             return list(session.scalars(query.order_by(JobRow.created_at, JobRow.id)))
 
-    def fail_queued(self, job_id: str, error_code: int, error_message: str) -> bool:
-        """End a job that never started with `error_code` (e.g. 3102: no GPU worker took it);
-        False when it is no longer Queued (a worker claimed it meanwhile)."""
+    def fail_queued(
+        self,
+        job_id: str,
+        error_code: int,
+        error_message: str,
+        *,
+        final_event: dict[str, Any] | None = None,
+    ) -> bool:
+        """End a job that never started with `error_code` (e.g. 3102: no GPU worker took it)
+        and its `final_event`, in one transaction; False when it is no longer Queued (a worker
+        claimed it meanwhile)."""
         now = utcnow()
         with self.writing() as session:
             changed = _rows_changed(
@@ -743,10 +763,13 @@ class Store:
                     updated_at=now,
                     error_code=error_code,
                     error_message=error_message,
+                    **_phase_of_event(final_event),
                 ),
             )
             if changed != 1:
                 return False
+            if final_event is not None:
+                _add_event_row(session, job_id, final_event)
             report = session.get(ReportRow, job_id)
             if report is not None:
                 entry = json.loads(report.entry)
@@ -860,14 +883,7 @@ class Store:
                 )
                 if held is None:
                     return False
-            session.add(
-                EventRow(
-                    job_id=job_id,
-                    message_type=str(body.get("MessageType", "")),
-                    created_at=utcnow(),
-                    body=json.dumps(body),
-                )
-            )
+            _add_event_row(session, job_id, body)
         return True
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
@@ -919,6 +935,23 @@ class Store:
             query = query.where(JobRow.tenant_id == tenant_id)
         with self.reading() as session:
             return int(session.scalar(query) or 0)
+
+
+def _add_event_row(session: Session, job_id: str, body: dict[str, Any]) -> None:
+    session.add(
+        EventRow(
+            job_id=job_id,
+            message_type=str(body.get("MessageType", "")),
+            created_at=utcnow(),
+            body=json.dumps(body),
+        )
+    )
+
+
+def _phase_of_event(event: dict[str, Any] | None) -> dict[str, Any]:
+    """The job row's `phase` a FinalError names (the phase the job ended in), as values."""
+    phase = (event or {}).get("Phase")
+    return {"phase": phase} if phase else {}
 
 
 def _rows_changed(session: Session, statement: Executable) -> int:
@@ -1022,6 +1055,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 __all__ = [
     "CANCELLED",
+    "CANCELLED_BEFORE_START",
     "FAILED",
     "FINISHED",
     "QUEUED",

@@ -322,16 +322,17 @@ class CeleryQueue(JobQueue):
                 f"no GPU worker (NVENC) took the job within {self.gpu_wait_seconds:g} s: "
                 "no worker serving the gpu queue is alive"
             )
-            if store.fail_queued(row.id, 3102, message):
+            final = self.service.outside_event(
+                row,
+                EventType.FINAL_ERROR,
+                ErrorCode=3102,
+                ErrorMessage=message,
+                Phase=str(Phase.ENCODING),
+            )
+            if store.fail_queued(row.id, 3102, message, final_event=final):
                 log.error("job %s: %s", row.id, message)
                 self.service.metrics.finished.labels(FAILED).inc()
-                self.service.emit_outside_run(
-                    row,
-                    EventType.FINAL_ERROR,
-                    ErrorCode=3102,
-                    ErrorMessage=message,
-                    Phase=str(Phase.ENCODING),
-                )
+                self.service.publish_outside_run(row, final)
 
 
 __all__ = [
