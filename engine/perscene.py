@@ -1,4 +1,4 @@
-"""EncodingMode PerScene (contract §5.3): content-aware rate control that aims every scene of
+"""EncodingMode PerScene (contract §5.5): content-aware rate control that aims every scene of
 every rung at `PerSceneEncoding.TargetVmafScore`, with the rung's configured bitrate as a cap.
 
 Three parts, the middle one pure (tests/test_perscene.py tables):
@@ -6,30 +6,35 @@ Three parts, the middle one pure (tests/test_perscene.py tables):
 1. `analyse` — one decode pass over the source, before the transcode. Every prepared frame
    (the transcoder's own `_FramePreparer`: deinterlace, rotation, constant rate, so frame
    indices are the output's) is shrunk to 64x36 luma for scene-cut detection. Every
-   `CLIP_SPACING_S` seconds a clip of `CLIP_FRAMES` frames is taken and, at every rung's size,
-   probe-encoded with the rung's own encoder and preset at the `PROBE_CRFS`; the decoded probes
-   are scored by libvmaf (vmaf_v0.6.1, the same ffmpeg as QualityMetrics) against the clip
-   scaled to the rung's size. The clip's first frame (its I-frame, and VMAF's motion feature
-   without a true predecessor) is encoded but not scored. Clips are probed as they come: the
-   pass holds one clip at a time, so memory stays flat.
-2. `plan_rates` — per rung and scene, the CRF where the scene's VMAF-vs-CRF curve (clips of
-   the scene averaged) crosses the target plus `TARGET_MARGIN` (piecewise linear, monotone,
-   extrapolated with the end slopes, clamped to `CRF_RANGE`). The rung gets one base CRF (the
-   frame-weighted mean) and x264/x265 zones `b=2^((base - crf_scene)/6)` that move the
-   scenes to their own CRF (a zone factor b scales the rate like CRF - 6 log2 b, measured).
-3. `rate_choice` — the encoder settings: CRF + VBV with maxrate = `VBV_SHARE` of the rung's
-   configured bitrate (the cap) and bufsize = the cap (1 s: a 4 s segment peaks at 1.21x the
-   cap at most), zones in
-   x264-params/x265-params; everything about keyframes (forced segment IDRs, no scene-cut
-   keyframes, closed GOPs) stays exactly as in Default. NVENC: constant quality (`rc=vbr`,
-   `cq`, no target bitrate) under the same maxrate/bufsize; NVENC has no zones, so the rung's
-   base CQ applies to every scene (code path only: not run on a GPU yet).
+   `CLIP_SPACING_S` seconds a clip of `CLIP_FRAMES` frames is taken and, at two or three rung
+   sizes (`probed_rungs`), probe-encoded with the rung's own encoder and preset at the
+   `PROBE_CRFS`; the decoded probes are scored by libvmaf (vmaf_v0.6.1, the same ffmpeg as
+   QualityMetrics; one process per probed rung) against the clip scaled to the rung's size.
+   The clip's first frame (its I-frame) is encoded but not scored. Clips are probed as they
+   come: the pass holds one clip at a time, so memory stays flat. The frames of the
+   measurement windows (`measure_windows`) are kept, scaled to every rung, on disk
+   (`ReferenceStore`).
+2. `plan_rates` — per probed rung and scene, the CRF where the scene's VMAF-vs-CRF curve
+   (clips of the scene averaged; calibrated by `PROBE_BIAS`) crosses the target plus
+   `TARGET_MARGIN` (piecewise linear, monotone, extrapolated with the end slopes, clamped to
+   `CRF_RANGE`); the other rungs interpolate each scene's CRF and rate in log(pixels)
+   (`interpolate_size`). The rung gets one base CRF (the frame-weighted mean), x264/x265
+   zones `b=2^((base - crf_scene)/6)` that move the scenes to their own CRF (a zone factor b
+   scales the rate like CRF - 6 log2 b, measured) and a VBV maxrate (`vbv_maxrate`).
+3. `rate_choice` — the encoder settings: CRF + VBV with that maxrate (`VBV_SHARE` of the
+   configured bitrate, up to `PEAK_SHARE` when easy scenes leave room) and bufsize = the
+   larger of cap and maxrate (1 s: a 4 s segment peaks at 1.375x the cap at most, as in
+   Default), zones in x264-params/x265-params; everything about keyframes (forced segment
+   IDRs, no scene-cut keyframes, closed GOPs) stays exactly as in Default. NVENC: constant
+   quality (`rc=vbr`, `cq`, no target bitrate) under the same maxrate/bufsize; NVENC has no
+   zones, so the rung's base CQ applies to every scene (code path only: not run on a GPU).
 
-After the transcode (in which every rung's VMAF is measured per frame, engine.quality),
-`rung_outcomes` gives per rung the average and peak bitrate (from the encoded packets, per
-segment), VMAF mean and 5th percentile of per-segment means, and `near_duplicates` says which
-rungs to drop (within 10 % of the next lower kept rung; the top rung is never dropped: when it
-is the near-duplicate, the lower one goes).
+After the transcode, `window_quality` scores every rung on the measurement windows against
+the stored references (unless QualityMetrics or watermarks have the transcoder measure, see
+engine.pipeline.per_scene), `packet_rates` gives per rung the average and peak bitrate (from
+the encoded packets, per segment), VMAF mean and 5th percentile of per-segment means, and
+`near_duplicates` says which rungs to drop (within 10 % of the next lower kept rung; the top
+rung is never dropped: when it is the near-duplicate, the lower one goes).
 """
 
 from __future__ import annotations
