@@ -248,6 +248,22 @@ def test_sealed_job_is_bound_to_its_key_and_row():
         other.unseal("job-1", sealed)
     with pytest.raises(SealError):
         sealer.unseal("job-2", sealed)  # moved to another row
+    with pytest.raises(SealError):
+        sealer.unseal("job-1", "v2:" + sealed[3:])
+
+
+def test_sealed_bytes_open_only_for_their_job_and_key():
+    """The farm's chunk tasks (a pickle) are sealed: writing the work storage is not enough
+    to have a worker unpickle something."""
+    sealer = JobSealer(os.urandom(32))
+    sealed = sealer.seal_bytes("job-1", b"payload")
+    assert b"payload" not in sealed and sealer.unseal_bytes("job-1", sealed) == b"payload"
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    for job_id, data in (("job-2", sealed), ("job-1", tampered), ("job-1", b"short")):
+        with pytest.raises(SealError):
+            sealer.unseal_bytes(job_id, data)
+    with pytest.raises(SealError):
+        JobSealer(os.urandom(32)).unseal_bytes("job-1", sealed)
 
 
 def test_store_key_file_is_private_and_stable(tmp_path, monkeypatch):

@@ -257,10 +257,8 @@ class JobSealer:
         return cls(path.read_bytes())
 
     def seal(self, job_id: str, document: Any) -> str:
-        nonce = secrets.token_bytes(12)
         data = json.dumps(document, separators=(",", ":")).encode()
-        sealed = nonce + self._aead.encrypt(nonce, data, job_id.encode())
-        return "v1:" + base64.b64encode(sealed).decode()
+        return "v1:" + base64.b64encode(self.seal_bytes(job_id, data)).decode()
 
     def unseal(self, job_id: str, sealed: str) -> Any:
         try:
@@ -268,11 +266,22 @@ class JobSealer:
             raw = base64.b64decode(text, validate=True)
             if version != "v1":
                 raise ValueError(version)
-            data = self._aead.decrypt(raw[:12], raw[12:], job_id.encode())
-        except (ValueError, binascii.Error, InvalidTag):
+        except (ValueError, binascii.Error):
+            raise SealError(f"job {job_id}: the stored job is not sealed data") from None
+        return json.loads(self.unseal_bytes(job_id, raw))
+
+    def seal_bytes(self, job_id: str, data: bytes) -> bytes:
+        """`data` sealed for `job_id`: what only holders of the store key can make (the
+        farm's chunk tasks, which a worker unpickles, are sealed so)."""
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, data, job_id.encode())
+
+    def unseal_bytes(self, job_id: str, sealed: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], job_id.encode())
+        except (ValueError, InvalidTag):
             message = f"job {job_id}: the stored job does not open with this store key"
             raise SealError(message) from None
-        return json.loads(data)
 
 
 # ------------------------------------------------------------------------------------ store
@@ -563,7 +572,7 @@ class Store:
             )
             conditions.append(running < max_running_per_tenant)
         with self.writing() as session:
-            changed = _rows_changed(
+            changed = rows_changed(
                 session,
                 update(JobRow)
                 .where(*conditions)
@@ -593,7 +602,7 @@ class Store:
         """Renew the lease of a running job; False when this owner no longer holds it."""
         now = utcnow()
         with self.writing() as session:
-            changed = _rows_changed(
+            changed = rows_changed(
                 session,
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.owner == owner, JobRow.state == RUNNING)
@@ -709,7 +718,7 @@ class Store:
             if self.is_sqlite:  # SQLite spells it max()
                 values["attempts"] = func.max(JobRow.attempts - 1, 0)
         with self.writing() as session:
-            changed = _rows_changed(
+            changed = rows_changed(
                 session,
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.state == RUNNING, JobRow.owner == owner)
@@ -753,7 +762,7 @@ class Store:
         claimed it meanwhile)."""
         now = utcnow()
         with self.writing() as session:
-            changed = _rows_changed(
+            changed = rows_changed(
                 session,
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.state == QUEUED)
@@ -835,7 +844,7 @@ class Store:
     def worker_heartbeat(self, worker_id: str, state: str, running: int) -> bool:
         """Renew a worker's row; False when it is gone (pruned): the caller registers again."""
         with self.writing() as session:
-            changed = _rows_changed(
+            changed = rows_changed(
                 session,
                 update(WorkerRow)
                 .where(WorkerRow.id == worker_id)
@@ -954,7 +963,7 @@ def _phase_of_event(event: dict[str, Any] | None) -> dict[str, Any]:
     return {"phase": phase} if phase else {}
 
 
-def _rows_changed(session: Session, statement: Executable) -> int:
+def rows_changed(session: Session, statement: Executable) -> int:
     """Run an UPDATE and return how many rows it changed. (An UPDATE executes to a
     `CursorResult`, which has `rowcount`; `Session.execute` is typed with the plain `Result`.)"""
     return cast(CursorResult[Any], session.execute(statement)).rowcount
@@ -1073,4 +1082,5 @@ __all__ = [
     "TenantQueueFull",
     "WorkerRow",
     "database_url",
+    "rows_changed",
 ]

@@ -36,9 +36,11 @@ are not Done Cancelled (their encoders stop within a second) and revokes the chu
 job): `file:///shared/folder` (a folder every worker mounts), `s3://bucket/prefix`,
 `https://<account>.blob.core.windows.net/<container>/<prefix>` or any provider of the storage
 registry as `Provider:URI` (e.g. `S3Compatible:http://minio:9000/bucket/work`), credentials in
-`VIPE_WORK_STORAGE_KEY` / `VIPE_WORK_STORAGE_SECRET`. The chunk tasks travel there pickled:
-whoever can write the work storage can run code on the workers, so it must be private to the
-farm. Jobs with watermarks encode their chunks on the coordinator only.
+`VIPE_WORK_STORAGE_KEY` / `VIPE_WORK_STORAGE_SECRET`. The chunk tasks travel there pickled
+and sealed with the store key (AES-GCM, the job id bound in): a worker unpickles only what a
+holder of the store key wrote, so write access to the work storage alone runs no code on the
+workers. Keep it private to the farm all the same (it holds the sources). Jobs with
+watermarks encode their chunks on the coordinator only.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ from engine.cancel import CancelToken
 from engine.chunks import Chunk
 from engine.errors import Cancelled, EncodingError
 from engine.service.owners import owner_gone
-from engine.service.store import Base, Store, UTCDateTime, _rows_changed, utcnow
+from engine.service.store import Base, JobSealer, Store, UTCDateTime, rows_changed, utcnow
 from engine.stitch import ChunkMismatch, ChunkResult, ChunkTask, encode_chunk
 from engine.transcode import EncodedTrack
 from storage import REGISTRY, Storage, StorageError, StorageLocation, open_storage
@@ -161,13 +163,13 @@ class ChunkStore:
                 f"(at most {self.max_attempts} attempts)"
             )
             with self.store.writing() as session:
-                _rows_changed(
+                rows_changed(
                     session, update(ChunkRow).where(*same).values(state=FAILED, error=message)
                 )
             return None
         now = utcnow()
         with self.store.writing() as session:
-            changed = _rows_changed(
+            changed = rows_changed(
                 session,
                 update(ChunkRow)
                 .where(*same)
@@ -198,7 +200,7 @@ class ChunkStore:
         """Renew the chunk's heartbeat; False when this owner no longer holds it."""
         with self.store.writing() as session:
             return (
-                _rows_changed(
+                rows_changed(
                     session,
                     update(ChunkRow)
                     .where(*self._mine(job_id, index, owner))
@@ -210,7 +212,7 @@ class ChunkStore:
     def finish(self, job_id: str, index: int, owner: str, result: dict[str, Any]) -> bool:
         with self.store.writing() as session:
             return (
-                _rows_changed(
+                rows_changed(
                     session,
                     update(ChunkRow)
                     .where(*self._mine(job_id, index, owner))
@@ -221,7 +223,7 @@ class ChunkStore:
 
     def fail(self, job_id: str, index: int, owner: str, message: str) -> None:
         with self.store.writing() as session:
-            _rows_changed(
+            rows_changed(
                 session,
                 update(ChunkRow)
                 .where(*self._mine(job_id, index, owner))
@@ -231,7 +233,7 @@ class ChunkStore:
     def stop(self, job_id: str) -> None:
         """Every chunk not Done is Cancelled: its encoder stops at its next heartbeat."""
         with self.store.writing() as session:
-            _rows_changed(
+            rows_changed(
                 session,
                 update(ChunkRow)
                 .where(ChunkRow.job_id == job_id, ChunkRow.state.in_((PENDING, RUNNING)))
@@ -352,7 +354,8 @@ def encode_claimed(
     log.info("job %s: chunk %d started on %s", job_id, index, owner)
     try:
         storage = job_storage(context.work_storage, job_id)
-        task = _local_task(storage, job_folder, scratch, index, check)
+        sealer = context.chunks.store.sealer
+        task = _local_task(storage, sealer, job_id, job_folder, scratch, index, check)
         result = encode_chunk(task, cancel=check, progress=progress)
         for rung, track in enumerate(result.tracks):
             storage.upload_file(track.path, rung_file(index, rung), cancel=check)
@@ -384,7 +387,13 @@ _SOURCE_LOCK = threading.Lock()
 
 
 def _local_task(
-    storage: Storage, job_folder: Path, scratch: Path, index: int, check: Callable[[], None]
+    storage: Storage,
+    sealer: JobSealer,
+    job_id: str,
+    job_folder: Path,
+    scratch: Path,
+    index: int,
+    check: Callable[[], None],
 ) -> ChunkTask:
     """The chunk's task with this worker's paths: the source and the tasks are downloaded
     once per job and worker."""
@@ -394,7 +403,7 @@ def _local_task(
         if not tasks_path.exists():
             storage.download_file(TASKS_FILE, job_folder / "tasks.part", cancel=check)
             (job_folder / "tasks.part").replace(tasks_path)
-        tasks: list[ChunkTask] = pickle.loads(tasks_path.read_bytes())
+        tasks: list[ChunkTask] = pickle.loads(sealer.unseal_bytes(job_id, tasks_path.read_bytes()))
         source_name = tasks[index].video_file.name
         source = job_folder / source_name
         if not source.exists():
@@ -491,7 +500,8 @@ class FarmChunks:
         ]
         scratch = self.context.folder / self.job_id
         scratch.mkdir(parents=True, exist_ok=True)
-        (scratch / TASKS_FILE).write_bytes(pickle.dumps(portable))
+        sealed = self.context.chunks.store.sealer.seal_bytes(self.job_id, pickle.dumps(portable))
+        (scratch / TASKS_FILE).write_bytes(sealed)
         storage.upload_file(scratch / TASKS_FILE, TASKS_FILE, cancel=cancel.check)
         # This worker's own copies, for the chunks it encodes itself.
         if not (scratch / source.name).exists():
