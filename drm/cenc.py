@@ -101,6 +101,7 @@ class SampleEncryptor:
             # Video: the 1:9 pattern; other tracks: every full block (signalled 0:0).
             self.crypt_byte_block, self.skip_byte_block = (1, 9) if self.is_video else (0, 0)
         self._chain: _ChainedCbc | None = None  # cbcs: one cipher for every range of the track
+        self._keystream: _CtrKeystream | None = None  # cenc: one cipher for every sample
         self._parser: h26x.H264Parser | h26x.H265Parser | None = None
         self.nal_length_size = 0
         if self.is_video:
@@ -158,7 +159,9 @@ class SampleEncryptor:
         subsamples = self.subsamples(sample) if self.is_video else ()
         iv = self._next_iv
         if self.scheme == "cenc":
-            data, protected = _ctr(self._key, iv, sample, subsamples)
+            if self._keystream is None:
+                self._keystream = _CtrKeystream(self._key)
+            data, protected = _ctr(self._key, iv, sample, subsamples, self._keystream)
             self._next_iv = _advance_iv(iv, protected)
         else:
             assert self.constant_iv is not None, "cbcs always has a constant IV"
@@ -241,14 +244,44 @@ def _ctr_cipher(key: bytes, iv: bytes):
     return AES.new(key, AES.MODE_CTR, nonce=b"", initial_value=iv)  # the IV is the counter
 
 
+class _CtrKeystream:
+    """AES-CTR with 8-byte IVs from one AES-ECB cipher per track instead of a CTR cipher per
+    sample (the key schedule is the costly part): counter block i of a sample is its IV
+    followed by i as a 64-bit big-endian number, as in _ctr_cipher."""
+
+    def __init__(self, key: bytes):
+        self._ecb = AES.new(key, AES.MODE_ECB)
+
+    def apply(self, iv: bytes, data: bytearray) -> None:
+        """XOR the keystream of `iv` into `data` in place."""
+        blocks = -(-len(data) // BLOCK)
+        counters = np.empty((blocks, 2), dtype=">u8")
+        counters[:, 0] = int.from_bytes(iv, "big")
+        counters[:, 1] = np.arange(blocks, dtype=np.uint64)
+        plain = counters.view(np.uint8).reshape(-1)
+        stream = np.frombuffer(self._ecb.encrypt(plain.data), dtype=np.uint8)
+        target = np.frombuffer(data, dtype=np.uint8)
+        target ^= stream[: len(data)]
+
+
 def _ctr(
-    key: bytes, iv: bytes, sample: bytes, subsamples: Sequence[tuple[int, int]]
+    key: bytes,
+    iv: bytes,
+    sample: bytes,
+    subsamples: Sequence[tuple[int, int]],
+    keystream: _CtrKeystream | None = None,
 ) -> tuple[bytes, int]:
     """cenc: one keystream over the concatenated protected ranges. Returns the data and the
-    number of protected bytes. Encryption and decryption are the same operation."""
+    number of protected bytes. Encryption and decryption are the same operation. `keystream`
+    (8-byte IVs) is the track's cipher reused across samples; without it, a cipher per call."""
     ranges = protected_ranges(len(sample), subsamples)
     out = bytearray(sample)
-    stream = _ctr_cipher(key, iv).encrypt(b"".join(sample[s : s + n] for s, n in ranges))
+    protected = b"".join(sample[s : s + n] for s, n in ranges)
+    if keystream is not None and len(iv) == 8:
+        stream = bytearray(protected)
+        keystream.apply(iv, stream)
+    else:
+        stream = _ctr_cipher(key, iv).encrypt(protected)
     position = 0
     for start, length in ranges:
         out[start : start + length] = stream[position : position + length]
@@ -292,10 +325,10 @@ class _ChainedCbc:
         """CBC from the IV over `blocks` ((n, 16) uint8); the ciphertext as (n, 16)."""
         if not len(blocks):
             return blocks
-        plain = np.ascontiguousarray(blocks).copy()
-        plain[0] ^= self._iv ^ self._last
-        done = np.frombuffer(self._cipher.encrypt(plain.reshape(-1).data), dtype=np.uint8)
-        done = done.reshape(-1, BLOCK)
+        done = np.array(blocks, order="C")  # one copy (the blocks may be a strided view)
+        done[0] ^= self._iv ^ self._last
+        flat = done.reshape(-1)
+        self._cipher.encrypt(flat.data, output=flat.data)  # in place: no new buffer
         self._last = done[-1].copy()
         return done
 

@@ -31,3 +31,18 @@ def test_chained_cipher_matches_a_fresh_cipher_per_range() -> None:
                 chained = cenc._cbcs(key, iv, sample, layout, crypt, skip, chain=chain)
                 assert chained == fresh
                 assert cenc._cbcs(key, iv, chained, layout, crypt, skip, decrypt=True) == sample
+
+
+def test_cenc_track_keystream_matches_a_ctr_cipher_per_sample() -> None:
+    """cenc with one AES-ECB cipher per track (drm.cenc._CtrKeystream, 8-byte IVs) writes what
+    an AES-CTR cipher made for each sample writes, whatever the sizes and subsample layouts."""
+    rng = random.Random(19)
+    key = rng.randbytes(16)
+    keystream = cenc._CtrKeystream(key)
+    for _ in range(300):
+        iv = rng.randbytes(8)
+        sample = rng.randbytes(rng.randint(1, 5000))
+        layout = _subsamples(rng, len(sample))
+        fresh = cenc._ctr(key, iv, sample, layout)
+        assert cenc._ctr(key, iv, sample, layout, keystream) == fresh
+        assert cenc._ctr(key, iv, fresh[0], layout, keystream)[0] == sample
