@@ -12,6 +12,11 @@ Output writes never follow symlinks: the temporary `.name.partial` file is creat
 O_EXCL|O_NOFOLLOW (a stale one or a planted link is removed first, never written through), the
 final rename replaces whatever has the target name instead of writing through it, and when
 confined no sub-folder on the way may be a symlink.
+
+Shared files (`download_folder` / `upload_folder` with `shared=True`: a job's input and its
+package, which nothing writes into in place) are hard links instead of copies where the kernel
+allows (one file system): a link of the very file that was opened and checked (linkat of
+/proc/self/fd), made under a new name, never through a symlink; elsewhere a copy as above.
 """
 
 from __future__ import annotations
