@@ -40,13 +40,13 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -75,6 +75,9 @@ from engine.service.queue import InProcessQueue, JobQueue
 from engine.service.store import CancelOutcome, JobSealer, Store, TenantQueueFull, database_url
 from engine.service.tenants import TenantRegistry, make_private
 from engine.service.views import job_view
+
+if TYPE_CHECKING:
+    from drm.credentials import ServiceKey
 
 log = logging.getLogger(__name__)
 
@@ -226,19 +229,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     store = Store(settings.database_url or database_url(folder), JobSealer.load_or_create(folder))
     store.migrate()
     make_private(folder)  # and its files 0600 (the certificates, the database) once made
-    options = ServiceOptions(
-        data_dir=folder,
-        strict=settings.strict,
-        lease_seconds=settings.lease_seconds,
-        max_attempts=settings.max_attempts,
-        policy=settings.policy,
-        max_queued_per_tenant=settings.max_queued_per_tenant,
-        max_running_per_tenant=settings.max_running_per_tenant,
-        key_service_deadline=settings.key_service_deadline,
-        key_service_workers=settings.key_service_workers,
-        chunking=settings.chunking,
-    )
-    service = JobService(store, options, service_key)
+    service = JobService(store, _service_options(settings), service_key)
     queue = (
         settings.queue_factory(service)
         if settings.queue_factory
@@ -250,17 +241,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     key_pool = concurrent.futures.ThreadPoolExecutor(
         max(1, settings.key_service_workers), thread_name_prefix="vipe-keys"
     )
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await run_in_threadpool(queue.start)
-        try:
-            yield
-        finally:
-            key_pool.shutdown(wait=False, cancel_futures=True)
-            await run_in_threadpool(queue.stop, settings.drain_seconds)
-            store.close()
-
     app = FastAPI(
         title="vipe Encoding API",
         version="1",
@@ -273,7 +253,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         redirect_slashes=False,  # `/Job/` is 404, not a redirect built from the Host header
         openapi_url="/api/help/openapi.json",
         redoc_url=None,
-        lifespan=lifespan,
+        lifespan=_lifespan(queue, store, key_pool, settings),
     )
     _interactive_docs(app)
     app.state.store = store
@@ -285,6 +265,58 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(PathCaseMiddleware)
     _exception_handlers(app, settings.max_body)
 
+    principal = _principal_dependency(authenticator)
+    app.include_router(_submission_routes(service, queue, key_pool, settings, principal))
+    app.include_router(_job_routes(store, service, queue, principal))
+    app.include_router(_certificate_routes(service_key))
+    app.include_router(_reporting_routes(store, principal))
+    app.include_router(_operation_routes(store, service, queue, settings))
+    install_console(app, store, service, principal)  # /console, job list, events, preview
+    return app
+
+
+def _service_options(settings: ServerSettings) -> ServiceOptions:
+    """What the job service takes of the server's settings."""
+    return ServiceOptions(
+        data_dir=settings.data_dir,
+        strict=settings.strict,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+        policy=settings.policy,
+        max_queued_per_tenant=settings.max_queued_per_tenant,
+        max_running_per_tenant=settings.max_running_per_tenant,
+        key_service_deadline=settings.key_service_deadline,
+        key_service_workers=settings.key_service_workers,
+        chunking=settings.chunking,
+    )
+
+
+def _lifespan(
+    queue: JobQueue,
+    store: Store,
+    key_pool: concurrent.futures.ThreadPoolExecutor,
+    settings: ServerSettings,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the queue starts with the app; at stop the Key Service pool is
+    dropped, the queue drained (running jobs requeued after `settings.drain_seconds`), the
+    store closed."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(queue.start)
+        try:
+            yield
+        finally:
+            key_pool.shutdown(wait=False, cancel_futures=True)
+            await run_in_threadpool(queue.stop, settings.drain_seconds)
+            store.close()
+
+    return lifespan
+
+
+def _principal_dependency(authenticator: Authenticator) -> Callable[[Request], Principal]:
+    """The `principal` dependency of every authenticated route: the caller, else 401."""
+
     def principal(request: Request) -> Principal:
         try:
             return authenticator.authenticate(request.headers.get("authorization"))
@@ -292,42 +324,23 @@ def create_app(settings: ServerSettings) -> FastAPI:
             log.info("request %s %s refused: %s", request.method, request.url.path, refused.reason)
             raise
 
-    def _stage(
-        document: Any, tenant_id: str
-    ) -> Submission | concurrent.futures.Future[dict[str, Any]]:
-        """The steps of `POST /Job` that need no network, in one thread: checks, local keys
-        and the hand-over to the store. The Submission back when a Key Service is to be asked."""
-        submission = service.prepare(document, tenant_id)
-        if submission.asks_key_service:
-            return submission
-        return service.accept_future(submission, service.creation_keys(submission))
+    return principal
 
-    async def _creation_keys(submission: Submission) -> Any:
-        """The job's keys; a Key Service is asked on `key_pool`, awaited without holding a
-        thread, and given `key_service_deadline` seconds in all (503 beyond)."""
-        if not submission.asks_key_service:
-            return await run_in_threadpool(service.creation_keys, submission)
-        future = key_pool.submit(service.creation_keys, submission)
-        try:
-            return await asyncio.wait_for(
-                asyncio.wrap_future(future), settings.key_service_deadline
-            )
-        except TimeoutError:
-            future.cancel()  # still waiting for a thread: never asks; else it ends by itself
-            log.warning(
-                "job %s: the Key Service did not answer within %g s",
-                submission.job_id,
-                settings.key_service_deadline,
-            )
-            raise KeyServiceFailed(
-                "The Key Service did not provide the content keys within "
-                f"{settings.key_service_deadline:g} s",
-                503,
-            ) from None
 
-    # -- jobs -------------------------------------------------------------------------------
+# -- jobs -------------------------------------------------------------------------------
 
-    @app.post(
+
+def _submission_routes(
+    service: JobService,
+    queue: JobQueue,
+    key_pool: concurrent.futures.ThreadPoolExecutor,
+    settings: ServerSettings,
+    principal: Callable[[Request], Principal],
+) -> APIRouter:
+    """`POST /Job` and `POST /Job/Validate`."""
+    router = APIRouter()
+
+    @router.post(
         "/Job",
         status_code=201,
         tags=["Job"],
@@ -345,9 +358,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if isinstance(document, JSONResponse):
             return document
         try:
-            staged = await run_in_threadpool(_stage, document, who.tenant_id)
+            staged = await run_in_threadpool(_stage, service, document, who.tenant_id)
             if isinstance(staged, Submission):  # a Key Service to ask, under its deadline
-                keys = await _creation_keys(staged)
+                keys = await _creation_keys(
+                    service, key_pool, settings.key_service_deadline, staged
+                )
                 staged = await run_in_threadpool(service.accept_future, staged, keys)
             # the store commits the jobs waiting for it together; no thread waits for it
             answer = await asyncio.wrap_future(staged)
@@ -361,16 +376,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 status_code=429,
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        try:
-            if isinstance(queue, InProcessQueue):  # a notify: no thread needed
-                queue.enqueue(answer["JobId"])
-            else:  # in a thread: a Celery queue publishes to its broker (network, retries)
-                await run_in_threadpool(queue.enqueue, answer["JobId"])
-        except Exception:  # the job is stored: a queue sweep or the next start runs it
-            log.exception("job %s: stored, but the queue did not take it now", answer["JobId"])
+        await _enqueue(queue, answer["JobId"])
         return JSONResponse(answer, status_code=201)
 
-    @app.post(
+    @router.post(
         "/Job/Validate",
         tags=["Job"],
         summary="Check a job as POST /Job would, without creating it (console)",
@@ -389,7 +398,62 @@ def create_app(settings: ServerSettings) -> FastAPI:
             return document
         return await run_in_threadpool(check_submission, service, document, who.tenant_id)
 
-    @app.get("/Job/{JobId}", tags=["Job"], summary="State, phase, progress, events, outputs")
+    return router
+
+
+def _stage(
+    service: JobService, document: Any, tenant_id: str
+) -> Submission | concurrent.futures.Future[dict[str, Any]]:
+    """The steps of `POST /Job` that need no network, in one thread: checks, local keys
+    and the hand-over to the store. The Submission back when a Key Service is to be asked."""
+    submission = service.prepare(document, tenant_id)
+    if submission.asks_key_service:
+        return submission
+    return service.accept_future(submission, service.creation_keys(submission))
+
+
+async def _creation_keys(
+    service: JobService,
+    key_pool: concurrent.futures.ThreadPoolExecutor,
+    deadline: float,
+    submission: Submission,
+) -> Any:
+    """The job's keys; a Key Service is asked on `key_pool`, awaited without holding a
+    thread, and given `deadline` seconds in all (503 beyond)."""
+    if not submission.asks_key_service:
+        return await run_in_threadpool(service.creation_keys, submission)
+    future = key_pool.submit(service.creation_keys, submission)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), deadline)
+    except TimeoutError:
+        future.cancel()  # still waiting for a thread: never asks; else it ends by itself
+        log.warning(
+            "job %s: the Key Service did not answer within %g s", submission.job_id, deadline
+        )
+        raise KeyServiceFailed(
+            f"The Key Service did not provide the content keys within {deadline:g} s", 503
+        ) from None
+
+
+async def _enqueue(queue: JobQueue, job_id: str) -> None:
+    """Hand a stored job to the queue; a failure is logged (the job is stored: a queue sweep
+    or the next start runs it)."""
+    try:
+        if isinstance(queue, InProcessQueue):  # a notify: no thread needed
+            queue.enqueue(job_id)
+        else:  # in a thread: a Celery queue publishes to its broker (network, retries)
+            await run_in_threadpool(queue.enqueue, job_id)
+    except Exception:  # the job is stored: a queue sweep or the next start runs it
+        log.exception("job %s: stored, but the queue did not take it now", job_id)
+
+
+def _job_routes(
+    store: Store, service: JobService, queue: JobQueue, principal: Callable[[Request], Principal]
+) -> APIRouter:
+    """`GET /Job/{JobId}`, `DELETE /Job/{JobId}` and `POST /Job/{JobId}/Cancel`."""
+    router = APIRouter()
+
+    @router.get("/Job/{JobId}", tags=["Job"], summary="State, phase, progress, events, outputs")
     def get_job(JobId: str, who: Principal = Depends(principal)):
         row = store.get_job(JobId, who.tenant_id)
         if row is None:
@@ -406,25 +470,40 @@ def create_app(settings: ServerSettings) -> FastAPI:
             queue.cancel(job_id)
         return JSONResponse(str(request.url), status_code=200)
 
-    @app.delete("/Job/{JobId}", tags=["Job"], summary="Cancel a job (FinalError 5001)")
+    @router.delete("/Job/{JobId}", tags=["Job"], summary="Cancel a job (FinalError 5001)")
     def delete_job(JobId: str, request: Request, who: Principal = Depends(principal)):
         return cancel(JobId, who, request)
 
-    @app.post("/Job/{JobId}/Cancel", tags=["Job"], summary="Cancel a job (FinalError 5001)")
+    @router.post("/Job/{JobId}/Cancel", tags=["Job"], summary="Cancel a job (FinalError 5001)")
     def cancel_job(JobId: str, request: Request, who: Principal = Depends(principal)):
         return cancel(JobId, who, request)
 
-    # -- certificate, reporting -------------------------------------------------------------
+    return router
 
-    @app.get("/certificate", tags=["Certificate"], summary="Certificate for secrets")
+
+# -- certificate, reporting -------------------------------------------------------------
+
+
+def _certificate_routes(service_key: ServiceKey) -> APIRouter:
+    """`GET /certificate`: the certificate clients encrypt their secrets with."""
+    router = APIRouter()
+
+    @router.get("/certificate", tags=["Certificate"], summary="Certificate for secrets")
     def certificate():
         return JSONResponse(service_key.certificate_base64)
 
-    @app.get("/reporting", tags=["Reporting"], summary="All reporting entries")
+    return router
+
+
+def _reporting_routes(store: Store, principal: Callable[[Request], Principal]) -> APIRouter:
+    """`GET /reporting`, `/reporting/{year}/{month}`, `/reporting/{JobId}`: the caller's."""
+    router = APIRouter()
+
+    @router.get("/reporting", tags=["Reporting"], summary="All reporting entries")
     def reporting_all(who: Principal = Depends(principal)):
         return store.reports(who.tenant_id)
 
-    @app.get("/reporting/{year}/{month}", tags=["Reporting"], summary="Entries of a month (UTC)")
+    @router.get("/reporting/{year}/{month}", tags=["Reporting"], summary="Entries of a month (UTC)")
     def reporting_month(year: int, month: int, who: Principal = Depends(principal)):
         if not 1 <= month <= 12 or not 1970 <= year <= 9999:
             return _message(
@@ -434,14 +513,26 @@ def create_app(settings: ServerSettings) -> FastAPI:
             )
         return store.reports(who.tenant_id, year, month)
 
-    @app.get("/reporting/{JobId}", tags=["Reporting"], summary="The reporting entry of a job")
+    @router.get("/reporting/{JobId}", tags=["Reporting"], summary="The reporting entry of a job")
     def reporting_job(JobId: str, who: Principal = Depends(principal)):
         entry = store.report(JobId, who.tenant_id)
         return entry if entry is not None else _not_found()
 
-    # -- operations -------------------------------------------------------------------------
+    return router
 
-    @app.get("/health", tags=["Operations"], summary="Liveness and store reachability")
+
+# -- operations -------------------------------------------------------------------------
+
+
+def _operation_routes(
+    store: Store, service: JobService, queue: JobQueue, settings: ServerSettings
+) -> APIRouter:
+    """`GET /health` (liveness, store, data folder, stalled jobs, a cluster queue's state)
+    and `GET /metrics` (Prometheus text)."""
+    router = APIRouter()
+    folder = settings.data_dir
+
+    @router.get("/health", tags=["Operations"], summary="Liveness and store reachability")
     def health():
         try:
             store.count_jobs()
@@ -475,12 +566,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 answer.update(Status="Degraded", Queue="unreachable")
         return answer
 
-    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
+    @router.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
     def metrics():
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    install_console(app, store, service, principal)  # /console, job list, events, preview
-    return app
+    return router
 
 
 async def _json_body(request: Request) -> Any:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
@@ -131,25 +131,44 @@ def install_console(
     files = _static_files()
     streams = EventStreams(store, max_per_tenant=max_streams_per_tenant)
     app.state.streams = streams
+    app.include_router(_page_routes(files))
+    app.include_router(_job_list_routes(store, principal))
+    app.include_router(_event_routes(store, streams, principal))
+    app.include_router(_preview_routes(store, service, principal))
+    return streams
 
-    def page(name: str) -> Response:
-        data = files.get(name)
-        if data is None:
-            return JSONResponse({"Message": "Not found"}, status_code=404)
-        headers = console_headers()
-        headers["Cache-Control"] = "no-cache"
-        suffix = Path(name).suffix
-        return Response(data, media_type=CONTENT_TYPES[suffix], headers=headers)
 
-    @app.get("/console", include_in_schema=False)
+def _page_routes(files: dict[str, bytes]) -> APIRouter:
+    """`GET /console`, `GET /console/{file}`: the page and its modules (not in the API docs)."""
+    router = APIRouter()
+
+    @router.get("/console", include_in_schema=False)
     def console_index() -> Response:
-        return page("index.html")
+        return _page(files, "index.html")
 
-    @app.get("/console/{name}", include_in_schema=False)
+    @router.get("/console/{name}", include_in_schema=False)
     def console_file(name: str) -> Response:
-        return page(name)
+        return _page(files, name)
 
-    @app.get("/Job", tags=["Job"], summary="The tenant's jobs, newest first (console)")
+    return router
+
+
+def _page(files: dict[str, bytes], name: str) -> Response:
+    """One of the console's files with its security headers, else 404."""
+    data = files.get(name)
+    if data is None:
+        return JSONResponse({"Message": "Not found"}, status_code=404)
+    headers = console_headers()
+    headers["Cache-Control"] = "no-cache"
+    suffix = Path(name).suffix
+    return Response(data, media_type=CONTENT_TYPES[suffix], headers=headers)
+
+
+def _job_list_routes(store: Store, principal: Callable[..., Principal]) -> APIRouter:
+    """`GET /Job?State=&Limit=`: the tenant's jobs, newest first."""
+    router = APIRouter()
+
+    @router.get("/Job", tags=["Job"], summary="The tenant's jobs, newest first (console)")
     async def jobs(
         State: str | None = Query(default=None, max_length=16),
         Limit: int = Query(default=200, ge=1, le=MAX_LIST),
@@ -166,18 +185,39 @@ def install_console(
         rows = await run_in_threadpool(list_jobs, store, who.tenant_id, State, Limit)
         return {"Jobs": rows}
 
-    @app.get("/Job/{JobId}/events", tags=["Job"], summary="The job's events (Server-Sent Events)")
+    return router
+
+
+def _event_routes(
+    store: Store, streams: EventStreams, principal: Callable[..., Principal]
+) -> APIRouter:
+    """`GET /Job/{JobId}/events`, `GET /events`: Server-Sent Events (engine.service.sse)."""
+    router = APIRouter()
+
+    @router.get(
+        "/Job/{JobId}/events", tags=["Job"], summary="The job's events (Server-Sent Events)"
+    )
     async def job_events(JobId: str, request: Request, who: Principal = Depends(principal)):
         row = await run_in_threadpool(store.get_job, JobId, who.tenant_id)
         if row is None:
             return JSONResponse({"Message": "Job not found"}, status_code=404)
         return streams.job_response(request, who.tenant_id, JobId)
 
-    @app.get("/events", tags=["Job"], summary="The tenant's events (Server-Sent Events)")
+    @router.get("/events", tags=["Job"], summary="The tenant's events (Server-Sent Events)")
     async def tenant_events(request: Request, who: Principal = Depends(principal)):
         return await streams.tenant_response(request, who.tenant_id)
 
-    @app.get(
+    return router
+
+
+def _preview_routes(
+    store: Store, service: JobService, principal: Callable[..., Principal]
+) -> APIRouter:
+    """What the preview player needs: `GET /Job/{JobId}/output/{name}` (a file of the job's
+    published Local output) and `POST /Job/{JobId}/ClearKey` (a Base64Key job's license)."""
+    router = APIRouter()
+
+    @router.get(
         "/Job/{JobId}/output/{name:path}",
         tags=["Job"],
         summary="A file of the job's published Local output (console preview)",
@@ -191,7 +231,7 @@ def install_console(
         headers["Cache-Control"] = "private, no-cache"
         return Response(data, media_type=media_type, headers=headers)
 
-    @app.post("/Job/{JobId}/ClearKey", tags=["Job"], summary="ClearKey license (Base64Key jobs)")
+    @router.post("/Job/{JobId}/ClearKey", tags=["Job"], summary="ClearKey license (Base64Key jobs)")
     async def clear_key(JobId: str, request: Request, who: Principal = Depends(principal)):
         body = await request.body()
         try:
@@ -205,7 +245,7 @@ def install_console(
             return answer
         return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 
-    return streams
+    return router
 
 
 # ------------------------------------------------------------------------------ helpers
