@@ -88,6 +88,8 @@ VBV_SHARE = 0.96
 # PEAK_FACTOR), when the easy scenes' predicted rates (times `KBPS_SAFETY`) leave room for it
 # under VBV_SHARE of the cap on average (`vbv_maxrate`)
 PEAK_SHARE = 1.10
+# In a rung whose hard scenes are capped, the other scenes aim this much higher (`plan_rates`)
+CAPPED_EASY_BONUS = 2.0
 KBPS_SAFETY = 2.0
 MAX_ZONE_FACTOR = 8.0
 # After the encode (unless QualityMetrics has the transcoder measure every rung), each rung's
@@ -217,9 +219,18 @@ def vmaf_at(crfs: Sequence[float], vmafs: Sequence[float], crf: float) -> float:
 
 
 def _interpolate(crfs: Sequence[float], values: Sequence[float], crf: float, log: bool) -> float:
-    ys = np.log(np.maximum(values, 1e-6)) if log else np.asarray(values)
-    value = float(np.interp(crf, crfs, ys))
-    return math.exp(value) if log else value
+    """`values` (per probe CRF, ascending CRFs) at `crf`: piecewise linear (in log with
+    `log`), extended beyond the probes with the end slopes (a CRF below the probes' costs
+    more than the lowest probe, not the same)."""
+    xs = list(crfs)
+    ys = list(np.log(np.maximum(values, 1e-6)) if log else np.asarray(values, dtype=float))
+    if len(xs) > 1 and crf < xs[0]:
+        value = ys[0] + (crf - xs[0]) * (ys[1] - ys[0]) / (xs[1] - xs[0])
+    elif len(xs) > 1 and crf > xs[-1]:
+        value = ys[-1] + (crf - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    else:
+        value = float(np.interp(crf, xs, ys))
+    return math.exp(value) if log else float(value)
 
 
 def _scene_of(start: int, scene_starts: Sequence[int]) -> int:
@@ -252,14 +263,17 @@ def interpolate_size(known: dict[int, float], pixels: int) -> float:
 
 
 def vbv_maxrate(scene_kbps: Sequence[float], lengths: Sequence[int], cap_kbps: int) -> int:
-    """The rung's VBV maxrate: the largest in [`VBV_SHARE`, `PEAK_SHARE`] x the cap at which
-    the scenes' predicted rates times `KBPS_SAFETY`, each held to the maxrate, average at
-    most `VBV_SHARE` of the cap (easy scenes leave hard ones room above the cap)."""
+    """The rung's VBV maxrate: `VBV_SHARE` x the cap unless a scene is predicted to need
+    more; then the largest in [`VBV_SHARE`, `PEAK_SHARE`] x the cap at which the scenes'
+    predicted rates times `KBPS_SAFETY`, each held to the maxrate, average at most
+    `VBV_SHARE` of the cap (easy scenes leave hard ones room above the cap)."""
     low, high = VBV_SHARE * cap_kbps, PEAK_SHARE * cap_kbps
     total = sum(lengths)
     if total <= 0:
         return max(1, round(low))
     budget = VBV_SHARE * cap_kbps * total
+    if max((k for k, n in zip(scene_kbps, lengths, strict=True) if n > 0), default=0.0) <= low:
+        return max(1, round(low))  # no scene needs more than the cap: no room is taken
 
     def spent(maxrate: float) -> float:
         return sum(
@@ -317,39 +331,62 @@ def plan_rates(
     `VBV_SHARE` of the cap). Probe scores are calibrated (+ `PROBE_BIAS`) and the plan aims
     at `target` + `TARGET_MARGIN` on that scale. Rungs of `analysis.pixels` without probes
     get each scene's CRF and rate interpolated in log(pixels) between the probed rungs. A
-    scene without a probe clip of its own uses the nearest clip."""
+    scene without a probe clip of its own uses the nearest clip. In a rung where some scenes
+    are predicted above the maxrate (capped: below the target whatever is done) and others
+    not, those others aim `CAPPED_EASY_BONUS` higher: they cost little, and Default's rate
+    control gives them its spare bits, so the rung's mean stays at Default's."""
     starts = list(analysis.scene_starts)
     ends = [*starts[1:], analysis.frames]
     lengths = [e - s for s, e in zip(starts, ends, strict=True)]
     crfs = analysis.crfs
     aim = target + TARGET_MARGIN - PROBE_BIAS  # on the probes' own scale
-    # per probed rung: (scene CRFs, scene kbps, scene calibrated VMAF)
-    probed: dict[str, tuple[list[float], list[float], list[float]]] = {}
+    aims = (aim, aim + CAPPED_EASY_BONUS)
+    # per probed rung and aim: (scene CRFs, scene kbps, scene calibrated VMAF)
+    Parts = tuple[list[float], list[float], list[float]]
+    probed: dict[str, list[Parts]] = {}
     for name, probes in analysis.probes.items():
         if not probes:
             continue
-        scene_crfs, scene_kbps, scene_vmaf = [], [], []
-        for vmaf, kbps in _scene_curves(analysis, probes, starts, ends):
-            crf = round(crf_for_target(crfs, vmaf, aim), 1)
-            scene_crfs.append(crf)
-            scene_vmaf.append(min(100.0, vmaf_at(crfs, vmaf, crf) + PROBE_BIAS))
-            scene_kbps.append(_interpolate(crfs, kbps, crf, log=True))
-        probed[name] = (scene_crfs, scene_kbps, scene_vmaf)
+        curves = _scene_curves(analysis, probes, starts, ends)
+        probed[name] = []
+        for level in aims:
+            scene_crfs, scene_kbps, scene_vmaf = [], [], []
+            for vmaf, kbps in curves:
+                crf = round(crf_for_target(crfs, vmaf, level), 1)
+                scene_crfs.append(crf)
+                scene_vmaf.append(min(100.0, vmaf_at(crfs, vmaf, crf) + PROBE_BIAS))
+                scene_kbps.append(_interpolate(crfs, kbps, crf, log=True))
+            probed[name].append((scene_crfs, scene_kbps, scene_vmaf))
     if not probed:
         return []
     pixels = analysis.pixels or {name: 0 for name in probed}
     known = {name: pixels.get(name, 0) for name in probed}
     weights = np.asarray(lengths, dtype=float)
+    scenes = range(len(starts))
     plans = []
     for name, size in pixels.items():
-        if name in probed:
-            scene_crfs, scene_kbps, scene_vmaf = probed[name]
-        else:
-            at = {known[n]: probed[n] for n in probed}  # pixels -> (crfs, kbps, vmafs)
-            scenes = range(len(starts))
-            scene_crfs = [round(_across(at, size, 0, s), 1) for s in scenes]
-            scene_kbps = [_across(at, size, 1, s, log=True) for s in scenes]
-            scene_vmaf = [_across(at, size, 2, s) for s in scenes]
+        levels: list[Parts] = []
+        for level in range(len(aims)):
+            if name in probed:
+                levels.append(probed[name][level])
+                continue
+            at = {known[n]: probed[n][level] for n in probed}  # pixels -> parts
+            levels.append(
+                (
+                    [round(_across(at, size, 0, s), 1) for s in scenes],
+                    [_across(at, size, 1, s, log=True) for s in scenes],
+                    [_across(at, size, 2, s) for s in scenes],
+                )
+            )
+        scene_crfs, scene_kbps, scene_vmaf = (list(part) for part in levels[0])
+        cap = (caps or {}).get(name)
+        maxrate = vbv_maxrate(scene_kbps, lengths, cap) if cap else 0
+        capped = [k > maxrate for k in scene_kbps] if maxrate else []
+        if any(capped) and not all(capped):
+            for s in scenes:
+                if not capped[s]:
+                    scene_crfs[s], scene_kbps[s], scene_vmaf[s] = (p[s] for p in levels[1])
+            maxrate = vbv_maxrate(scene_kbps, lengths, cap) if cap else 0
         base = round(float(np.average(scene_crfs, weights=weights)), 1)
         zones = []
         if len(set(scene_crfs)) > 1:
@@ -357,7 +394,6 @@ def plan_rates(
                 factor = min(max(2 ** ((base - crf) / 6), 1 / MAX_ZONE_FACTOR), MAX_ZONE_FACTOR)
                 if abs(factor - 1) > 0.01:
                     zones.append((first, end - 1, round(factor, 3)))
-        cap = (caps or {}).get(name)
         plans.append(
             RungRate(
                 name,
@@ -368,7 +404,7 @@ def plan_rates(
                 float(np.average(scene_kbps, weights=weights)),
                 len(starts),
                 target,
-                vbv_maxrate(scene_kbps, lengths, cap) if cap else 0,
+                maxrate,
                 name in probed,
             )
         )

@@ -83,6 +83,26 @@ def test_plan_rates_moves_bits_between_scenes():
     assert rate.maxrate_kbps == 0 and rate.probed  # no caps given: VBV_SHARE of the cap
 
 
+@pytest.mark.parametrize(
+    ("crf", "expected"),
+    [
+        (26.0, 200.0),
+        (22.0, 200.0 * math.sqrt(2)),  # between: linear in log
+        (14.0, 400.0 * math.sqrt(2)),  # below the probes: the first slope (x2 per 8) extended
+        (42.0, 50.0),  # above: the last slope (/2 per 8 CRF) extended
+    ],
+)
+def test_rates_between_and_beyond_the_probes(crf, expected):
+    clip = perscene.ClipProbe(0, (99.0, 96.0, 90.0), (400.0, 200.0, 100.0))
+    (rate,) = perscene.plan_rates(_analysis({"r": (clip,)}, starts=(0,)), 95.0)
+    assert perscene._interpolate((18.0, 26.0, 34.0), clip.kbps, crf, log=True) == (
+        pytest.approx(expected, rel=1e-6)
+    )
+    assert rate.predicted_kbps == pytest.approx(
+        perscene._interpolate((18.0, 26.0, 34.0), clip.kbps, rate.scene_crfs[0], log=True)
+    )
+
+
 def test_plan_rates_one_scene_has_no_zones_and_borrows_the_nearest_clip():
     clip = perscene.ClipProbe(10, (99.0, 96.0, 90.0), (300.0, 150.0, 80.0))
     (rate,) = perscene.plan_rates(_analysis({"r": (clip,)}, starts=(0,)), 95.0)
@@ -130,7 +150,8 @@ def test_interpolate_size(known, pixels, expected):
     [
         ([200.0, 5000.0], [50, 50], 1000, 1100),  # easy half: the hard half up to PEAK_SHARE
         ([5000.0, 5000.0], [50, 50], 1000, 960),  # all hard: VBV_SHARE, as a fixed cap
-        ([400.0], [100], 1000, 1100),  # 2 x 400 under 960 whatever the maxrate
+        ([400.0], [100], 1000, 960),  # no scene needs more than the cap: no room taken
+        ([400.0, 990.0], [50, 50], 1000, 1100),  # one does, and the other leaves room
         ([500.0], [100], 1000, 960),  # 2 x 500 = 1000 > 960: no room above the cap
         ([450.0, 5000.0], [50, 50], 1000, 1020),  # (960 * 100 - 900 * 50) / 50
         ([300.0, 5000.0], [80, 20], 1000, 1100),
@@ -157,29 +178,37 @@ def test_plan_rates_interpolates_the_unprobed_rungs_and_sets_the_maxrate():
     caps = {"small": 500, "middle": 1500, "big": 3000}
     plans = {r.name: r for r in perscene.plan_rates(analysis, 96.0, caps)}
     assert list(plans) == ["small", "middle", "big"]  # ladder order, every rung
+    # small: nothing capped (the hard scene's 519 kbps under its 550 maxrate)
     assert plans["small"].scene_crfs == (36.0, 23.0)
-    assert plans["big"].scene_crfs == (36.0, 19.0)  # 18 + 0.5 * 8 / 4
+    assert plans["small"].maxrate_kbps == 550  # the easy scene leaves the hard one room
+    # big: the hard scene (18 + 0.5 * 8 / 4 = 19: 7336 kbps) is capped at 3300, so the easy
+    # one aims CAPPED_EASY_BONUS higher: 97 on the probes' scale, 26 + 0.5 * 8 / 2 = 28
+    assert perscene.CAPPED_EASY_BONUS == 2.0
+    assert plans["big"].scene_crfs == (28.0, 19.0)
+    assert plans["big"].maxrate_kbps == 3300
     middle = plans["middle"]
     assert not middle.probed and plans["small"].probed and plans["big"].probed
-    assert middle.scene_crfs == (36.0, 21.0)  # halfway in log(pixels)
-    # kbps halfway in log: hard scene sqrt(400 * 2^((26 - 23) / 8)... from the probes
+    # halfway in log(pixels) at both aims; its hard scene (1951 kbps) is capped too
+    assert middle.scene_crfs == (28.0, 21.0)
     small_hard = 400 * 2 ** ((26 - 23) / 8)
     big_hard = 4000 * 2 ** ((26 - 19) / 8)
+    easy = math.sqrt(400 / 20 * 4000 / 20) * 2 ** ((26 - 28) / 8)  # both at CRF 28
+    assert middle.predicted_kbps == pytest.approx((easy + math.sqrt(small_hard * big_hard)) / 2)
     assert plans["small"].predicted_kbps == pytest.approx(
         (400 / 40 * 2 ** ((34 - 36) / 8) + small_hard) / 2, rel=0.01
     )
-    expected = (
-        math.sqrt(400 / 40 * 4000 / 40) * 2 ** ((34 - 36) / 8) + math.sqrt(small_hard * big_hard)
-    ) / 2
-    assert middle.predicted_kbps == pytest.approx(expected, rel=0.01)
-    # small: the hard scene predicted 2 x 519 > the cap: the easy one leaves it room up to 1.1x
-    assert plans["small"].maxrate_kbps == 550
-    # big: the hard scene needs 2 x 7336 kbps, the easy one 2 x 84: 2 x 960 x 3000 / 100 ...
-    assert plans["big"].maxrate_kbps == 3300
+    assert middle.maxrate_kbps == 1650
     tight = perscene.plan_rates(analysis, 96.0, {"small": 100, "middle": 100, "big": 100})
-    # at a 100 kbps cap the small and middle rungs' easy scenes (2 x 8 and 2 x 27 kbps) still
-    # leave room; the big one's (2 x 84 kbps) does not
-    assert [r.maxrate_kbps for r in tight] == [110, 110, 96]
+    # at a 100 kbps cap the small rung's easy scene (2 x 17 kbps at CRF 28) still leaves
+    # room; the middle and big ones' (2 x 53, 2 x 168 kbps) do not
+    assert [r.maxrate_kbps for r in tight] == [110, 96, 96]
+    # one scene, or every scene capped: no raised aim
+    (alone,) = perscene.plan_rates(
+        perscene.Analysis(100, 25.0, (0,), (18.0, 26.0, 34.0), {"r": probes(2.0, 4000.0)[1:]}),
+        96.0,
+        {"r": 100},
+    )
+    assert alone.scene_crfs == (19.0,)
 
 
 def test_rate_choice_keeps_keyframes_and_caps_with_vbv():

@@ -95,9 +95,11 @@ def per_scene_plan(
         fallback = output.fallback and perscene.rate_choice(output.fallback, rate, cap)
         outputs.append(replace(output, encoder=encoder, fallback=fallback))
         log.info(
-            "%s: CRF %s, zones %s, predicted VMAF %.2f at %.0f kbps (cap %d, maxrate %d, %s)",
+            "%s: CRF %s (scenes %s), zones %s, predicted VMAF %.2f at %.0f kbps (cap %d, "
+            "maxrate %d, %s)",
             output.rendition.name,
             rate.crf,
+            rate.scene_crfs,
             rate.zones,
             rate.predicted_vmaf,
             rate.predicted_kbps,
