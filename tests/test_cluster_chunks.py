@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 from api_helpers import TokenIssuer, job_state, wait_final, wait_for
-from cluster_helpers import Cluster, postgres_schema, quick_job, rabbitmq_broker, redis_broker
+from cluster_helpers import (
+    Cluster,
+    encodes,
+    postgres_schema,
+    quick_job,
+    rabbitmq_broker,
+    redis_broker,
+)
 from e2e_helpers import count_frames, read_dash, segment_frames
 from mediagen import make_media
 
@@ -29,6 +36,7 @@ from engine.service.owners import new_owner
 from engine.service.store import JobSealer, NewJob, Store
 
 LEASE = 30.0  # long: a killed worker's chunk is taken over because its process is gone
+SHORT_LEASE = 4.0  # a farm whose dead coordinator's job is taken over quickly
 CHUNK_SECONDS = 6
 STARTED = re.compile(r"chunk \d+ started on ")
 ENDED = re.compile(r"chunk \d+ (done|stopped|failed)")
@@ -156,6 +164,43 @@ def test_chunk_claims_in_the_store(tmp_path):
         store.close()
 
 
+def test_a_job_that_runs_again_keeps_the_done_chunks_of_its_plan(tmp_path):
+    """`resume`: the rows of the same plan keep their Done chunks (and Running ones, for the
+    take-over rules), the rest Pending again; another plan keeps nothing. When the job has
+    ended, its rows are listed for the folder's removal until they forget their plan."""
+    store = Store(f"sqlite:///{tmp_path / 'vipe.db'}", JobSealer(os.urandom(32)))
+    store.migrate()
+    try:
+        job_id = str(uuid.uuid4())
+        store.create_job(NewJob(job_id, "t", ("e", "t", "p"), {}, {}, [], {"JobId": job_id}))
+        chunks = ChunkStore(store, lease_seconds=60, max_attempts=3)
+        me, dead = new_owner(), f"{new_owner().split(':')[0]}:999999999:gone"
+        assert chunks.resume(job_id, 4, "plan-a") is None  # nothing stored yet
+        chunks.reset(job_id, 4, "plan-a")
+        assert chunks.claim(job_id, 0, dead) is not None
+        assert chunks.finish(job_id, 0, dead, {"Frames": 1})
+        assert chunks.claim(job_id, 1, dead) is not None  # Running when its worker died
+        assert chunks.claim(job_id, 2, dead) is not None
+        chunks.fail(job_id, 2, dead, "failed")
+        assert chunks.resume(job_id, 4, "plan-a") == {0}
+        rows = chunks.rows(job_id)
+        assert [r.state for r in rows] == ["Done", "Running", "Pending", "Pending"]
+        assert rows[0].owner == dead and rows[0].attempts == 1  # kept as it was
+        assert chunks.claim(job_id, 0, me) is None  # Done stays Done
+        assert chunks.claim(job_id, 1, me).attempts == 2  # the take-over rules
+        assert chunks.resume(job_id, 4, "plan-b") is None  # another plan: nothing kept
+        assert chunks.resume(job_id, 5, "plan-a") is None  # other boundaries: likewise
+        chunks.reset(job_id, 4, "plan-b")
+        assert chunks.claim(job_id, 0, me).plan == "plan-b"
+        assert chunks.holds_files(job_id) and chunks.ended_jobs() == []
+        store.finish_job(job_id, "Failed", None, error_code=5000, error_message="x")
+        assert chunks.ended_jobs() == [job_id]
+        chunks.forget(job_id)
+        assert not chunks.holds_files(job_id) and chunks.ended_jobs() == []
+    finally:
+        store.close()
+
+
 def test_four_chunks_on_two_workers(cluster, workers, sources, tmp_path):
     first, second = workers
     with cluster.client() as client:
@@ -248,6 +293,81 @@ def test_kill_9_mid_chunk_reruns_the_chunk(cluster, workers, sources, tmp_path):
     assert sum(d["Frames"] for d in report["ChunkDetails"]) == frames
     assert set(rung_frames(output).values()) == {frames}
     assert len(rung_frames(output)) == 2
+
+
+# ------------------------------------------------- the coordinator dies: a short lease
+
+
+@pytest.fixture(scope="module")
+def short_lease_farm(tmp_path_factory):
+    """Another farm (own schema and queues) whose lease is short, as the other cluster tests
+    have it: a job whose coordinator died is taken over within seconds. Chunks of one 2 s
+    segment: the `four` source makes 12 quick ones, so that many are left when the
+    coordinator has done one."""
+    root = tmp_path_factory.mktemp("cluster-chunks-lease")
+    with (
+        postgres_schema() as database,
+        rabbitmq_broker() as broker,
+        Cluster(root, broker, database, TokenIssuer(root), lease=SHORT_LEASE, attempts=3) as farm,
+    ):
+        work = (root / "work").as_uri()
+        workers = [
+            farm.worker(name, "--work-storage", work, "--chunk-seconds", "2")
+            for name in ("c1", "c2")
+        ]
+        yield farm, workers
+
+
+def test_kill_9_of_the_coordinator_keeps_its_done_chunks(short_lease_farm, sources, tmp_path):
+    """The coordinator is killed after it finished a chunk and before every chunk is done:
+    the other worker takes the job over and keeps the Done chunks (the dead worker's too:
+    same rows, same attempt, the report names the dead worker), encodes only the rest."""
+    farm, workers = short_lease_farm
+    chunks = ChunkStore(farm.store, SHORT_LEASE, 3)
+    with farm.client() as client:
+        output = tmp_path / "out"
+        job_id = client.post("/Job", json=chunk_job(sources["four"], output)).json()["JobId"]
+        owner = wait_for(lambda: farm.store.get_job(job_id).owner, 60, 0.05)
+        coordinator = next(w for w in workers if w.owner == owner)
+        survivor = next(w for w in workers if w is not coordinator)
+
+        def coordinator_did_one() -> list[ChunkRow] | None:
+            rows = chunks.rows(job_id)
+            done = [r for r in rows if r.state == "Done"]
+            mine = [r for r in done if r.owner == coordinator.owner]
+            return mine if mine and len(done) < len(rows) else None
+
+        wait_for(coordinator_did_one, 90, 0.05)
+        coordinator.kill()
+        # The Done chunks as the kill left them (the dead worker's among them).
+        kept = {r.chunk: r for r in chunks.rows(job_id) if r.state == "Done"}
+        assert any(r.owner == coordinator.owner for r in kept.values())
+        view = wait_final(client, job_id, timeout=120)
+        assert view["State"] == "Succeeded", (view["Events"][-3:], survivor.tail())
+        report = client.get(f"/reporting/{job_id}").json()
+    assert farm.store.get_job(job_id).attempts == 2 and encodes(view) == 2
+    rows = {r.chunk: r for r in chunks.rows(job_id)}
+    for index, before in kept.items():  # kept, not encoded again
+        after = rows[index]
+        assert (after.state, after.owner, after.attempts) == ("Done", before.owner, before.attempts)
+        assert after.result == before.result
+        worker = report["ChunkDetails"][index]["Worker"]
+        assert worker.rsplit(":", 1)[1] == before.owner.split(":")[1], (worker, before.owner)
+    dead = [d for d in report["ChunkDetails"] if d["Worker"].endswith(f":{coordinator.pid}")]
+    assert dead and {d["Chunk"] for d in dead} <= set(kept)
+    assert all(r.state == "Done" for r in rows.values())
+    messages = [line["message"] for line in survivor.lines() if job_id in line["message"]]
+    kept_log = re.compile(r"(\d+) of 12 chunks done by an earlier attempt kept")
+    resumed = [kept_log.search(m) for m in messages]
+    counts = [int(m[1]) for m in resumed if m]  # as the survivor resumed the job
+    assert len(counts) == 1 and counts[0] >= len(kept), messages
+    frames = count_frames(sources["four"] / "clip.mp4")
+    assert report["Chunks"] == 12
+    assert sum(d["Frames"] for d in report["ChunkDetails"]) == frames
+    assert list(rung_frames(output).values()) == [frames]
+    # The job's folder of the work storage goes when the job ends, and its rows say so.
+    wait_for(lambda: not (farm.root / "work" / job_id).exists(), 10)
+    assert not chunks.holds_files(job_id)
 
 
 # ------------------------------------------------------------- S3 work storage, on Redis

@@ -46,6 +46,7 @@ watermarks encode their chunks on the coordinator only.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -67,7 +68,16 @@ from engine.cancel import CancelToken
 from engine.chunks import Chunk
 from engine.errors import Cancelled, EncodingError
 from engine.service.owners import owner_gone
-from engine.service.store import Base, JobSealer, Store, UTCDateTime, rows_changed, utcnow
+from engine.service.store import (
+    FINISHED,
+    Base,
+    JobRow,
+    JobSealer,
+    Store,
+    UTCDateTime,
+    rows_changed,
+    utcnow,
+)
 from engine.stitch import ChunkMismatch, ChunkResult, ChunkTask, encode_chunk
 from engine.transcode import EncodedTrack
 from storage import REGISTRY, Storage, StorageError, StorageLocation, open_storage
@@ -81,7 +91,7 @@ WORK_STORAGE_SECRET_ENV = "VIPE_WORK_STORAGE_SECRET"
 PENDING, RUNNING, DONE, FAILED, CANCELLED = "Pending", "Running", "Done", "Failed", "Cancelled"
 BEAT_SECONDS = 0.5  # chunk heartbeats, progress and the cancel flag
 POLL_SECONDS = 0.3  # how often the coordinator reads its chunks' rows
-TASKS_FILE = "tasks.pkl"
+TASKS_FILE = "tasks.pkl"  # a worker's copy of a plan's tasks (`tasks_file` in the work storage)
 MISMATCH = "ChunkMismatch: "  # a Failed chunk's error that makes the job encode in one pass
 
 
@@ -101,6 +111,9 @@ class ChunkRow(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     result: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The fingerprint of the job's chunk plan these rows belong to (`plan_fingerprint`,
+    # migration 0005); None once the job ended and its work storage folder was removed.
+    plan: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 # ---------------------------------------------------------------------------- the store
@@ -114,14 +127,74 @@ class ChunkStore:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
 
-    def reset(self, job_id: str, count: int) -> None:
-        """A fresh set of Pending chunks for this attempt of the job."""
+    def reset(self, job_id: str, count: int, plan: str | None = None) -> None:
+        """A fresh set of Pending chunks of the plan `plan` for this attempt of the job."""
         with self.store.writing() as session:
             session.execute(delete(ChunkRow).where(ChunkRow.job_id == job_id))
             for index in range(count):
                 session.add(
-                    ChunkRow(job_id=job_id, chunk=index, state=PENDING, attempts=0, progress=0.0)
+                    ChunkRow(
+                        job_id=job_id,
+                        chunk=index,
+                        state=PENDING,
+                        attempts=0,
+                        progress=0.0,
+                        plan=plan,
+                    )
                 )
+
+    def resume(self, job_id: str, count: int, plan: str) -> set[int] | None:
+        """The job runs again (its coordinator died or handed it back): when its rows are
+        those of the same plan, its Done chunks are kept (their files are in the job's
+        folder: rows are written after the files, and the folder goes only when the job
+        ends), Running ones are left to the take-over rules (`claimable`) and the others
+        (Failed, Cancelled by the last coordinator) are Pending again; the Done chunks'
+        numbers. None when there are no such rows (the caller publishes the plan and
+        `reset`s)."""
+        rows = self.rows(job_id)
+        if not rows or len(rows) != count or any(r.plan != plan for r in rows):
+            return None
+        with self.store.writing() as session:
+            rows_changed(
+                session,
+                update(ChunkRow)
+                .where(
+                    ChunkRow.job_id == job_id,
+                    ChunkRow.plan == plan,
+                    ChunkRow.state.in_((FAILED, CANCELLED)),
+                )
+                .values(state=PENDING, owner=None, progress=0.0, error=None),
+            )
+        return {r.chunk for r in rows if r.state == DONE}
+
+    def holds_files(self, job_id: str) -> bool:
+        """Whether the job's work storage folder may hold files (its rows have a plan)."""
+        with self.store.reading() as session:
+            found = session.scalars(
+                select(ChunkRow.chunk)
+                .where(ChunkRow.job_id == job_id, ChunkRow.plan.is_not(None))
+                .limit(1)
+            ).first()
+            return found is not None
+
+    def ended_jobs(self) -> list[str]:
+        """Jobs that ended whose work storage folder may still hold files."""
+        with self.store.reading() as session:
+            return list(
+                session.scalars(
+                    select(ChunkRow.job_id)
+                    .join(JobRow, JobRow.id == ChunkRow.job_id)
+                    .where(ChunkRow.plan.is_not(None), JobRow.state.in_(FINISHED))
+                    .distinct()
+                ).all()
+            )
+
+    def forget(self, job_id: str) -> None:
+        """The job's folder is gone: its rows keep their outcome, not their plan."""
+        with self.store.writing() as session:
+            rows_changed(
+                session, update(ChunkRow).where(ChunkRow.job_id == job_id).values(plan=None)
+            )
 
     def rows(self, job_id: str) -> list[ChunkRow]:
         with self.store.reading() as session:
@@ -156,6 +229,7 @@ class ChunkStore:
             ChunkRow.chunk == index,
             ChunkRow.state == row.state,
             ChunkRow.attempts == row.attempts,
+            ChunkRow.plan.is_(None) if row.plan is None else ChunkRow.plan == row.plan,
         )
         if row.attempts >= self.max_attempts:
             message = (
@@ -295,8 +369,22 @@ def remove_job_folder(base: StorageLocation, job_id: str) -> None:
         shutil.rmtree(Path(urlparse(base.uri).path) / job_id, ignore_errors=True)
 
 
-def rung_file(index: int, rung: int) -> str:
-    return f"chunk{index:04d}.rung{rung:02d}.mp4"
+def rung_file(index: int, rung: int, token: str) -> str:
+    """A chunk's file of one rung; `token` names this encode of it (a late upload of an
+    encode that lost its chunk never overwrites the files of the one that is Done)."""
+    return f"chunk{index:04d}.{token}.rung{rung:02d}.mp4"
+
+
+def tasks_file(plan: str) -> str:
+    return f"tasks.{plan}.pkl"
+
+
+def plan_fingerprint(portable: list[ChunkTask], source_size: int) -> str:
+    """The chunk plan's fingerprint: the tasks (chunk boundaries, source name and track,
+    every rung's rendition and encoder settings, paths reduced to names) and the source's
+    size. A job that runs again with the same fingerprint keeps its Done chunks."""
+    digest = hashlib.sha256(pickle.dumps((source_size, portable), protocol=5))
+    return digest.hexdigest()[:32]
 
 
 # ----------------------------------------------------------------------- encoding a chunk
@@ -316,19 +404,21 @@ def encode_claimed(
     context: ChunkContext,
     job_id: str,
     index: int,
+    plan: str,
     *,
     stop: threading.Event | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> str:
     """Encode a chunk this worker claimed, upload its files and mark it Done; the outcome.
     It stops (Cancelled) when the job's cancel flag is set, its row is no longer ours
-    (cancelled, reset, taken over) or `stop` is set."""
+    (cancelled, reset, taken over) or `stop` is set. `plan`: the claimed row's."""
     store, chunks, owner = context.chunks.store, context.chunks, context.owner
     stop = stop or threading.Event()
     done = threading.Event()
     fraction = [0.0]
     job_folder = context.folder / job_id
-    scratch = job_folder / f"{index}-{uuid.uuid4().hex[:8]}"
+    token = uuid.uuid4().hex[:8]
+    scratch = job_folder / f"{index}-{token}"
 
     def beat() -> None:
         while not done.wait(BEAT_SECONDS):
@@ -355,11 +445,11 @@ def encode_claimed(
     try:
         storage = job_storage(context.work_storage, job_id)
         sealer = context.chunks.store.sealer
-        task = _local_task(storage, sealer, job_id, job_folder, scratch, index, check)
+        task = _local_task(storage, sealer, job_id, plan, job_folder, scratch, index, check)
         result = encode_chunk(task, cancel=check, progress=progress)
         for rung, track in enumerate(result.tracks):
-            storage.upload_file(track.path, rung_file(index, rung), cancel=check)
-        if not chunks.finish(job_id, index, owner, _result_json(result)):
+            storage.upload_file(track.path, rung_file(index, rung, token), cancel=check)
+        if not chunks.finish(job_id, index, owner, {**_result_json(result), "Token": token}):
             log.info("job %s: chunk %d done but no longer ours; dropped", job_id, index)
             return "dropped"
         log.info("job %s: chunk %d done (%d frames)", job_id, index, result.frames)
@@ -390,29 +480,31 @@ def _local_task(
     storage: Storage,
     sealer: JobSealer,
     job_id: str,
+    plan: str,
     job_folder: Path,
     scratch: Path,
     index: int,
     check: Callable[[], None],
 ) -> ChunkTask:
     """The chunk's task with this worker's paths: the source and the tasks are downloaded
-    once per job and worker."""
+    once per job, plan and worker."""
     with _SOURCE_LOCK:
-        job_folder.mkdir(parents=True, exist_ok=True)
-        tasks_path = job_folder / TASKS_FILE
+        folder = job_folder / plan
+        folder.mkdir(parents=True, exist_ok=True)
+        tasks_path = folder / TASKS_FILE
         if not tasks_path.exists():
-            storage.download_file(TASKS_FILE, job_folder / "tasks.part", cancel=check)
-            (job_folder / "tasks.part").replace(tasks_path)
+            storage.download_file(tasks_file(plan), folder / "tasks.part", cancel=check)
+            (folder / "tasks.part").replace(tasks_path)
         tasks: list[ChunkTask] = pickle.loads(sealer.unseal_bytes(job_id, tasks_path.read_bytes()))
         source_name = tasks[index].video_file.name
-        source = job_folder / source_name
+        source = folder / source_name
         if not source.exists():
-            storage.download_file(source_name, job_folder / "source.part", cancel=check)
-            (job_folder / "source.part").replace(source)
+            storage.download_file(source_name, folder / "source.part", cancel=check)
+            (folder / "source.part").replace(source)
     scratch.mkdir(parents=True, exist_ok=True)
     task = tasks[index]
     outputs = tuple(
-        replace(o, path=scratch / rung_file(index, rung)) for rung, o in enumerate(task.outputs)
+        replace(o, path=scratch / f"rung{rung:02d}.mp4") for rung, o in enumerate(task.outputs)
     )
     return replace(task, video_file=source, outputs=outputs)
 
@@ -455,13 +547,29 @@ class FarmChunks:
         if any(t.watermarks is not None for t in tasks):
             return [encode_chunk(t, cancel=cancel.check) for t in tasks]
         job_id, chunks = self.job_id, self.context.chunks
+        source = tasks[0].video_file
+        portable = _portable(tasks)
+        plan = plan_fingerprint(portable, source.stat().st_size)
         storage = job_storage(self.context.work_storage, job_id)
         message_ids: list[str] = []
         local: dict[str, Any] = {}
         try:
-            self._publish(storage, tasks, cancel)
-            chunks.reset(job_id, len(tasks))
+            kept = chunks.resume(job_id, len(tasks), plan)
+            if kept is None:  # a first attempt, or another plan: the chunks afresh
+                self._publish(storage, source, portable, plan, cancel)
+                chunks.reset(job_id, len(tasks), plan)
+                kept = set()
+            else:
+                self._local_copies(source, portable, plan)
+                log.info(
+                    "job %s: %d of %d chunks done by an earlier attempt kept",
+                    job_id,
+                    len(kept),
+                    len(tasks),
+                )
             for task in tasks:
+                if task.chunk.index in kept:
+                    continue
                 message_id = f"{job_id}.chunk{task.chunk.index}.{uuid.uuid4().hex[:8]}"
                 try:
                     self.send(job_id, task.chunk.index, message_id)
@@ -474,38 +582,52 @@ class FarmChunks:
         finally:
             if "stop" in local:
                 local["stop"].set()
-            chunks.stop(job_id)  # nothing that is not Done runs on
-            if message_ids:
-                try:
-                    self.revoke(message_ids)
-                except Exception as error:
-                    log.warning("job %s: chunk revoke not sent (%s)", job_id, error)
+            if self._ours():  # else the job was taken over: its chunks are the new owner's
+                chunks.stop(job_id)  # nothing that is not Done runs on
+                if message_ids:
+                    try:
+                        self.revoke(message_ids)
+                    except Exception as error:
+                        log.warning("job %s: chunk revoke not sent (%s)", job_id, error)
             if "thread" in local:
                 local["thread"].join()
             storage.close()
-            remove_job_folder(self.context.work_storage, job_id)
+            # The job's folder of the work storage stays until the job ends (`end_job`):
+            # a coordinator that dies after this point leaves its Done chunks to the next.
             shutil.rmtree(self.context.folder / job_id, ignore_errors=True)
 
-    def _publish(self, storage: Storage, tasks: list[ChunkTask], cancel: CancelToken) -> None:
-        """The source and the tasks (paths reduced to names) into the job's folder."""
-        source = tasks[0].video_file
-        storage.upload_file(source, source.name, cancel=cancel.check)
-        portable = [
-            replace(
-                t,
-                video_file=Path(source.name),
-                outputs=tuple(replace(o, path=Path(o.path.name)) for o in t.outputs),
-            )
-            for t in tasks
-        ]
-        scratch = self.context.folder / self.job_id
-        scratch.mkdir(parents=True, exist_ok=True)
+    def _ours(self) -> bool:
+        """Whether this worker still holds the job (not taken over meanwhile)."""
+        try:
+            row = self.context.chunks.store.get_job(self.job_id)
+        except Exception:
+            log.exception("job %s: the job store cannot be read", self.job_id)
+            return False
+        return row is not None and row.owner == self.context.owner
+
+    def _local_copies(self, source: Path, portable: list[ChunkTask], plan: str) -> Path:
+        """This worker's copies of the tasks (sealed) and the source, for the chunks it
+        encodes itself; the tasks file."""
+        folder = self.context.folder / self.job_id / plan
+        folder.mkdir(parents=True, exist_ok=True)
         sealed = self.context.chunks.store.sealer.seal_bytes(self.job_id, pickle.dumps(portable))
-        (scratch / TASKS_FILE).write_bytes(sealed)
-        storage.upload_file(scratch / TASKS_FILE, TASKS_FILE, cancel=cancel.check)
-        # This worker's own copies, for the chunks it encodes itself.
-        if not (scratch / source.name).exists():
-            shutil.copyfile(source, scratch / source.name)
+        (folder / TASKS_FILE).write_bytes(sealed)
+        if not (folder / source.name).exists():
+            shutil.copyfile(source, folder / source.name)
+        return folder / TASKS_FILE
+
+    def _publish(
+        self,
+        storage: Storage,
+        source: Path,
+        portable: list[ChunkTask],
+        plan: str,
+        cancel: CancelToken,
+    ) -> None:
+        """The source and the tasks into the job's folder (before the rows that name them)."""
+        tasks = self._local_copies(source, portable, plan)
+        storage.upload_file(source, source.name, cancel=cancel.check)
+        storage.upload_file(tasks, tasks_file(plan), cancel=cancel.check)
 
     def _wait(
         self,
@@ -555,7 +677,7 @@ class FarmChunks:
                         local["stop"] = threading.Event()
                         local["thread"] = threading.Thread(
                             target=encode_claimed,
-                            args=(self.context, job_id, row.chunk),
+                            args=(self.context, job_id, row.chunk, row.plan or ""),
                             kwargs={"stop": local["stop"], "on_progress": set_mine},
                             name=f"vipe-chunk-{row.chunk}",
                             daemon=True,
@@ -579,9 +701,8 @@ class FarmChunks:
             for rung, (output, track) in enumerate(
                 zip(task.outputs, stored["Tracks"], strict=True)
             ):
-                storage.download_file(
-                    rung_file(task.chunk.index, rung), output.path, cancel=cancel.check
-                )
+                name = rung_file(task.chunk.index, rung, stored["Token"])
+                storage.download_file(name, output.path, cancel=cancel.check)
                 tracks.append(
                     EncodedTrack(
                         output.path,
@@ -605,6 +726,28 @@ class FarmChunks:
         return results
 
 
+def _portable(tasks: list[ChunkTask]) -> list[ChunkTask]:
+    """The tasks as they travel: paths reduced to names (each worker has its own)."""
+    return [
+        replace(
+            t,
+            video_file=Path(t.video_file.name),
+            outputs=tuple(replace(o, path=Path(o.path.name)) for o in t.outputs),
+        )
+        for t in tasks
+    ]
+
+
+def end_job(context: ChunkContext, job_id: str) -> None:
+    """A job that ended (Succeeded, Failed, Cancelled): its chunks that still run stop, its
+    work storage folder is removed, then its rows forget their plan (so that a crash in
+    between leaves the folder to the next sweep, `ChunkStore.ended_jobs`)."""
+    context.chunks.stop(job_id)
+    remove_job_folder(context.work_storage, job_id)
+    context.chunks.forget(job_id)
+    log.info("job %s: its work storage folder was removed", job_id)
+
+
 def _sizes(chunks: list[Chunk]) -> list[float]:
     """Each chunk's frames, the open-ended last one counted as an average chunk."""
     sized = [c.end - c.first for c in chunks if c.end is not None]
@@ -620,6 +763,7 @@ __all__ = [
     "ChunkStore",
     "FarmChunks",
     "encode_claimed",
+    "end_job",
     "job_storage",
     "work_storage_location",
 ]

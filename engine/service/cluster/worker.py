@@ -28,6 +28,7 @@ from engine.service.cluster.chunks import (
     ChunkStore,
     FarmChunks,
     encode_claimed,
+    end_job,
 )
 from engine.service.cluster.dispatch import (
     CPU,
@@ -387,6 +388,8 @@ class ClusterWorker:
             )
             state = self.service.execute(claimed, run)
             log.info("job %s: %s", job_id, state)
+            if state in FINISHED:
+                self._end_chunks(job_id)
             return state
         finally:
             with self._lock:
@@ -430,11 +433,30 @@ class ClusterWorker:
             row = self.store.get_job(job_id)
             if row is None or row.state != RUNNING or row.cancel_requested:
                 return "job not running"
-            if self.chunks.chunks.claim(job_id, index, self.owner) is None:
+            claimed = self.chunks.chunks.claim(job_id, index, self.owner)
+            if claimed is None:
                 return "not claimable"
-            return encode_claimed(self.chunks, job_id, index)
+            return encode_claimed(self.chunks, job_id, index, claimed.plan or "")
         finally:
             JOB_ID.reset(token)
+
+    def _end_chunks(self, job_id: str) -> None:
+        """The job ended: its work storage folder goes (if it chunked on the farm)."""
+        if self.chunks is None:
+            return
+        try:
+            if self.chunks.chunks.holds_files(job_id):
+                end_job(self.chunks, job_id)
+        except Exception:  # the sweep (`_sweep_chunks`) tries again
+            log.exception("job %s: its work storage folder could not be removed", job_id)
+
+    def _sweep_chunks(self) -> None:
+        """The work storage folders of jobs that ended elsewhere or without a run (given up
+        or cancelled while their coordinator was dead, a coordinator that died right after
+        the end)."""
+        if self.chunks is not None:
+            for job_id in self.chunks.chunks.ended_jobs():
+                self._end_chunks(job_id)
 
     # -- watchdog ---------------------------------------------------------------------------
 
@@ -460,6 +482,7 @@ class ClusterWorker:
                     last_sweep = now
                     self.service.recover(self.owner, at_start=False)
                     self.dispatcher.resend_unsent()
+                    self._sweep_chunks()
                 if now - last_prune >= 300:
                     last_prune = now
                     self._prune_workdirs()
