@@ -118,6 +118,10 @@ class EncodedTrack:
     frames: int  # video frames, or audio samples
     duration: float
     priming: int = 0  # audio samples of encoder delay at the start
+    # a rendition read in place: its track in `path`, which may hold several, and the one-track
+    # file whose sample description the package takes (`TrackInput` has both)
+    track_id: int | None = None
+    sample_entry_from: Path | None = None
     quality: RenditionQuality | None = None  # video, when the plan asks for metrics
 
 

@@ -31,6 +31,10 @@ class TrackInput:
     quality_group: str = ""  # "SD", "HD", "UHD1", "UHD2", "AUDIO"
     target_kbps: int = 0
     priming_samples: int | None = None
+    # the track to read from a file with several (None: the file holds one track), and a
+    # one-track file whose sample description replaces that track's (None: its own)
+    track_id: int | None = None
+    sample_entry_from: Path | None = None
     protection: TrackProtection | None = field(default=None, compare=False)
 
 

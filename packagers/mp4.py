@@ -427,6 +427,10 @@ class TrackFile:
     edit_media_time: int | None  # media time the edit list presents first (None: no edit)
     samples: Samples
     fragmented: bool
+    # every edit list entry: (segment_duration in movie timescale, media_time), and the movie
+    # timescale; `plain_copy` reads them
+    edits: tuple[tuple[int, int], ...] = ()
+    movie_timescale: int = 0
 
     def read_samples(self, first: int, end: int) -> list[bytes]:
         """The data of samples `first` to `end - 1`, read with one read per contiguous run."""
@@ -451,8 +455,10 @@ class TrackFile:
         return out
 
 
-def read_track(path: Path) -> TrackFile:
-    """Parse a single-track MP4 file (fragmented or not); sample data stays on disk."""
+def read_track(path: Path, track_id: int | None = None, handler: str | None = None) -> TrackFile:
+    """Parse one track of an MP4 file (fragmented or not); sample data stays on disk. With
+    neither `track_id` nor `handler` the file must hold exactly one track; otherwise the track
+    with that id, or the first with that handler ("vide", "soun"), is read."""
     path = Path(path)
     file_size = os.path.getsize(path)
     moov: bytes | None = None
@@ -469,14 +475,43 @@ def read_track(path: Path) -> TrackFile:
     if moov is None:
         raise PackagingError(f"{path.name}: no moov box (not an MP4 file?)")
     try:
-        return _parse_movie(path, moov, fragments)
+        return _parse_movie(path, moov, fragments, track_id, handler)
     except (struct.error, ValueError, IndexError) as exc:  # truncated or inconsistent boxes
         raise PackagingError(f"{path.name}: malformed MP4 ({exc})") from exc
 
 
-def _parse_movie(path: Path, moov: bytes, fragments: list[tuple[int, bytes]]) -> TrackFile:
+def _trak_id(moov: bytes, trak: BoxHeader) -> int | None:
+    tkhd_box = child(moov, trak, "tkhd")
+    if tkhd_box is None:
+        return None
+    version = moov[tkhd_box.start]
+    return struct.unpack_from(">I", moov, tkhd_box.start + (20 if version else 12))[0]
+
+
+def _trak_handler(moov: bytes, trak: BoxHeader) -> str | None:
+    hdlr_box = find(moov, trak, "mdia/hdlr")
+    if hdlr_box is None:
+        return None
+    return moov[hdlr_box.start + 8 : hdlr_box.start + 12].decode("latin-1")
+
+
+def _parse_movie(
+    path: Path,
+    moov: bytes,
+    fragments: list[tuple[int, bytes]],
+    wanted_id: int | None = None,
+    wanted_handler: str | None = None,
+) -> TrackFile:
     root = BoxHeader("moov", 0, len(moov), 8)
     traks = [h for h in iter_boxes(moov, root.start) if h.kind == "trak"]
+    if wanted_id is not None:
+        traks = [t for t in traks if _trak_id(moov, t) == wanted_id]
+        if not traks:
+            raise PackagingError(f"{path.name}: no track with id {wanted_id}")
+    elif wanted_handler is not None:
+        traks = [t for t in traks if _trak_handler(moov, t) == wanted_handler][:1]
+        if not traks:
+            raise PackagingError(f"{path.name}: no {wanted_handler!r} track")
     if len(traks) != 1:
         raise PackagingError(f"{path.name}: expected exactly one track, found {len(traks)}")
     trak = traks[0]
@@ -501,11 +536,21 @@ def _parse_movie(path: Path, moov: bytes, fragments: list[tuple[int, bytes]]) ->
 
     entry = _parse_sample_entry(path, moov, stbl)
     edit_media_time = _parse_edit_list(moov, trak)
+    edits = _edit_entries(moov, trak)
+    movie_timescale = 0
+    mvhd_box = child(moov, root, "mvhd")
+    if mvhd_box is not None:
+        movie_timescale = struct.unpack_from(
+            ">I", moov, mvhd_box.start + (20 if moov[mvhd_box.start] else 12)
+        )[0]
 
     trex_defaults = (1, 0, 0, 0)
-    trex_box = find(moov, root, "mvex/trex")
-    if trex_box is not None:
-        trex_defaults = struct.unpack_from(">IIII", moov, trex_box.start + 8)
+    mvex = child(moov, root, "mvex")
+    if mvex is not None:  # the track's trex (else the first: one-track files)
+        trexes = [h for h in iter_boxes(moov, mvex.start, mvex.end) if h.kind == "trex"]
+        for index, trex_box in enumerate(trexes):
+            if index == 0 or struct.unpack_from(">I", moov, trex_box.start + 4)[0] == track_id:
+                trex_defaults = struct.unpack_from(">IIII", moov, trex_box.start + 8)
 
     if fragments:
         samples = _parse_fragments(path, fragments, track_id, trex_defaults)
@@ -525,6 +570,8 @@ def _parse_movie(path: Path, moov: bytes, fragments: list[tuple[int, bytes]]) ->
         edit_media_time=edit_media_time,
         samples=samples,
         fragmented=fragmented,
+        edits=edits,
+        movie_timescale=movie_timescale,
     )
 
 
@@ -577,6 +624,22 @@ def _parse_edit_list(moov: bytes, trak: BoxHeader) -> int | None:
         if media_time != -1:
             return media_time
     return None
+
+
+def _edit_entries(moov: bytes, trak: BoxHeader) -> tuple[tuple[int, int], ...]:
+    """Every entry of the track's edit list: (segment_duration, media_time)."""
+    elst_box = find(moov, trak, "edts/elst")
+    if elst_box is None:
+        return ()
+    version = moov[elst_box.start]
+    count = struct.unpack_from(">I", moov, elst_box.start + 4)[0]
+    fmt, step = (">Qq", 20) if version == 1 else (">Ii", 12)
+    pos = elst_box.start + 8
+    entries = []
+    for _ in range(count):
+        entries.append(struct.unpack_from(fmt, moov, pos))
+        pos += step
+    return tuple(entries)
 
 
 def _parse_fragments(

@@ -14,7 +14,7 @@ import re
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -297,7 +297,10 @@ def _check_names(
 
 def _read(track: TrackInput) -> TimedTrack:
     try:
-        file = mp4.read_track(Path(track.path))
+        file = mp4.read_track(Path(track.path), track.track_id)
+        if track.sample_entry_from is not None:
+            entry = mp4.read_track(Path(track.sample_entry_from)).entry
+            file = replace(file, entry=entry)
     except OSError as exc:
         raise PackagingError(f"{track.name}: cannot read {track.path}: {exc}") from exc
     expected = {"video": "vide", "audio": "soun"}[track.kind]

@@ -81,6 +81,8 @@ def _track_inputs(scope: JobScope, keys: KeySet | None, encoded: Encoded) -> lis
                 name=rendition.name,
                 quality_group=rendition.quality_group,
                 target_kbps=rendition.bitrate_kbps,
+                track_id=by_name[rendition.name].track_id,
+                sample_entry_from=by_name[rendition.name].sample_entry_from,
                 protection=_protection(keys, rendition.quality_group, scheme),
             )
         )

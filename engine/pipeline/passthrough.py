@@ -1,7 +1,10 @@
 """Packaging-only mode (`VideoFormat: DoNotEncode`, contract §5.4).
 
-Every matched file is an already-encoded rendition. Its video is copied (no re-encode) into a
-one-track fragmented MP4 for the packager, after checking what packaging needs: H.264 or
+Every matched file is an already-encoded rendition. An MP4 (ISO brands) holding H.264 (`avc1`)
+or H.265 (`hvc1`) with a plain edit list is read in place: the packager takes the video track
+out of it by its track id, and the checks read its sample table (sync samples, durations).
+Any other file's video is copied (no re-encode) into a one-track fragmented MP4 for the
+packager. Either way, after checking what packaging needs: H.264 or
 H.265 only, one codec for all, GOPs of at most 5 s, and keyframes at the same instants in every
 rendition (segments must align). Audio is copied when it is AAC already, else encoded to AAC.
 Segment boundaries are the first common keyframe at or after each multiple of the segment
@@ -26,6 +29,8 @@ from engine.media import AudioRendition, MediaMap, VideoRendition
 from engine.pipeline.payloads import video_rendition_fields
 from engine.pipeline.results import Encoded, Mapped
 from engine.transcode import FRAGMENTED, AudioOutput, EncodedTrack, TranscodePlan, transcode
+from packagers import mp4
+from packagers.errors import PackagingError as PackagerError
 
 if TYPE_CHECKING:
     from engine.pipeline.scope import JobScope
@@ -60,10 +65,18 @@ def copy_renditions(scope: JobScope, mapped: Mapped) -> Encoded:
     encoded: list[EncodedTrack] = []
     for rendition in renditions:
         scope.cancel.check()
+        source = _rendition_file(rendition)
         target = folder / f"{rendition.name}.mp4"
-        times, frames, duration = _copy_video(_rendition_file(rendition), target)
+        in_place = _in_place_video(source, target)
+        if in_place is not None:
+            track_id, times, frames, duration = in_place
+            track = EncodedTrack(source, "video", rendition.name, "copy", frames, duration)
+            track = replace(track, track_id=track_id, sample_entry_from=target)
+        else:
+            times, frames, duration = _copy_video(source, target)
+            track = EncodedTrack(target, "video", rendition.name, "copy", frames, duration)
         keyframes[rendition.name] = times
-        encoded.append(EncodedTrack(target, "video", rendition.name, "copy", frames, duration))
+        encoded.append(track)
     boundaries = _common_boundaries(keyframes, processing.segment_length_in_seconds)
     duration = max(t.duration for t in encoded)
 
@@ -142,6 +155,89 @@ def _split_audio(audio: list[AudioRendition], media: MediaMap):
     return copied, to_encode
 
 
+# ISO base media brands (not QuickTime's `qt  `) whose files are read in place
+_ISO_BRANDS = {b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"avc1", b"dash"}
+_IN_PLACE_ENTRIES = {"avc1", "hvc1"}  # others (avc3, hev1) keep the stream copy
+
+
+def _in_place_video(source: Path, target: Path) -> tuple[int, list[Fraction], int, float] | None:
+    """Read the first video track of `source` in place when that gives the package the
+    stream copy would: (track id, keyframe times, frame count, duration), measured from the
+    sample table as `_copy_video` measures them from the packets. `target` gets the stream
+    copy's first sample only: its sample description (which the muxer rewrites: bit rates,
+    compressor name) goes into the package. None (stream-copy the whole track instead) unless
+    `source` is a plain (unfragmented) ISO MP4 whose first video track is `avc1`/`hvc1` with
+    an edit list, if any, of leading empty edits and one edit that cuts no frame: then FFmpeg's
+    demuxer returns every sample of the table, and the packager places video by its own
+    timestamps (such an edit list only shifts them)."""
+    try:
+        with open(source, "rb") as handle:
+            head = handle.read(12)
+        if len(head) < 12 or head[4:8] != b"ftyp" or head[8:12] not in _ISO_BRANDS:
+            return None
+        track = mp4.read_track(source, handler="vide")
+    except (OSError, PackagerError):
+        return None  # the stream copy reports what is wrong with the file
+    samples = track.samples
+    if track.fragmented or track.entry.fourcc not in _IN_PLACE_ENTRIES:
+        return None
+    composition = samples.decode_time + samples.composition_offset
+    first = int(composition.min())
+    end = int((composition + samples.duration).max())
+    empty = 0  # leading empty edits (a delay)
+    while empty < len(track.edits) and track.edits[empty][1] == -1:
+        empty += 1
+    edits = track.edits[empty:]
+    if edits:
+        if len(edits) != 1 or not track.movie_timescale:
+            return None
+        length, media_time = edits[0]
+        if media_time < 0:
+            return None
+        # no frame before the edit's start, none past its end (a movie tick of rounding)
+        if media_time > first:
+            return None
+        if (length + 1) * track.timescale < (end - media_time) * track.movie_timescale:
+            return None
+    if not _copy_first_sample(source, track.track_id, target, track.timescale):
+        return None
+    time_base = Fraction(1, track.timescale)
+    times = sorted((int(t) - first) * time_base for t in composition[samples.sync])
+    duration = float((end - first) * time_base)
+    return track.track_id, _check_gops(source, times, duration), len(samples), duration
+
+
+def _copy_first_sample(source: Path, track_id: int, target: Path, timescale: int) -> bool:
+    """Stream-copy the first sample of the first video stream, which must be track
+    `track_id`, into `target` (as `_copy_video` would write the whole track); False when the
+    copy's track is not that track or has another timescale."""
+    try:
+        with av.open(str(source)) as container:
+            stream = container.streams.video[0]
+            if stream.id != track_id:
+                return False
+            output, copy = _open_copy(stream, target)
+            for packet in container.demux(stream):
+                if packet.dts is not None and packet.pts is not None:
+                    packet.stream = copy
+                    output.mux(packet)
+                    break
+            output.close()
+        written = mp4.read_track(target)
+    except (av.FFmpegError, OSError, PackagerError):
+        return False
+    return written.timescale == timescale and written.handler == "vide"
+
+
+def _open_copy(stream, target: Path):
+    """The fragmented MP4 a video stream is stream-copied into, and its stream."""
+    output = av.open(str(target), "w", format="mp4", options={"movflags": FRAGMENTED})
+    copy = output.add_stream_from_template(stream)
+    if stream.codec_context.name == "hevc":
+        copy.codec_tag = "hvc1"
+    return output, copy
+
+
 def _copy_video(source: Path, target: Path) -> tuple[list[Fraction], int, float]:
     """Stream-copy the first video track; returns keyframe times, frame count, duration."""
     try:
@@ -150,10 +246,7 @@ def _copy_video(source: Path, target: Path) -> tuple[list[Fraction], int, float]
         raise SourceError(error_message(source, "cannot open", error)) from None
     try:
         stream = container.streams.video[0]
-        output = av.open(str(target), "w", format="mp4", options={"movflags": FRAGMENTED})
-        copy = output.add_stream_from_template(stream)
-        if stream.codec_context.name == "hevc":
-            copy.codec_tag = "hvc1"
+        output, copy = _open_copy(stream, target)
         keyframes: list[Fraction] = []
         frames = 0
         first: int | None = None
@@ -178,6 +271,12 @@ def _copy_video(source: Path, target: Path) -> tuple[list[Fraction], int, float]
     start = Fraction(first or 0) * time_base
     times = sorted(t - start for t in keyframes)
     duration = float(Fraction(end) * time_base - start)
+    return _check_gops(source, times, duration), frames, duration
+
+
+def _check_gops(source: Path, times: list[Fraction], duration: float) -> list[Fraction]:
+    """`times` (keyframes from 0), after checking the video starts with one and no GOP is
+    longer than MAX_GOP_SECONDS."""
     gaps = [b - a for a, b in zip(times, [*times[1:], Fraction(duration)], strict=True)]
     if not times or times[0] != 0:
         raise PackagingError(f"{source.name}: the video does not start with a keyframe")
@@ -186,7 +285,7 @@ def _copy_video(source: Path, target: Path) -> tuple[list[Fraction], int, float]
             f"{source.name}: a GOP of {float(max(gaps)):.2f} s exceeds {MAX_GOP_SECONDS:.0f} s; "
             "packaging-only mode needs keyframes at least every 5 seconds"
         )
-    return times, frames, duration
+    return times
 
 
 def _common_boundaries(keyframes: dict[str, list[Fraction]], segment: float) -> list[Fraction]:
