@@ -419,6 +419,10 @@ def test_four_chunks_through_s3_work_storage(s3_farm, sources, tmp_path):
     assert list(rung_frames(output).values()) == [frames]
     messages = [line["message"] for w in workers for line in w.lines()]
     assert sum(bool(re.search(rf"job {job_id}: chunk \d+ done", m)) for m in messages) == 4
-    # The chunk files went through the bucket, and the job's folder is gone.
-    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"work/{job_id}/")
-    assert listed.get("KeyCount", 0) == 0
+
+    # The chunk files went through the bucket, and the job's folder goes when the job ends.
+    def folder_gone() -> bool:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"work/{job_id}/")
+        return listed.get("KeyCount", 0) == 0
+
+    wait_for(folder_gone, 10, 0.1)
