@@ -14,7 +14,7 @@ from mediagen import make_media
 
 from drm.keys import ContentKey
 from drm.track import TrackEncryption
-from engine.pipeline.passthrough import _copy_video, _in_place_video
+from engine.pipeline.passthrough import _copy_audio, _copy_video, _in_place_audio, _in_place_video
 from packagers import PackageSpec, TrackInput, TrackProtection, mp4, package
 from packagers.errors import PackagingError
 
@@ -67,6 +67,27 @@ def test_package_is_the_stream_copys_byte_for_byte(rendition, tmp_path, protecte
     assert len(old) > 3
     assert old.keys() == new.keys()
     assert [n for n in old if old[n] != new[n]] == []
+
+
+def test_audio_in_place_is_the_stream_copy(rendition, tmp_path):
+    """AAC audio (an edit list skips its priming) measured and packaged as its copy."""
+    copy = tmp_path / "audio.mp4"
+    counted = _copy_audio(rendition, 1, copy)
+    in_place = _in_place_audio(rendition, 1, tmp_path / "entry.mp4")
+    assert in_place is not None
+    track_id, *measured = in_place
+    assert tuple(measured) == counted
+    assert mp4.read_track(rendition, track_id).edits[-1][1] > 0  # priming skipped by the edit
+    spec = PackageSpec(["Dash", "Hls"], segment_seconds=2)
+    old = TrackInput(copy, "audio", "audio", language="en", priming_samples=0)
+    new = TrackInput(rendition, "audio", "audio", language="en", priming_samples=0,
+                     track_id=track_id, sample_entry_from=tmp_path / "entry.mp4")  # fmt: skip
+    package([old], [], spec, tmp_path / "old")
+    package([new], [], spec, tmp_path / "new")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").rglob("*") if p.is_file()}
+    after = {p.name: p.read_bytes() for p in (tmp_path / "new").rglob("*") if p.is_file()}
+    assert len(before) > 3 and before.keys() == after.keys()
+    assert [n for n in before if before[n] != after[n]] == []
 
 
 def test_files_it_does_not_cover_keep_the_stream_copy(rendition, tmp_path):

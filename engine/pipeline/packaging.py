@@ -102,6 +102,8 @@ def _track_inputs(scope: JobScope, keys: KeySet | None, encoded: Encoded) -> lis
                 quality_group="AUDIO",
                 target_kbps=audio.bitrate_kbps,
                 priming_samples=by_name[audio.name].priming,
+                track_id=by_name[audio.name].track_id,
+                sample_entry_from=by_name[audio.name].sample_entry_from,
                 protection=_protection(keys, "AUDIO", scheme),
             )
         )

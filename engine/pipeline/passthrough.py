@@ -1,14 +1,14 @@
 """Packaging-only mode (`VideoFormat: DoNotEncode`, contract §5.4).
 
-Every matched file is an already-encoded rendition. An MP4 (ISO brands) holding H.264 (`avc1`)
-or H.265 (`hvc1`) with a plain edit list is read in place: the packager takes the video track
-out of it by its track id, and the checks read its sample table (sync samples, durations).
-Any other file's video is copied (no re-encode) into a one-track fragmented MP4 for the
-packager. Either way, after checking what packaging needs: H.264 or
-H.265 only, one codec for all, GOPs of at most 5 s, and keyframes at the same instants in every
-rendition (segments must align). Audio is copied when it is AAC already, else encoded to AAC.
-Segment boundaries are the first common keyframe at or after each multiple of the segment
-length.
+Every matched file is an already-encoded rendition. From an MP4 (ISO brands) holding H.264
+(`avc1`) or H.265 (`hvc1`) with a plain edit list the packager reads the video track in place,
+picked out by its track id, and the checks read its sample table (sync samples, durations);
+copied AAC (`mp4a`) audio likewise (see `_in_place`). Any other file's video is copied (no
+re-encode) into a one-track fragmented MP4 for the packager. Either way, after checking what
+packaging needs: H.264 or H.265 only, one codec for all, GOPs of at most 5 s, and keyframes
+at the same instants in every rendition (segments must align). Audio is copied when it is AAC
+already, else encoded to AAC. Segment boundaries are the first common keyframe at or after each
+multiple of the segment length.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from engine.pipeline.results import Encoded, Mapped
 from engine.transcode import FRAGMENTED, AudioOutput, EncodedTrack, TranscodePlan, transcode
 from packagers import mp4
 from packagers.errors import PackagingError as PackagerError
+from packagers.mp4 import TrackFile
 
 if TYPE_CHECKING:
     from engine.pipeline.scope import JobScope
@@ -84,10 +85,16 @@ def copy_renditions(scope: JobScope, mapped: Mapped) -> Encoded:
     copied, to_encode = _split_audio(audio, media)
     for rendition in copied:
         target = folder / f"{rendition.name}.mp4"
-        samples, seconds = _copy_audio(
-            rendition.source.path, rendition.source.track_indices[0], target
-        )
-        encoded.append(EncodedTrack(target, "audio", rendition.name, "copy", samples, seconds))
+        source, index = rendition.source.path, rendition.source.track_indices[0]
+        audio_in_place = _in_place_audio(source, index, target)
+        if audio_in_place is not None:
+            track_id, samples, seconds = audio_in_place
+            track = EncodedTrack(source, "audio", rendition.name, "copy", samples, seconds)
+            track = replace(track, track_id=track_id, sample_entry_from=target)
+        else:
+            samples, seconds = _copy_audio(source, index, target)
+            track = EncodedTrack(target, "audio", rendition.name, "copy", samples, seconds)
+        encoded.append(track)
     if to_encode:
         plan = TranscodePlan(
             video_file=None,
@@ -162,24 +169,72 @@ _IN_PLACE_ENTRIES = {"avc1", "hvc1"}  # others (avc3, hev1) keep the stream copy
 
 def _in_place_video(source: Path, target: Path) -> tuple[int, list[Fraction], int, float] | None:
     """Read the first video track of `source` in place when that gives the package the
-    stream copy would: (track id, keyframe times, frame count, duration), measured from the
-    sample table as `_copy_video` measures them from the packets. `target` gets the stream
-    copy's first sample only: its sample description (which the muxer rewrites: bit rates,
+    stream copy would (see `_in_place`): (track id, keyframe times, frame count, duration),
+    measured from the sample table (sync samples) as `_copy_video` measures them from the
+    packets. None: stream-copy it."""
+    found = _in_place(source, target, None)
+    if found is None:
+        return None
+    track, _ = found
+    samples = track.samples
+    composition = samples.decode_time + samples.composition_offset
+    first = int(composition.min())
+    end = int((composition + samples.duration).max())
+    time_base = Fraction(1, track.timescale)
+    times = sorted((int(t) - first) * time_base for t in composition[samples.sync])
+    duration = float((end - first) * time_base)
+    return track.track_id, _check_gops(source, times, duration), len(samples), duration
+
+
+def _in_place_audio(source: Path, index: int, target: Path) -> tuple[int, int, float] | None:
+    """Audio stream `index` of `source` read in place: (track id, samples, seconds) as
+    `_copy_audio` counts them; None: stream-copy it."""
+    found = _in_place(source, target, index)
+    if found is None:
+        return None
+    track, rate = found
+    seconds = float(Fraction(int(track.samples.duration.sum()), track.timescale))
+    return track.track_id, round(seconds * (rate or 48000)), seconds
+
+
+# ISO base media brands (not QuickTime's `qt  `) whose files are read in place
+_ISO_BRANDS = {b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"avc1", b"dash"}
+_IN_PLACE_ENTRIES = {"avc1", "hvc1", "mp4a"}  # others (avc3, hev1, ...) keep the stream copy
+
+
+def _in_place(source: Path, target: Path, audio_index: int | None) -> tuple[TrackFile, int] | None:
+    """The track of the first video stream (`audio_index` None) or of audio stream
+    `audio_index` of `source`, and its codec's sample rate, when the packager can read it in
+    place and package what the stream copy would give it. `target` gets the stream copy's
+    first sample only: its sample description (which the muxer rewrites: bit rates, ES id,
     compressor name) goes into the package. None (stream-copy the whole track instead) unless
-    `source` is a plain (unfragmented) ISO MP4 whose first video track is `avc1`/`hvc1` with
-    an edit list, if any, of leading empty edits and one edit that cuts no frame: then FFmpeg's
-    demuxer returns every sample of the table, and the packager places video by its own
-    timestamps (such an edit list only shifts them)."""
+    `source` is a plain (unfragmented) ISO MP4, the track is `avc1`/`hvc1`/`mp4a`, and its edit
+    list, if any, is leading empty edits and one edit that cuts no video frame and at most an
+    audio track's first frame (its priming): then FFmpeg's demuxer returns every sample of the
+    table, and the packager places the track by its own timestamps."""
     try:
         with open(source, "rb") as handle:
             head = handle.read(12)
-        if len(head) < 12 or head[4:8] != b"ftyp" or head[8:12] not in _ISO_BRANDS:
-            return None
-        track = mp4.read_track(source, handler="vide")
-    except (OSError, PackagerError):
+    except OSError:
         return None  # the stream copy reports what is wrong with the file
+    if len(head) < 12 or head[4:8] != b"ftyp" or head[8:12] not in _ISO_BRANDS:
+        return None
+    copied = _copy_first_sample(source, audio_index, target)
+    if copied is None:
+        return None
+    track_id, rate = copied
+    try:
+        track = mp4.read_track(source, track_id)
+        written = mp4.read_track(target)
+    except (OSError, PackagerError):
+        return None
     samples = track.samples
-    if track.fragmented or track.entry.fourcc not in _IN_PLACE_ENTRIES:
+    if (
+        track.fragmented
+        or track.entry.fourcc not in _IN_PLACE_ENTRIES
+        or written.timescale != track.timescale
+        or written.handler != track.handler
+    ):
         return None
     composition = samples.decode_time + samples.composition_offset
     first = int(composition.min())
@@ -192,41 +247,42 @@ def _in_place_video(source: Path, target: Path) -> tuple[int, list[Fraction], in
         if len(edits) != 1 or not track.movie_timescale:
             return None
         length, media_time = edits[0]
-        if media_time < 0:
-            return None
-        # no frame before the edit's start, none past its end (a movie tick of rounding)
-        if media_time > first:
+        cut = first + (int(samples.duration[0]) if audio_index is not None else 0)
+        # nothing cut before the edit's start (but audio priming), nothing past its end (a
+        # movie tick of rounding)
+        if media_time < 0 or media_time > cut:
             return None
         if (length + 1) * track.timescale < (end - media_time) * track.movie_timescale:
             return None
-    if not _copy_first_sample(source, track.track_id, target, track.timescale):
-        return None
-    time_base = Fraction(1, track.timescale)
-    times = sorted((int(t) - first) * time_base for t in composition[samples.sync])
-    duration = float((end - first) * time_base)
-    return track.track_id, _check_gops(source, times, duration), len(samples), duration
+    return track, rate
 
 
-def _copy_first_sample(source: Path, track_id: int, target: Path, timescale: int) -> bool:
-    """Stream-copy the first sample of the first video stream, which must be track
-    `track_id`, into `target` (as `_copy_video` would write the whole track); False when the
-    copy's track is not that track or has another timescale."""
+def _copy_first_sample(
+    source: Path, audio_index: int | None, target: Path
+) -> tuple[int, int] | None:
+    """Stream-copy the first packet of the first video stream (`audio_index` None) or of
+    audio stream `audio_index` into `target`, as `_copy_video`/`_copy_audio` would write the
+    whole stream: (its track id, its codec's sample rate), or None."""
     try:
         with av.open(str(source)) as container:
-            stream = container.streams.video[0]
-            if stream.id != track_id:
-                return False
-            output, copy = _open_copy(stream, target)
+            streams = container.streams
+            stream: av.VideoStream | av.AudioStream
+            if audio_index is None:
+                stream = streams.video[0]
+                output, copy = _open_copy(stream, target)
+            else:
+                stream = next(s for s in streams.audio if s.index == audio_index)
+                output, copy = _open_audio_copy(stream, target)
             for packet in container.demux(stream):
-                if packet.dts is not None and packet.pts is not None:
+                if packet.dts is not None and (audio_index is not None or packet.pts is not None):
                     packet.stream = copy
                     output.mux(packet)
                     break
             output.close()
-        written = mp4.read_track(target)
-    except (av.FFmpegError, OSError, PackagerError):
-        return False
-    return written.timescale == timescale and written.handler == "vide"
+            rate = stream.codec_context.sample_rate if isinstance(stream, av.AudioStream) else 0
+            return stream.id, rate or 0
+    except (av.FFmpegError, OSError, StopIteration):
+        return None
 
 
 def _open_copy(stream, target: Path):
@@ -312,16 +368,21 @@ def _common_boundaries(keyframes: dict[str, list[Fraction]], segment: float) -> 
     return boundaries
 
 
+def _open_audio_copy(stream, target: Path):
+    """The fragmented MP4 an audio stream is stream-copied into, and its stream."""
+    output = av.open(
+        str(target),
+        "w",
+        format="mp4",
+        options={"movflags": FRAGMENTED, "frag_duration": "1000000"},
+    )
+    return output, output.add_stream_from_template(stream)
+
+
 def _copy_audio(source: Path, index: int, target: Path) -> tuple[int, float]:
     with av.open(str(source)) as container:
         stream = next(s for s in container.streams.audio if s.index == index)
-        output = av.open(
-            str(target),
-            "w",
-            format="mp4",
-            options={"movflags": FRAGMENTED, "frag_duration": "1000000"},
-        )
-        copy = output.add_stream_from_template(stream)
+        output, copy = _open_audio_copy(stream, target)
         samples = 0
         for packet in container.demux(stream):
             if packet.dts is None:
