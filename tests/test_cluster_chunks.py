@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import re
+import shutil
 import time
 import uuid
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 from api_helpers import TokenIssuer, job_state, wait_final, wait_for
 from cluster_helpers import (
@@ -29,11 +34,21 @@ from cluster_helpers import (
 )
 from e2e_helpers import count_frames, read_dash, segment_frames
 from mediagen import make_media
+from PIL import Image
 
 from engine import cli
-from engine.service.cluster.chunks import ChunkRow, ChunkStore, work_storage_location
+from engine.chunks import Chunk
+from engine.service.cluster.chunks import (
+    ChunkRow,
+    ChunkStore,
+    _portable,
+    plan_fingerprint,
+    work_storage_location,
+)
 from engine.service.owners import new_owner
 from engine.service.store import JobSealer, NewJob, Store
+from engine.stitch import ChunkTask
+from engine.watermark import Watermarker, WatermarkSpec
 
 LEASE = 30.0  # long: a killed worker's chunk is taken over because its process is gone
 SHORT_LEASE = 4.0  # a farm whose dead coordinator's job is taken over quickly
@@ -222,6 +237,68 @@ def test_four_chunks_on_two_workers(cluster, workers, sources, tmp_path):
     progress = [e["Progress"] for e in view["Events"] if e["MessageType"] == "EncodingProgress"]
     assert progress == sorted(progress)
     wait_for(lambda: work_folder_empty(cluster), 10)
+
+
+def test_watermarks_travel_with_the_tasks(tmp_path):
+    """A job's Watermarker goes into the tasks file with the tasks (once), its image path
+    reduced to a name: the plan's fingerprint does not depend on the coordinator's folders,
+    and the unpickled copy blends as the original does."""
+
+    def tasks(folder: Path) -> list[ChunkTask]:
+        folder.mkdir()
+        Image.new("RGBA", (32, 32), (255, 0, 0, 255)).save(folder / "logo.png")
+        spec = WatermarkSpec(folder / "logo.png", 100, 100, 25, 1.0, 0.0, None, 0.0, 0.0)
+        marks = Watermarker([spec], 160, 90)
+        return [
+            ChunkTask(
+                Chunk(i, 50 * i, 50 * i + 50),
+                folder / "clip.mp4",
+                None,
+                Fraction(25),
+                0.0,
+                (),
+                2.0,
+                marks,
+            )
+            for i in range(2)
+        ]
+
+    original = tasks(tmp_path / "a")
+    here, there = _portable(original), _portable(tasks(tmp_path / "b"))
+    assert plan_fingerprint(here, 1) == plan_fingerprint(there, 1)
+    assert here[0].watermarks is here[1].watermarks
+    travelled = pickle.loads(pickle.dumps(here))[0].watermarks
+    blank = np.full((135, 160), 16, dtype=np.uint8)
+
+    def marked(marks: Watermarker) -> np.ndarray:
+        frame = av.VideoFrame.from_ndarray(blank, format="yuv420p")
+        frame.pts, frame.time_base = 25, Fraction(1, 25)
+        return marks.apply(frame, 1.0).to_ndarray()
+
+    frames = [marked(marks) for marks in (original[0].watermarks, travelled)]
+    assert np.array_equal(frames[0], frames[1]) and not np.array_equal(frames[0], blank)
+
+
+def test_a_watermarked_job_chunks_on_both_workers(cluster, workers, sources, tmp_path):
+    first, second = workers
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copyfile(sources["four"] / "clip.mp4", source / "clip.mp4")
+    Image.new("RGBA", (32, 32), (255, 0, 0, 255)).save(source / "logo.png")
+    job = chunk_job(source, tmp_path / "out")
+    job["ContentProcessing"]["VisibleVideoWatermarks"] = [
+        {"WatermarkFileName": "logo.png", "SizePercentage": 25, "OpacityPercentage": 100}
+    ]
+    with cluster.client() as client:
+        job_id = client.post("/Job", json=job).json()["JobId"]
+        view = wait_final(client, job_id, timeout=120)
+        assert view["State"] == "Succeeded", (view["Events"][-3:], first.tail(), second.tail())
+        report = client.get(f"/reporting/{job_id}").json()
+    assert report["Chunks"] == 4
+    pids = {d["Worker"].rsplit(":", 1)[1] for d in report["ChunkDetails"]}
+    assert pids == {str(first.pid), str(second.pid)}, report["ChunkDetails"]
+    frames = count_frames(source / "clip.mp4")
+    assert list(rung_frames(tmp_path / "out").values()) == [frames]
 
 
 def test_cancel_stops_every_chunk(cluster, workers, sources, tmp_path):

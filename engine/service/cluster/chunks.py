@@ -45,6 +45,7 @@ watermarks encode their chunks on the coordinator only.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -80,6 +81,7 @@ from engine.service.store import (
 )
 from engine.stitch import ChunkMismatch, ChunkResult, ChunkTask, encode_chunk
 from engine.transcode import EncodedTrack
+from engine.watermark import Watermarker
 from storage import REGISTRY, Storage, StorageError, StorageLocation, open_storage
 
 log = logging.getLogger(__name__)
@@ -544,8 +546,6 @@ class FarmChunks:
     def __call__(
         self, tasks: list[ChunkTask], cancel: CancelToken, progress: Callable[[float], None]
     ) -> list[ChunkResult]:
-        if any(t.watermarks is not None for t in tasks):
-            return [encode_chunk(t, cancel=cancel.check) for t in tasks]
         job_id, chunks = self.job_id, self.context.chunks
         source = tasks[0].video_file
         portable = _portable(tasks)
@@ -727,15 +727,31 @@ class FarmChunks:
 
 
 def _portable(tasks: list[ChunkTask]) -> list[ChunkTask]:
-    """The tasks as they travel: paths reduced to names (each worker has its own)."""
+    """The tasks as they travel: paths reduced to names (each worker has its own), the
+    watermarks with them (one object for all the tasks: pickled once)."""
+    marks = _portable_watermarks(tasks[0].watermarks)
     return [
         replace(
             t,
             video_file=Path(t.video_file.name),
             outputs=tuple(replace(o, path=Path(o.path.name)) for o in t.outputs),
+            watermarks=marks,
         )
         for t in tasks
     ]
+
+
+def _portable_watermarks(marks: Watermarker | None) -> Watermarker | None:
+    """A job's watermarks as they travel: the prepared images (the Watermarker reads the
+    image files when it is made), each image's path reduced to its name."""
+    if marks is None:
+        return None
+    portable = copy.copy(marks)
+    portable.items = [
+        replace(item, spec=replace(item.spec, image=Path(item.spec.image.name)))
+        for item in marks.items
+    ]
+    return portable
 
 
 def end_job(context: ChunkContext, job_id: str) -> None:
