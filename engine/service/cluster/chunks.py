@@ -5,15 +5,20 @@ runs the jobs it claims with `FarmChunks` as the chunk runner (`engine.chunks.Ch
 the encoding phase plans the chunks as on one node (`engine.pipeline.chunked`), then
 
 1. the coordinator (the worker that claimed the job) uploads the source video and the chunk
-   tasks to the job's folder of the work storage (`<work storage>/<job id>/`), writes one row
-   per chunk in the store (`chunks`: state, owner, heartbeat, attempts, progress, result) and
-   sends one Celery message per chunk (`vipe.run_chunk`, job id and chunk number) to the
-   job's queue;
+   tasks (`tasks.<plan>.pkl`) to the job's folder of the work storage
+   (`<work storage>/<job id>/`), then writes one row per chunk in the store (`chunks`: state,
+   owner, heartbeat, attempts, progress, result, and `plan`, the plan's fingerprint: chunk
+   boundaries, source name and size, every rung's rendition and encoder settings) and sends
+   one Celery message per chunk (`vipe.run_chunk`, job id and chunk number) to the job's
+   queue;
 2. any worker of that queue that gets a message claims the chunk in the store (atomic: a
-   compare-and-set on its row), downloads the source once per job, encodes the chunk's range
-   of every rung (`engine.stitch.encode_chunk`), uploads the rung files to the job's folder
-   and marks the chunk Done with its result (frames, encoders, worker, seconds). The
-   coordinator does the same while it waits (it claims chunks itself: its slot never idles);
+   compare-and-set on its row, plan included), downloads the source and the tasks once per
+   job and plan, encodes the chunk's range of every rung (`engine.stitch.encode_chunk`),
+   uploads the rung files to the job's folder under names of this encode
+   (`chunk<n>.<token>.rung<r>.mp4`: a late upload of an encode that lost its chunk never
+   overwrites the files of the one that is Done) and marks the chunk Done with its result
+   (frames, encoders, worker, seconds, token). The coordinator does the same while it waits
+   (it claims chunks itself: its slot never idles);
 3. the coordinator downloads the finished chunks, and the encoding phase stitches them
    (`engine.stitch.stitch`); packaging, DRM and publishing run as for any job. Chunk files go
    through the work storage, never the broker (a message holds two ids).
@@ -23,14 +28,33 @@ the encoding phase plans the chunks as on one node (`engine.pipeline.chunked`), 
 that no longer runs, or whose heartbeat is older than the lease (`--lease-seconds`), is claimed
 again by whoever looks (the coordinator polls the rows; a re-delivered message's worker
 checks too), each claim counting one attempt: a chunk whose worker died `--max-attempts`
-times fails the job (3101). A chunk that fails (not a crash) fails the job at once. If the
-coordinator dies, the job itself is taken over (its lease) and starts its chunks afresh
-(rows reset: the old encoders find their rows gone and stop).
+times fails the job (3101). A chunk that fails (not a crash) fails the job at once.
+
+If the coordinator dies, the job itself is taken over (its lease, or at once when its message
+comes back to a worker of the same host) and runs again on another worker, which plans the
+chunks again: when the stored rows carry the same plan fingerprint (`ChunkStore.resume`), it
+keeps the Done chunks (their files are in the job's folder: a row is Done only after its
+files were uploaded, and the folder goes only when the job has ended), leaves Running chunks
+to the take-over rules above (an encoder still alive finishes its chunk) and makes Failed
+and Cancelled ones Pending again; it sends messages for the chunks not Done only. Rows of
+another plan (or none) are replaced by fresh Pending rows after the new plan's files are
+uploaded. Meanwhile the other workers go on encoding the chunks they get messages for (the
+job is still Running). A coordinator that outlived its lease (the job taken over while it
+was alive) stops its own chunk and leaves the rows, the messages and the folder to the new
+coordinator: only a coordinator that still holds the job stops the chunks not Done and
+revokes its messages when its encoding phase ends.
+
+**Who removes the job's folder.** The worker whose run of the job ended it (Succeeded, Failed,
+Cancelled), right after the end (`end_job`: the chunks not Done stop, the folder goes, then
+the rows forget their plan); and, for a job that ended without such a run (given up or
+cancelled while its coordinator was dead, or a coordinator that died right after the end),
+any worker's periodic sweep (`ChunkStore.ended_jobs`: ended jobs whose rows still have a
+plan). A coordinator's encoding phase removes only its own local copies.
 
 **Cancellation.** Chunk encoders watch the job's cancel flag (every half second, like a job's
 run) and their row: the coordinator, when the job is cancelled or fails, marks the chunks that
 are not Done Cancelled (their encoders stop within a second) and revokes the chunk messages
-(none still queued starts). When the job ends, its work storage folder is removed.
+(none still queued starts); the job's folder goes when the job has ended.
 
 **Work storage.** Operator configuration, trusted like the broker and the store (never from a
 job): `file:///shared/folder` (a folder every worker mounts), `s3://bucket/prefix`,
@@ -39,8 +63,8 @@ registry as `Provider:URI` (e.g. `S3Compatible:http://minio:9000/bucket/work`), 
 `VIPE_WORK_STORAGE_KEY` / `VIPE_WORK_STORAGE_SECRET`. The chunk tasks travel there pickled
 and sealed with the store key (AES-GCM, the job id bound in): a worker unpickles only what a
 holder of the store key wrote, so write access to the work storage alone runs no code on the
-workers. Keep it private to the farm all the same (it holds the sources). Jobs with
-watermarks encode their chunks on the coordinator only.
+workers. Keep it private to the farm all the same (it holds the sources). A job's watermarks
+travel with the tasks (the prepared `Watermarker`, pickled once for all the tasks).
 """
 
 from __future__ import annotations
