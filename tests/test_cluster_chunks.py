@@ -39,9 +39,11 @@ from PIL import Image
 from engine import cli
 from engine.chunks import Chunk
 from engine.service.cluster.chunks import (
+    ChunkContext,
     ChunkRow,
     ChunkStore,
     _portable,
+    end_job,
     plan_fingerprint,
     work_storage_location,
 )
@@ -210,8 +212,14 @@ def test_a_job_that_runs_again_keeps_the_done_chunks_of_its_plan(tmp_path):
         assert chunks.holds_files(job_id) and chunks.ended_jobs() == []
         store.finish_job(job_id, "Failed", None, error_code=5000, error_message="x")
         assert chunks.ended_jobs() == [job_id]
-        chunks.forget(job_id)
+        work = tmp_path / "work"
+        (work / job_id).mkdir(parents=True)
+        (work / job_id / "chunk0000.x.rung00.mp4").write_bytes(b"x")
+        context = ChunkContext(chunks, work_storage_location(str(work)), tmp_path / "here", me)
+        end_job(context, job_id)  # what the sweep does with each of `ended_jobs`
+        assert not (work / job_id).exists()
         assert not chunks.holds_files(job_id) and chunks.ended_jobs() == []
+        assert "Running" not in [r.state for r in chunks.rows(job_id)]
     finally:
         store.close()
 

@@ -139,7 +139,7 @@ class ChunkRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The fingerprint of the job's chunk plan these rows belong to (`plan_fingerprint`,
     # migration 0005); None once the job ended and its work storage folder was removed.
-    plan: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    plan: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 # ---------------------------------------------------------------------------- the store

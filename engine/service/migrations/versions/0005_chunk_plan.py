@@ -20,8 +20,11 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("chunks") as batch:
         batch.add_column(sa.Column("plan", sa.String(64)))
+    # The workers' sweep looks for the rows that still have a plan (few: the rest forgot it).
+    op.create_index("ix_chunks_plan", "chunks", ["plan"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_chunks_plan", table_name="chunks")
     with op.batch_alter_table("chunks") as batch:
         batch.drop_column("plan")
