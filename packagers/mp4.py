@@ -455,10 +455,13 @@ class TrackFile:
         return out
 
 
-def read_track(path: Path, track_id: int | None = None, handler: str | None = None) -> TrackFile:
+def read_track(
+    path: Path, track_id: int | None = None, handler: str | None = None, index: int | None = None
+) -> TrackFile:
     """Parse one track of an MP4 file (fragmented or not); sample data stays on disk. With
-    neither `track_id` nor `handler` the file must hold exactly one track; otherwise the track
-    with that id, or the first with that handler ("vide", "soun"), is read."""
+    none of `track_id`, `handler`, `index` the file must hold exactly one track; otherwise the
+    track with that id, the first with that handler ("vide", "soun"), or the `index`-th `trak`
+    (from 0, in file order: FFmpeg's stream index) is read."""
     path = Path(path)
     file_size = os.path.getsize(path)
     moov: bytes | None = None
@@ -475,7 +478,7 @@ def read_track(path: Path, track_id: int | None = None, handler: str | None = No
     if moov is None:
         raise PackagingError(f"{path.name}: no moov box (not an MP4 file?)")
     try:
-        return _parse_movie(path, moov, fragments, track_id, handler)
+        return _parse_movie(path, moov, fragments, track_id, handler, index)
     except (struct.error, ValueError, IndexError) as exc:  # truncated or inconsistent boxes
         raise PackagingError(f"{path.name}: malformed MP4 ({exc})") from exc
 
@@ -501,10 +504,15 @@ def _parse_movie(
     fragments: list[tuple[int, bytes]],
     wanted_id: int | None = None,
     wanted_handler: str | None = None,
+    wanted_index: int | None = None,
 ) -> TrackFile:
     root = BoxHeader("moov", 0, len(moov), 8)
     traks = [h for h in iter_boxes(moov, root.start) if h.kind == "trak"]
-    if wanted_id is not None:
+    if wanted_index is not None:
+        if not 0 <= wanted_index < len(traks):
+            raise PackagingError(f"{path.name}: no track number {wanted_index}")
+        traks = traks[wanted_index : wanted_index + 1]
+    elif wanted_id is not None:
         traks = [t for t in traks if _trak_id(moov, t) == wanted_id]
         if not traks:
             raise PackagingError(f"{path.name}: no track with id {wanted_id}")

@@ -109,3 +109,28 @@ def test_read_track_picks_one_track(rendition):
         mp4.read_track(rendition)
     with pytest.raises(PackagingError, match="no track with id 99"):
         mp4.read_track(rendition, 99)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"video_options": {"preset": "veryfast"}},  # B-frames: timestamps out of decode order
+        {"frame_durations": [1, 2, 1, 3]},  # variable frame rate
+    ],
+)
+def test_frame_timing_from_the_sample_table(tmp_path, monkeypatch, options):
+    """Media Mapping's whole-stream timing read from an MP4's table equals the packets'."""
+    import engine.pipeline.media_mapping as media_mapping
+    from engine.probe import probe
+
+    path = make_media(tmp_path / "v.mp4", duration=4.0, width=128, height=72, audio=[], **options)
+    video = probe(path).main_video
+    assert video is not None
+    from_table = media_mapping.frame_timing(path, video)
+    assert from_table is not None and from_table.frames == 100
+    monkeypatch.setattr(media_mapping, "_table_timing", lambda *_: None)
+    assert media_mapping.frame_timing(path, video) == from_table
+    # and the table is what was read: with packets unreadable it still answers
+    monkeypatch.undo()
+    monkeypatch.setattr(media_mapping.av, "open", lambda *_, **__: (_ for _ in ()).throw(OSError))
+    assert media_mapping.frame_timing(path, video) == from_table

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import av
+import numpy as np
 
 from engine.errors import SourceError
 from engine.events import EventType
@@ -96,7 +97,11 @@ def frame_timing(
     timestamp (demuxing only, no decoding; memory flat: a histogram of the intervals).
     Containers such as Matroska state a nominal rate (the default frame duration) that
     variable-rate content does not keep; None when the file cannot be read (the transcoder
-    reports what is wrong with it)."""
+    reports what is wrong with it). A plain MP4's track is measured from its sample table
+    (`_table_timing`) instead of its packets."""
+    from_table = _table_timing(path, video)
+    if from_table is not None:
+        return from_table
     count, last_duration = 0, 0
     first: int | None = None
     end: int | None = None
@@ -134,6 +139,36 @@ def frame_timing(
         return None
     span = Fraction(end - first) * time_base
     # The last frame lasts its own duration, else an average interval.
+    span += Fraction(last_duration) * time_base if last_duration else span / (count - 1)
+    average = (count / span).limit_denominator(1001)
+    return FrameTiming(count, average, regular_intervals(intervals))
+
+
+def _table_timing(path: Path, video: VideoTrackInfo) -> FrameTiming | None:
+    """`frame_timing` from the sample table of an MP4 track whose every sample FFmpeg's
+    demuxer returns (`passthrough.table_track`), without reading the packets: the same
+    timestamps, put in presentation order by a sort. None: not such a track."""
+    from engine.pipeline.passthrough import iso_mp4, table_track
+
+    track = table_track(path, index=video.index) if iso_mp4(path) else None
+    if track is None or track.handler != "vide" or len(track.samples) < 2:
+        return None
+    samples = track.samples
+    stamps = samples.decode_time + samples.composition_offset
+    order = np.argsort(stamps, kind="stable")
+    ordered = stamps[order]
+    first, end = int(ordered[0]), int(ordered[-1])
+    if end <= first:
+        return None
+    # the last sample (in decode order) presented at the latest time, as the packet loop keeps
+    last = int(np.flatnonzero(stamps == end)[-1])
+    last_duration = int(samples.duration[last])
+    steps = np.diff(ordered)
+    values, counts = np.unique(steps[steps > 0], return_counts=True)
+    intervals = Counter(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+    time_base = Fraction(1, track.timescale)
+    count = len(samples)
+    span = Fraction(end - first) * time_base
     span += Fraction(last_duration) * time_base if last_duration else span / (count - 1)
     average = (count / span).limit_denominator(1001)
     return FrameTiming(count, average, regular_intervals(intervals))

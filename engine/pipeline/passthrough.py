@@ -205,36 +205,55 @@ _IN_PLACE_ENTRIES = {"avc1", "hvc1", "mp4a"}  # others (avc3, hev1, ...) keep th
 def _in_place(source: Path, target: Path, audio_index: int | None) -> tuple[TrackFile, int] | None:
     """The track of the first video stream (`audio_index` None) or of audio stream
     `audio_index` of `source`, and its codec's sample rate, when the packager can read it in
-    place and package what the stream copy would give it. `target` gets the stream copy's
-    first sample only: its sample description (which the muxer rewrites: bit rates, ES id,
-    compressor name) goes into the package. None (stream-copy the whole track instead) unless
-    `source` is a plain (unfragmented) ISO MP4, the track is `avc1`/`hvc1`/`mp4a`, and its edit
-    list, if any, is leading empty edits and one edit that cuts no video frame and at most an
-    audio track's first frame (its priming): then FFmpeg's demuxer returns every sample of the
-    table, and the packager places the track by its own timestamps."""
-    try:
-        with open(source, "rb") as handle:
-            head = handle.read(12)
-    except OSError:
-        return None  # the stream copy reports what is wrong with the file
-    if len(head) < 12 or head[4:8] != b"ftyp" or head[8:12] not in _ISO_BRANDS:
+    place and package what the stream copy would give it: a `table_track` that is
+    `avc1`/`hvc1`/`mp4a`. `target` gets the stream copy's first sample only: its sample
+    description (which the muxer rewrites: bit rates, ES id, compressor name) goes into the
+    package. None: stream-copy the whole track instead."""
+    if not iso_mp4(source):
         return None
     copied = _copy_first_sample(source, audio_index, target)
     if copied is None:
         return None
     track_id, rate = copied
+    track = table_track(source, track_id=track_id, audio=audio_index is not None)
     try:
-        track = mp4.read_track(source, track_id)
         written = mp4.read_track(target)
     except (OSError, PackagerError):
         return None
-    samples = track.samples
     if (
-        track.fragmented
+        track is None
         or track.entry.fourcc not in _IN_PLACE_ENTRIES
         or written.timescale != track.timescale
         or written.handler != track.handler
     ):
+        return None
+    return track, rate
+
+
+def iso_mp4(source: Path) -> bool:
+    """Whether `source` starts with an `ftyp` of an ISO base media brand (not QuickTime)."""
+    try:
+        with open(source, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return False
+    return len(head) == 12 and head[4:8] == b"ftyp" and head[8:12] in _ISO_BRANDS
+
+
+def table_track(
+    source: Path, *, track_id: int | None = None, index: int | None = None, audio: bool = False
+) -> TrackFile | None:
+    """Track `track_id` (or stream `index`) of an `iso_mp4` file when FFmpeg's demuxer
+    returns every sample of its table, so what it would measure from the packets can be read
+    from the table: an unfragmented file whose edit list, if any, is leading empty edits and
+    one edit that cuts no video frame and at most an audio track's first frame (its
+    priming). Else None."""
+    try:
+        track = mp4.read_track(source, track_id, index=index)
+    except (OSError, PackagerError):
+        return None  # the demuxer reports what is wrong with the file
+    samples = track.samples
+    if track.fragmented:
         return None
     composition = samples.decode_time + samples.composition_offset
     first = int(composition.min())
@@ -247,14 +266,14 @@ def _in_place(source: Path, target: Path, audio_index: int | None) -> tuple[Trac
         if len(edits) != 1 or not track.movie_timescale:
             return None
         length, media_time = edits[0]
-        cut = first + (int(samples.duration[0]) if audio_index is not None else 0)
+        cut = first + (int(samples.duration[0]) if audio else 0)
         # nothing cut before the edit's start (but audio priming), nothing past its end (a
         # movie tick of rounding)
         if media_time < 0 or media_time > cut:
             return None
         if (length + 1) * track.timescale < (end - media_time) * track.movie_timescale:
             return None
-    return track, rate
+    return track
 
 
 def _copy_first_sample(
