@@ -207,7 +207,9 @@ def test_a_job_that_runs_again_keeps_the_done_chunks_of_its_plan(tmp_path):
         assert chunks.claim(job_id, 1, me).attempts == 2  # the take-over rules
         assert chunks.resume(job_id, 4, "plan-b") is None  # another plan: nothing kept
         assert chunks.resume(job_id, 5, "plan-a") is None  # other boundaries: likewise
-        chunks.reset(job_id, 4, "plan-b")
+        assert not chunks.reset(job_id, 4, "plan-b", owner=me)  # the job is not held by me
+        assert chunks.resume(job_id, 4, "plan-a") == {0}  # nothing was wiped
+        assert chunks.reset(job_id, 4, "plan-b")
         assert chunks.claim(job_id, 0, me).plan == "plan-b"
         assert chunks.holds_files(job_id) and chunks.ended_jobs() == []
         store.finish_job(job_id, "Failed", None, error_code=5000, error_message="x")

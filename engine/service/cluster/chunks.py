@@ -41,8 +41,9 @@ another plan (or none) are replaced by fresh Pending rows after the new plan's f
 uploaded. Meanwhile the other workers go on encoding the chunks they get messages for (the
 job is still Running). A coordinator that outlived its lease (the job taken over while it
 was alive) stops its own chunk and leaves the rows, the messages and the folder to the new
-coordinator: only a coordinator that still holds the job stops the chunks not Done and
-revokes its messages when its encoding phase ends.
+coordinator: only a coordinator that still holds the job replaces the rows (checked in the
+transaction that does it), and stops the chunks not Done and revokes its messages when its
+encoding phase ends.
 
 **Who removes the job's folder.** The worker whose run of the job ended it (Succeeded, Failed,
 Cancelled), right after the end (`end_job`: the chunks not Done stop, the folder goes, then
@@ -153,9 +154,17 @@ class ChunkStore:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
 
-    def reset(self, job_id: str, count: int, plan: str | None = None) -> None:
-        """A fresh set of Pending chunks of the plan `plan` for this attempt of the job."""
+    def reset(
+        self, job_id: str, count: int, plan: str | None = None, *, owner: str | None = None
+    ) -> bool:
+        """A fresh set of Pending chunks of the plan `plan` for this attempt of the job; with
+        `owner`, only while that worker holds the job (a coordinator that outlived its lease
+        must not wipe the chunks of the one that took the job over). Whether it was done."""
         with self.store.writing() as session:
+            if owner is not None:
+                job = session.get(JobRow, job_id)
+                if job is None or job.owner != owner:
+                    return False
             session.execute(delete(ChunkRow).where(ChunkRow.job_id == job_id))
             for index in range(count):
                 session.add(
@@ -168,6 +177,7 @@ class ChunkStore:
                         plan=plan,
                     )
                 )
+        return True
 
     def resume(self, job_id: str, count: int, plan: str) -> set[int] | None:
         """The job runs again (its coordinator died or handed it back): when its rows are
@@ -581,7 +591,8 @@ class FarmChunks:
             kept = chunks.resume(job_id, len(tasks), plan)
             if kept is None:  # a first attempt, or another plan: the chunks afresh
                 self._publish(storage, source, portable, plan, cancel)
-                chunks.reset(job_id, len(tasks), plan)
+                if not chunks.reset(job_id, len(tasks), plan, owner=self.context.owner):
+                    raise Cancelled("the job was taken over by another worker")
                 kept = set()
             else:
                 self._local_copies(source, portable, plan)
