@@ -172,7 +172,7 @@ def test_chunk_claims_in_the_store(tmp_path):
         rows = chunks.rows(job_id)
         assert [r.state for r in rows] == ["Done", "Failed"]
         assert "stopped 2 times" in rows[1].error
-        chunks.reset(job_id, 2)  # the job's next attempt starts its chunks afresh
+        chunks.reset(job_id, 2)  # another plan (or none): its chunks afresh
         assert chunks.claim(job_id, 0, me) is not None
         chunks.stop(job_id)
         assert [r.state for r in chunks.rows(job_id)] == ["Cancelled", "Cancelled"]
