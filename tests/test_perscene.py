@@ -66,13 +66,14 @@ def _analysis(probes: dict[str, tuple[perscene.ClipProbe, ...]], starts=(0, 50))
     return perscene.Analysis(100, 25.0, tuple(starts), (18.0, 26.0, 34.0), probes)
 
 
-def test_plan_rates_moves_bits_between_scenes():
+def test_plan_rates_moves_bits_between_scenes(monkeypatch):
+    monkeypatch.setattr(perscene, "PROBE_BIAS", 1.3)  # a calibration that moves the aim
     easy = perscene.ClipProbe(0, (99.0, 97.5, 95.5), (400.0, 200.0, 100.0))
     hard = perscene.ClipProbe(50, (97.5, 93.5, 85.5), (2000.0, 1000.0, 500.0))
     (rate,) = perscene.plan_rates(_analysis({"r": (easy, hard)}), 96.0)
     # target 96 + margin 0.3 - probe bias 1.3 = 95 on the probes' scale: easy at crf
     # 34 + (95.5 - 95) / 0.25 = 36, hard at 18 + 2.5 * 8 / 4 = 23
-    assert (perscene.TARGET_MARGIN, perscene.PROBE_BIAS) == (0.3, 1.3)
+    assert perscene.TARGET_MARGIN == 0.3
     assert rate.scene_crfs == (36.0, 23.0)
     assert rate.crf == 29.5  # the frame-weighted mean (two 50-frame scenes)
     # zones: factor 2^((base - crf) / 6): fewer bits for the easy scene, more for the hard one
@@ -162,7 +163,9 @@ def test_vbv_maxrate(kbps, lengths, cap, expected):
     assert perscene.vbv_maxrate(kbps, lengths, cap) == pytest.approx(expected, abs=1)
 
 
-def test_plan_rates_interpolates_the_unprobed_rungs_and_sets_the_maxrate():
+def test_plan_rates_interpolates_the_unprobed_rungs_and_sets_the_maxrate(monkeypatch):
+    monkeypatch.setattr(perscene, "PROBE_BIAS", 1.3)  # the aim: 96 + 0.3 - 1.3 = 95
+
     def probes(shift: float, kbps: float) -> tuple[perscene.ClipProbe, ...]:
         easy = perscene.ClipProbe(0, (99.0, 97.5, 95.5), (kbps / 10, kbps / 20, kbps / 40))
         hard = perscene.ClipProbe(
