@@ -66,35 +66,14 @@ def copy_renditions(scope: JobScope, mapped: Mapped) -> Encoded:
     encoded: list[EncodedTrack] = []
     for rendition in renditions:
         scope.cancel.check()
-        source = _rendition_file(rendition)
-        target = folder / f"{rendition.name}.mp4"
-        in_place = _in_place_video(source, target)
-        if in_place is not None:
-            track_id, times, frames, duration = in_place
-            track = EncodedTrack(source, "video", rendition.name, "copy", frames, duration)
-            track = replace(track, track_id=track_id, sample_entry_from=target)
-        else:
-            times, frames, duration = _copy_video(source, target)
-            track = EncodedTrack(target, "video", rendition.name, "copy", frames, duration)
-        keyframes[rendition.name] = times
+        track, keyframes[rendition.name] = _video_copy(rendition, folder)
         encoded.append(track)
     boundaries = _common_boundaries(keyframes, processing.segment_length_in_seconds)
     duration = max(t.duration for t in encoded)
 
     audio = ladder.plan_audio(list(media.audio), processing)
     copied, to_encode = _split_audio(audio, media)
-    for rendition in copied:
-        target = folder / f"{rendition.name}.mp4"
-        source, index = rendition.source.path, rendition.source.track_indices[0]
-        audio_in_place = _in_place_audio(source, index, target)
-        if audio_in_place is not None:
-            track_id, samples, seconds = audio_in_place
-            track = EncodedTrack(source, "audio", rendition.name, "copy", samples, seconds)
-            track = replace(track, track_id=track_id, sample_entry_from=target)
-        else:
-            samples, seconds = _copy_audio(source, index, target)
-            track = EncodedTrack(target, "audio", rendition.name, "copy", samples, seconds)
-        encoded.append(track)
+    encoded += [_audio_copy(rendition, folder) for rendition in copied]
     if to_encode:
         plan = TranscodePlan(
             video_file=None,
@@ -122,6 +101,34 @@ def copy_renditions(scope: JobScope, mapped: Mapped) -> Encoded:
         duration,
         duration,
     )
+
+
+def _video_copy(rendition: VideoRendition, folder: Path) -> tuple[EncodedTrack, list[Fraction]]:
+    """A video rendition as a track to package, read in place where its file allows (else
+    stream-copied into `folder`), and its keyframe times."""
+    source = _rendition_file(rendition)
+    target = folder / f"{rendition.name}.mp4"
+    in_place = _in_place_video(source, target)
+    if in_place is None:
+        times, frames, duration = _copy_video(source, target)
+        return EncodedTrack(target, "video", rendition.name, "copy", frames, duration), times
+    track_id, times, frames, duration = in_place
+    track = EncodedTrack(source, "video", rendition.name, "copy", frames, duration)
+    return replace(track, track_id=track_id, sample_entry_from=target), times
+
+
+def _audio_copy(rendition: AudioRendition, folder: Path) -> EncodedTrack:
+    """An audio rendition already in AAC, read in place where its file allows (else
+    stream-copied into `folder`)."""
+    target = folder / f"{rendition.name}.mp4"
+    source, index = rendition.source.path, rendition.source.track_indices[0]
+    in_place = _in_place_audio(source, index, target)
+    if in_place is None:
+        samples, seconds = _copy_audio(source, index, target)
+        return EncodedTrack(target, "audio", rendition.name, "copy", samples, seconds)
+    track_id, samples, seconds = in_place
+    track = EncodedTrack(source, "audio", rendition.name, "copy", samples, seconds)
+    return replace(track, track_id=track_id, sample_entry_from=target)
 
 
 def _rendition_file(rendition: VideoRendition) -> Path:
