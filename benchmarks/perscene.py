@@ -135,10 +135,12 @@ def make_source(kind: str, width: int, height: int, seconds: int) -> Path:
     """A cached near-lossless H.264 source of one kind (module docs)."""
     import av
 
-    path = CACHE / f"perscene-{kind}-{width}x{height}-{seconds}s.mp4"
+    # A folder of its own: a job acquires its whole input folder, and the cache holds others
+    name = f"perscene-{kind}-{width}x{height}-{seconds}s"
+    path = CACHE / name / f"{name}.mp4"
     if path.exists():
         return path
-    CACHE.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     frames = seconds * FPS
     canvas = _photo_canvas(width, height) if kind in ("pan", "grain", "mixed") else None
     rng = np.random.default_rng(7)
