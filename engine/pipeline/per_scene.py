@@ -20,7 +20,7 @@ from engine.quality import quality_settings, vmaf_support
 if TYPE_CHECKING:
     from engine.media import VideoRendition
     from engine.pipeline.scope import JobScope
-    from engine.transcode import EncodedTrack, TranscodePlan
+    from engine.transcode import EncodedTrack, TranscodePlan, VideoOutput
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,24 @@ def per_scene_plan(
         list(analysis.scene_starts),
         analysis.seconds,
     )
+    outputs = _rate_controlled(plan.video, rates)
+    quality = plan.quality
+    if measured_in_transcode and (quality is None or quality.vmaf_ffmpeg is None):
+        # watermarked: every few frames (MEASURED_PER_SEGMENT per segment at least)
+        segments = max(1, math.ceil(plan.duration / plan.segment_seconds))
+        frames = round(plan.duration * plan.frame_rate)
+        quality = quality_settings(
+            frames, ffmpeg, max(MEASURED_FRAMES, MEASURED_PER_SEGMENT * segments)
+        )
+    return replace(plan, video=tuple(outputs), quality=quality), rates
+
+
+def _rate_controlled(
+    video: tuple[VideoOutput, ...], rates: dict[str, perscene.RungRate]
+) -> list[VideoOutput]:
+    """Each rung's output with its PerScene rate control (Default's where it has no rate)."""
     outputs = []
-    for output in plan.video:
+    for output in video:
         rate = rates.get(output.rendition.name)
         if rate is None:  # too short to probe: Default's rate control for this rung
             outputs.append(output)
@@ -107,15 +123,7 @@ def per_scene_plan(
             rate.maxrate_kbps,
             "probed" if rate.probed else "interpolated",
         )
-    quality = plan.quality
-    if measured_in_transcode and (quality is None or quality.vmaf_ffmpeg is None):
-        # watermarked: every few frames (MEASURED_PER_SEGMENT per segment at least)
-        segments = max(1, math.ceil(plan.duration / plan.segment_seconds))
-        frames = round(plan.duration * plan.frame_rate)
-        quality = quality_settings(
-            frames, ffmpeg, max(MEASURED_FRAMES, MEASURED_PER_SEGMENT * segments)
-        )
-    return replace(plan, video=tuple(outputs), quality=quality), rates
+    return outputs
 
 
 def per_scene_outcome(
