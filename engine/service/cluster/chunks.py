@@ -298,47 +298,33 @@ class ChunkStore:
         row.state, row.owner, row.attempts = RUNNING, owner, row.attempts + 1
         return row
 
-    def _mine(self, job_id: str, index: int, owner: str) -> tuple[Any, ...]:
-        return (
-            ChunkRow.job_id == job_id,
-            ChunkRow.chunk == index,
-            ChunkRow.owner == owner,
-            ChunkRow.state == RUNNING,
-        )
+    def _update_mine(self, job_id: str, index: int, owner: str, **values: Any) -> bool:
+        """Update the chunk while `owner` runs it; False when this owner no longer holds it."""
+        with self.store.writing() as session:
+            changed = rows_changed(
+                session,
+                update(ChunkRow)
+                .where(
+                    ChunkRow.job_id == job_id,
+                    ChunkRow.chunk == index,
+                    ChunkRow.owner == owner,
+                    ChunkRow.state == RUNNING,
+                )
+                .values(**values),
+            )
+        return changed == 1
 
     def heartbeat(self, job_id: str, index: int, owner: str, progress: float) -> bool:
         """Renew the chunk's heartbeat; False when this owner no longer holds it."""
-        with self.store.writing() as session:
-            return (
-                rows_changed(
-                    session,
-                    update(ChunkRow)
-                    .where(*self._mine(job_id, index, owner))
-                    .values(heartbeat_at=utcnow(), progress=progress),
-                )
-                == 1
-            )
+        return self._update_mine(job_id, index, owner, heartbeat_at=utcnow(), progress=progress)
 
     def finish(self, job_id: str, index: int, owner: str, result: dict[str, Any]) -> bool:
-        with self.store.writing() as session:
-            return (
-                rows_changed(
-                    session,
-                    update(ChunkRow)
-                    .where(*self._mine(job_id, index, owner))
-                    .values(state=DONE, progress=1.0, result=json.dumps(result)),
-                )
-                == 1
-            )
+        return self._update_mine(
+            job_id, index, owner, state=DONE, progress=1.0, result=json.dumps(result)
+        )
 
     def fail(self, job_id: str, index: int, owner: str, message: str) -> None:
-        with self.store.writing() as session:
-            rows_changed(
-                session,
-                update(ChunkRow)
-                .where(*self._mine(job_id, index, owner))
-                .values(state=FAILED, error=message),
-            )
+        self._update_mine(job_id, index, owner, state=FAILED, error=message)
 
     def stop(self, job_id: str) -> None:
         """Every chunk not Done is Cancelled: its encoder stops at its next heartbeat."""

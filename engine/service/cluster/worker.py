@@ -184,32 +184,18 @@ def service_options(settings: WorkerSettings, capabilities: NodeCapabilities) ->
 
 
 def worker_celery(settings: WorkerSettings, prefix: str) -> Any:
-    """The cluster's Celery app with the job task registered (it runs in this worker)."""
+    """The cluster's Celery app with the job and chunk tasks registered (they run in this
+    worker)."""
     app = make_celery(settings.broker, prefix)
-    app.task(
-        name=TASK_NAME,
-        bind=True,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-    )(_task)
-    app.task(
-        name=CHUNK_TASK_NAME,
-        bind=True,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-    )(_chunk_task)
+    for name, task in ((TASK_NAME, _task), (CHUNK_TASK_NAME, _chunk_task)):
+        app.task(
+            name=name,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+        )(task)
     return app
-
-
-class FarmService(JobService):
-    """A worker's service whose jobs encode their chunks on the whole farm."""
-
-    farm: ClusterWorker
-
-    def chunking(self, row: JobRow, run: RunningJob) -> Any:
-        return self.farm.chunking(row)
 
 
 # ---------------------------------------------------------------------------- the worker
@@ -236,8 +222,8 @@ class ClusterWorker:
         self.capabilities = settings.capabilities or probe_capabilities()
         self.queues = served_queues(settings.queues, self.capabilities)
         options = service_options(settings, self.capabilities)
+        self.service = JobService(self.store, options, service_key)
         self.chunks: ChunkContext | None = None
-        self.service: JobService
         if settings.work_storage is not None:
             self.chunks = ChunkContext(
                 ChunkStore(self.store, settings.lease_seconds, settings.max_attempts),
@@ -245,11 +231,7 @@ class ClusterWorker:
                 settings.data_dir / "chunks",
                 self.owner,
             )
-            farm = FarmService(self.store, options, service_key)
-            farm.farm = self
-            self.service = farm
-        else:
-            self.service = JobService(self.store, options, service_key)
+            self.service.job_chunking = self.chunking  # its jobs chunk on the whole farm
         self.service.on_requeue = self._resend
         self.app = worker_celery(settings, self.prefix)
         self.dispatcher = Dispatcher(self.store, self.app, self.prefix)
