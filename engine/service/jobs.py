@@ -166,6 +166,9 @@ class JobService:
         # Called with the id of a job that `recover` queued again, so that a queue that
         # dispatches (Celery) sends it anew; the in-process pool finds it in the store.
         self.on_requeue: Callable[[str], None] | None = None
+        # How a job's video is split when the node decides per job (the farm's coordinator:
+        # `ClusterWorker.chunking`); None: `options.chunking` for every job.
+        self.job_chunking: Callable[[JobRow], Any] | None = None
 
     # -- POST /Job --------------------------------------------------------------------------
 
@@ -311,29 +314,19 @@ class JobService:
     def cancel(self, job_id: str, tenant_id: str) -> str:
         """Request cancellation (a `CancelOutcome`); a Queued job ends here and now."""
         row = self.store.get_job(job_id, tenant_id)
-        final = None
-        if row is not None and row.state == QUEUED:  # its FinalError, should it end here
-            final = self.outside_event(
-                row,
-                EventType.FINAL_ERROR,
-                ErrorCode=5001,
-                ErrorMessage=CANCELLED_BEFORE_START,
-                Phase=str(Phase.PRE_VALIDATION),
-            )
+        if row is None:
+            return CancelOutcome.UNKNOWN
+        # Its FinalError, stored by the store only if the job ends here (it is Queued then).
+        final = self.outside_event(
+            row,
+            EventType.FINAL_ERROR,
+            ErrorCode=5001,
+            ErrorMessage=CANCELLED_BEFORE_START,
+            Phase=str(Phase.PRE_VALIDATION),
+        )
         outcome = self.store.request_cancel(job_id, tenant_id, final_event=final)
         if outcome == CancelOutcome.QUEUED:
-            if row is not None and final is not None:
-                self.publish_outside_run(row, final)
-            else:  # claimed and handed back between the two reads: rare; stored on its own
-                ended = self.store.get_job(job_id)
-                if ended is not None:
-                    self.emit_outside_run(
-                        ended,
-                        EventType.FINAL_ERROR,
-                        ErrorCode=5001,
-                        ErrorMessage=CANCELLED_BEFORE_START,
-                        Phase=str(Phase.PRE_VALIDATION),
-                    )
+            self.publish_outside_run(row, final)
             self.metrics.finished.labels(CANCELLED).inc()
             log.info("job %s: cancelled while queued", job_id)
         elif outcome == CancelOutcome.RUNNING:
@@ -427,7 +420,7 @@ class JobService:
                     on_publish_plan=lambda names: self.store.record_publish_plan(job_id, names),
                     keep_workdir=self.options.checkpoints,
                     checkpoints=self.options.checkpoints,
-                    chunking=self.chunking(row, run),
+                    chunking=self.job_chunking(row) if self.job_chunking else self.options.chunking,
                 )
             except JobValidationError as error:
                 return self._fail_outside_run(row, run, error.message, code=1001, document=document)
@@ -447,10 +440,6 @@ class JobService:
                 self.metrics.encoder_in_use.labels(encoder).dec()
             if not run.abandoned:  # an abandoned run may still be writing there
                 shutil.rmtree(workdir, ignore_errors=True)
-
-    def chunking(self, row: JobRow, run: RunningJob) -> Any:
-        """How this run splits the job's video (the farm's coordinator overrides it)."""
-        return self.options.chunking
 
     def _fail_outside_run(
         self,
