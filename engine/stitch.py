@@ -52,6 +52,7 @@ from engine.transcode import (
     Warn,
     _close_all,
     _decode,
+    _demux,
     _encode_all,
     _FramePreparer,
     _open_encoder,
@@ -271,14 +272,6 @@ def _plan_for_preparer(task: ChunkTask) -> TranscodePlan:
         segment_seconds=task.segment_seconds,
         duration=0.0,
     )
-
-
-def _demux(container, stream, path: Path, mark: int):
-    try:
-        yield from container.demux(stream)
-    except av.FFmpegError as error:
-        what = "the file is corrupt or truncated"
-        raise SourceError(error_message(path, what, error, since=mark)) from None
 
 
 # ----------------------------------------------------------------------------------- stitcher
