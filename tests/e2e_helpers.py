@@ -261,17 +261,22 @@ def make_offset_media(
             frame.pts, frame.time_base = first + index, Fraction(1, FPS)
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
-        start, end = round(audio_start * 48000), round(audio_end * 48000)
-        for position in range(start, end, 1024):
-            t = np.arange(position, min(position + 1024, end)) / 48000
-            tone = np.zeros(len(t), dtype=np.float32)
-            for click in CLICKS:
-                inside = (t >= click) & (t < click + 0.05)
-                tone[inside] = 0.8 * np.sin(2 * np.pi * 1000 * (t[inside] - click))
-            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), "fltp", "stereo")
-            frame.sample_rate, frame.pts, frame.time_base = 48000, position, Fraction(1, 48000)
-            container.mux(audio.encode(frame))
-        container.mux(audio.encode(None))
+        mux_clicks(container, audio, round(audio_start * 48000), round(audio_end * 48000), CLICKS)
+
+
+def mux_clicks(container: Any, audio: Any, start: int, end: int, clicks: tuple[float, ...]) -> None:
+    """Encode 48 kHz stereo samples `start`..`end` of the source timeline into `audio`: silence
+    with a 50 ms 1 kHz burst at each of `clicks` (seconds); then flush the encoder."""
+    for position in range(start, end, 1024):
+        t = np.arange(position, min(position + 1024, end)) / 48000
+        tone = np.zeros(len(t), dtype=np.float32)
+        for click in clicks:
+            inside = (t >= click) & (t < click + 0.05)
+            tone[inside] = 0.8 * np.sin(2 * np.pi * 1000 * (t[inside] - click))
+        frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), "fltp", "stereo")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, position, Fraction(1, 48000)
+        container.mux(audio.encode(frame))
+    container.mux(audio.encode(None))
 
 
 def onsets(data: bytes, threshold: float = 0.5) -> list[float]:

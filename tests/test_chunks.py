@@ -18,7 +18,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 from drm_helpers import (
     DrmRun,
@@ -36,6 +35,7 @@ from e2e_helpers import (
     check_report,
     input_folder,
     make_job,
+    mux_clicks,
     onsets,
     read_dash,
     run_cli,
@@ -126,17 +126,7 @@ def _make_source(path: Path) -> Path:
             frame.pts, frame.time_base = index, Fraction(1, FPS)
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
-        end = SECONDS * 48000
-        for position in range(0, end, 1024):
-            t = np.arange(position, min(position + 1024, end)) / 48000
-            tone = np.zeros(len(t), dtype=np.float32)
-            for click in CLICKS:
-                inside = (t >= click) & (t < click + 0.05)
-                tone[inside] = 0.8 * np.sin(2 * np.pi * 1000 * (t[inside] - click))
-            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), "fltp", "stereo")
-            frame.sample_rate, frame.pts, frame.time_base = 48000, position, Fraction(1, 48000)
-            container.mux(audio.encode(frame))
-        container.mux(audio.encode(None))
+        mux_clicks(container, audio, 0, SECONDS * 48000, CLICKS)
     return path
 
 
