@@ -118,8 +118,18 @@ def write_job(path: Path, job: dict) -> Path:
     return path
 
 
+def _row_key(row: dict) -> tuple[str, bool | None]:
+    return row["name"], (row.get("extra") or {}).get("quick")
+
+
 def save_results(results: list[Result]) -> Path:
+    """Merge into latest.json: a row replaces the earlier row of the same name (and --quick
+    flag), others stay, so `--only` runs one after another build up one table."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     target = RESULTS / "latest.json"
-    target.write_text(json.dumps([r.as_json() for r in results], indent=2) + "\n")
+    rows = json.loads(target.read_text()) if target.exists() else []
+    fresh = [r.as_json() for r in results]
+    replaced = {_row_key(row) for row in fresh}
+    rows = [row for row in rows if _row_key(row) not in replaced] + fresh
+    target.write_text(json.dumps(rows, indent=2) + "\n")
     return target
