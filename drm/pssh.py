@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from Crypto.Cipher import AES
-
 from drm import boxes, systems
 from drm.keys import ContentKey
 
@@ -92,6 +90,8 @@ def playready_kid(key_id: uuid.UUID) -> str:
 
 def playready_checksum(key: ContentKey) -> str:
     """The AESCTR key checksum: base64 of the first 8 bytes of AES-ECB(key, KID LE bytes)."""
+    from Crypto.Cipher import AES  # here: its import costs start-up time most jobs do not need
+
     encrypted = AES.new(key.key, AES.MODE_ECB).encrypt(key.key_id.bytes_le)
     return base64.b64encode(encrypted[:8]).decode()
 

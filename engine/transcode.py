@@ -46,7 +46,8 @@ from engine.encoders import EncoderChoice
 from engine.errors import EncodingError, SourceError
 from engine.ffmpeg import close_input, encoder_command, error_message, log_mark
 from engine.media import AudioRendition, VideoRendition, VideoTrackInfo
-from engine.quality import QualityMeter, QualitySettings, RenditionQuality
+from engine.quality import QualityMeter, QualitySettings
+from engine.tracks import FRAGMENTED, EncodedTrack
 from engine.watermark import Watermarker
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 AUDIO_RATE = 48000
 # Fragmented MP4 as the packager expects: moov first without samples, one fragment per
 # keyframe (video) or per `frag_duration` (audio), each moof the base of its data offsets.
-FRAGMENTED = "frag_keyframe+empty_moov+default_base_moof"
 AUDIO_ENCODERS = {"AAC": "aac", "AC3": "ac3", "EAC3": "eac3"}
 FRAME_SIZES = {"aac": 1024, "ac3": 1536, "eac3": 1536}  # samples per coded audio frame
 # Encoder delay of FFmpeg's audio encoders: the fragmented MP4 cannot carry the edit list that
@@ -105,24 +105,6 @@ class TranscodePlan:
     # Measure PSNR/SSIM (and VMAF) of every video rendition in the pass (engine.quality).
     quality: QualitySettings | None = None
     job_id: str | None = None  # for the log lines
-
-
-@dataclass(frozen=True)
-class EncodedTrack:
-    """One rendition written as a one-track fragmented MP4."""
-
-    path: Path
-    kind: str  # "video" or "audio"
-    name: str
-    encoder: str
-    frames: int  # video frames, or audio samples
-    duration: float
-    priming: int = 0  # audio samples of encoder delay at the start
-    # a rendition read in place: its track in `path`, which may hold several, and the one-track
-    # file whose sample description the package takes (`TrackInput` has both)
-    track_id: int | None = None
-    sample_entry_from: Path | None = None
-    quality: RenditionQuality | None = None  # video, when the plan asks for metrics
 
 
 def boundary_frames(frame_rate: Fraction, segment_seconds: float):

@@ -19,13 +19,14 @@ from engine.media import AudioRendition, HdrInfo, VideoRendition, VideoTrackInfo
 from engine.pipeline.passthrough import copy_renditions
 from engine.pipeline.payloads import audio_rendition_fields, video_rendition_fields
 from engine.pipeline.results import Encoded, Mapped
-from engine.quality import QualitySettings, quality_settings, vmaf_support
-from engine.transcode import AudioOutput, EncodedTrack, TranscodePlan, VideoOutput, transcode
-from engine.watermark import Watermarker, WatermarkSpec
 
 if TYPE_CHECKING:
     from engine.perscene import RungRate
     from engine.pipeline.scope import JobScope
+    from engine.quality import QualitySettings
+    from engine.tracks import EncodedTrack
+    from engine.transcode import TranscodePlan, VideoOutput
+    from engine.watermark import Watermarker
 
 # The rates a VFR source's average snaps to when within 1% (a phone's 29.98 → 30000/1001).
 COMMON_RATES = (
@@ -100,6 +101,7 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
     # Imported here, not at start-up: a packaging-only job (above) uses none of them.
     from engine.capabilities import NVENC_SESSIONS
     from engine.pipeline.per_scene import per_scene_outcome
+    from engine.transcode import AudioOutput, TranscodePlan, VideoOutput
 
     plan = plan_encoding(mapped, processing, scope.capabilities)
     folder = scope.workdir / "encode"
@@ -185,6 +187,7 @@ def _transcode(
     (possibly PerScene-tuned) plan, the tracks, the report's ChunkDetails, the PerScene rates."""
     from engine.pipeline.chunked import encode_chunked
     from engine.pipeline.per_scene import PER_SCENE_SHARE, per_scene_plan
+    from engine.transcode import transcode
 
     share = 0.0
     rates: dict[str, RungRate] = {}
@@ -228,6 +231,8 @@ def _quality_settings(scope: JobScope, plan: EncodingPlan) -> QualitySettings | 
     cannot be computed on this node (the streams then carry `"Vmaf": null`)."""
     if not scope.processing.quality_metrics or not plan.video:
         return None
+    from engine.quality import quality_settings, vmaf_support
+
     ffmpeg, reason = vmaf_support()
     if ffmpeg is None:
         scope.events.warning("VmafUnavailable", f"VMAF unavailable: {reason}")
@@ -272,6 +277,8 @@ def _watermarker(scope: JobScope, mapped: Mapped) -> Watermarker | None:
     video = mapped.video
     if not marks or video is None:
         return None
+    from engine.watermark import Watermarker, WatermarkSpec
+
     files = {p.name: p for p in mapped.media.watermarks}
     specs = [
         WatermarkSpec(

@@ -28,7 +28,7 @@ from engine.ffmpeg import error_message
 from engine.media import AudioRendition, MediaMap, VideoRendition
 from engine.pipeline.payloads import video_rendition_fields
 from engine.pipeline.results import Encoded, Mapped
-from engine.transcode import FRAGMENTED, AudioOutput, EncodedTrack, TranscodePlan, transcode
+from engine.tracks import FRAGMENTED, EncodedTrack
 from packagers import mp4
 from packagers.errors import PackagingError as PackagerError
 from packagers.mp4 import TrackFile
@@ -75,6 +75,9 @@ def copy_renditions(scope: JobScope, mapped: Mapped) -> Encoded:
     copied, to_encode = _split_audio(audio, media)
     encoded += [_audio_copy(rendition, folder) for rendition in copied]
     if to_encode:
+        # Imported here: most packaging-only jobs copy their audio and never load the transcoder.
+        from engine.transcode import AudioOutput, TranscodePlan, transcode
+
         plan = TranscodePlan(
             video_file=None,
             video_track=None,

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from drm.cpix import KeyServiceError
 from drm.keys import DrmKeyError
 from engine.errors import DrmError, EngineError, ImageExtractionError, JobValidationError
 from engine.events import EventType
 from engine.job import DrmProtection, Job, Protection
-from engine.keys import keys_from_job, possible_quality_groups
 from engine.locations import storage_error_to_engine
 from engine.pipeline.payloads import job_created_fields
 from engine.pipeline.results import Prepared
@@ -126,6 +124,11 @@ def resolve_keys(scope: JobScope, service_key: ServiceKey | None) -> KeySet | No
     processing = scope.processing
     if processing.drm_protection == DrmProtection.Off:
         return None
+    # Imported here: the key sources (CPIX client, HTTP, XML) cost start-up time that a job
+    # in clear does not need.
+    from drm.cpix import KeyServiceError
+    from engine.keys import keys_from_job, possible_quality_groups
+
     try:
         return keys_from_job(
             processing,

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from drm.credentials import ServiceKey
     from drm.keys import KeySet
     from engine.media import AudioRendition, MediaMap, VideoRendition, VideoTrackInfo
-    from engine.transcode import EncodedTrack
+    from engine.tracks import EncodedTrack
     from packagers.model import PackageResult
     from storage.base import Storage
 
