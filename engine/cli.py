@@ -31,7 +31,7 @@ from engine.policy import DEFAULT_MAX_INPUT_PIXELS, TRUSTED, JobPolicy, PolicyEr
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import TaskID
+    from rich.progress import Progress, TaskID
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -317,26 +317,19 @@ class _Display:
     }
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.interactive = console.is_terminal
-        self.progress = Progress(
-            TextColumn("{task.description:<12}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(),
-            console=rich_console(),
-            disable=not self.interactive,
-        )
+        # The bars only on a terminal: rich.progress costs tens of milliseconds to import.
+        self.progress = _progress_bars() if console.is_terminal else None
         self.tasks: dict[str, TaskID] = {}
         self.final_error = ""
 
     def __enter__(self) -> _Display:
-        self.progress.__enter__()
+        if self.progress is not None:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
 
     def show(self, event: dict[str, Any]) -> None:
         kind = event["MessageType"]
@@ -344,7 +337,7 @@ class _Display:
             self.final_error = f"{event['ErrorMessage']} (phase {event['Phase']})"
         if kind in self.PROGRESS:
             name = self.PROGRESS[kind]
-            if self.interactive:
+            if self.progress is not None:
                 if name not in self.tasks:
                     self.tasks[name] = self.progress.add_task(name, total=100)
                 self.progress.update(self.tasks[name], completed=event["Progress"])
@@ -355,10 +348,22 @@ class _Display:
             if k in ("Code", "Message", "ErrorCode", "ErrorMessage", "Location")
         }
         line = f"{event['Timestamp']} {kind}" + (f" {detail}" if detail else "")
-        if self.interactive:
+        if self.progress is not None:
             self.progress.console.print(line, highlight=False)
         else:
             console.print(line, highlight=False)
+
+
+def _progress_bars() -> Progress:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=rich_console(),
+    )
 
 
 def _demo(args) -> int:

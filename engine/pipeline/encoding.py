@@ -100,7 +100,6 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
         return copy_renditions(scope, mapped)
     # Imported here, not at start-up: a packaging-only job (above) uses none of them.
     from engine.capabilities import NVENC_SESSIONS
-    from engine.pipeline.per_scene import per_scene_outcome
     from engine.transcode import AudioOutput, TranscodePlan, VideoOutput
 
     plan = plan_encoding(mapped, processing, scope.capabilities)
@@ -136,6 +135,8 @@ def encode(scope: JobScope, mapped: Mapped) -> Encoded:
         NVENC_SESSIONS.release(assignment.nvenc_sessions)
     renditions = plan.video
     if rates:  # measured rates and VMAF; near-duplicate rungs dropped
+        from engine.pipeline.per_scene import per_scene_outcome
+
         tracks, renditions = per_scene_outcome(scope, transcode_plan, tracks, rates)
     video_tracks = [t for t in tracks if t.kind == "video"]
     return Encoded(
@@ -185,16 +186,21 @@ def _transcode(
     zones count frames of the whole source, so such a job is not encoded in chunks), in chunks
     when the node chunks and the job allows (engine.pipeline.chunked), else in one pass. The
     (possibly PerScene-tuned) plan, the tracks, the report's ChunkDetails, the PerScene rates."""
-    from engine.pipeline.chunked import encode_chunked
-    from engine.pipeline.per_scene import PER_SCENE_SHARE, per_scene_plan
+    # PerScene and chunks are imported only by the jobs that use them (start-up of short jobs).
     from engine.transcode import transcode
 
     share = 0.0
     rates: dict[str, RungRate] = {}
     if scope.processing.encoding_mode == EncodingMode.PerScene and plan.video:
+        from engine.pipeline.per_scene import PER_SCENE_SHARE, per_scene_plan
+
         share = PER_SCENE_SHARE
         transcode_plan, rates = per_scene_plan(scope, transcode_plan)
-    chunked = None if rates else encode_chunked(scope, transcode_plan)
+    chunked = None
+    if not rates and scope.chunking is not None:  # without chunk settings it never chunks
+        from engine.pipeline.chunked import encode_chunked
+
+        chunked = encode_chunked(scope, transcode_plan)
     if chunked is not None:
         tracks, chunks = chunked
         return transcode_plan, list(tracks), chunks, rates
