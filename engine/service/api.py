@@ -40,7 +40,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +83,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 1024 * 1024
 MAX_JSON_DEPTH = 32  # a job nests 5 levels; deeper bodies are refused before parsing
+STAGE_WORKERS = 4  # threads for POST /Job's own steps (create_app)
 RETRY_AFTER_SECONDS = 30  # told with a 429: when a full tenant queue may have room again
 TLS_CERTIFICATE_FILE = "tls-certificate.pem"
 TLS_KEY_FILE = "tls-key.pem"
@@ -241,6 +242,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
     key_pool = concurrent.futures.ThreadPoolExecutor(
         max(1, settings.key_service_workers), thread_name_prefix="vipe-keys"
     )
+    # The steps of POST /Job in a thread (checks, sealing, the hand-over to the store) are
+    # Python under one GIL: a few threads keep one slow filesystem check from holding up the
+    # rest, more only hand the GIL around (on the shared pool 20 requests took 20 threads).
+    stage_pool = concurrent.futures.ThreadPoolExecutor(
+        STAGE_WORKERS, thread_name_prefix="vipe-stage"
+    )
     app = FastAPI(
         title="vipe Encoding API",
         version="1",
@@ -253,7 +260,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         redirect_slashes=False,  # `/Job/` is 404, not a redirect built from the Host header
         openapi_url="/api/help/openapi.json",
         redoc_url=None,
-        lifespan=_lifespan(queue, store, key_pool, settings),
+        lifespan=_lifespan(queue, store, (key_pool, stage_pool), settings),
     )
     _interactive_docs(app)
     app.state.store = store
@@ -266,7 +273,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     _exception_handlers(app, settings.max_body)
 
     principal = _principal_dependency(authenticator)
-    app.include_router(_submission_routes(service, queue, key_pool, settings, principal))
+    app.include_router(
+        _submission_routes(service, queue, key_pool, stage_pool, settings, principal)
+    )
     app.include_router(_job_routes(store, service, queue, principal))
     app.include_router(_certificate_routes(service_key))
     app.include_router(_reporting_routes(store, principal))
@@ -294,12 +303,12 @@ def _service_options(settings: ServerSettings) -> ServiceOptions:
 def _lifespan(
     queue: JobQueue,
     store: Store,
-    key_pool: concurrent.futures.ThreadPoolExecutor,
+    pools: tuple[concurrent.futures.ThreadPoolExecutor, ...],
     settings: ServerSettings,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The app's lifespan: the queue starts with the app; at stop the Key Service pool is
-    dropped, the queue drained (running jobs requeued after `settings.drain_seconds`), the
-    store closed."""
+    """The app's lifespan: the queue starts with the app; at stop the POST /Job pools (Key
+    Service, staging) are dropped, the queue drained (running jobs requeued after
+    `settings.drain_seconds`), the store closed."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -307,19 +316,27 @@ def _lifespan(
         try:
             yield
         finally:
-            key_pool.shutdown(wait=False, cancel_futures=True)
+            for pool in pools:
+                pool.shutdown(wait=False, cancel_futures=True)
             await run_in_threadpool(queue.stop, settings.drain_seconds)
             store.close()
 
     return lifespan
 
 
-def _principal_dependency(authenticator: Authenticator) -> Callable[[Request], Principal]:
+def _principal_dependency(
+    authenticator: Authenticator,
+) -> Callable[[Request], Awaitable[Principal]]:
     """The `principal` dependency of every authenticated route: the caller, else 401."""
 
-    def principal(request: Request) -> Principal:
+    async def principal(request: Request) -> Principal:
+        authorization = request.headers.get("authorization")
         try:
-            return authenticator.authenticate(request.headers.get("authorization"))
+            if authenticator.fetches_keys:  # a JWKS download may wait on the network
+                return await run_in_threadpool(authenticator.authenticate, authorization)
+            # In memory but for one stat of the tenants file: no thread hop (it cost more
+            # than the check itself).
+            return authenticator.authenticate(authorization)
         except NotAuthorized as refused:
             log.info("request %s %s refused: %s", request.method, request.url.path, refused.reason)
             raise
@@ -334,8 +351,9 @@ def _submission_routes(
     service: JobService,
     queue: JobQueue,
     key_pool: concurrent.futures.ThreadPoolExecutor,
+    stage_pool: concurrent.futures.ThreadPoolExecutor,
     settings: ServerSettings,
-    principal: Callable[[Request], Principal],
+    principal: Callable[[Request], Awaitable[Principal]],
 ) -> APIRouter:
     """`POST /Job` and `POST /Job/Validate`."""
     router = APIRouter()
@@ -357,13 +375,16 @@ def _submission_routes(
         document = await _json_body(request)
         if isinstance(document, JSONResponse):
             return document
+        loop = asyncio.get_running_loop()
         try:
-            staged = await run_in_threadpool(_stage, service, document, who.tenant_id)
+            staged = await loop.run_in_executor(
+                stage_pool, _stage, service, document, who.tenant_id
+            )
             if isinstance(staged, Submission):  # a Key Service to ask, under its deadline
                 keys = await _creation_keys(
                     service, key_pool, settings.key_service_deadline, staged
                 )
-                staged = await run_in_threadpool(service.accept_future, staged, keys)
+                staged = await loop.run_in_executor(stage_pool, service.accept_future, staged, keys)
             # the store commits the jobs waiting for it together; no thread waits for it
             answer = await asyncio.wrap_future(staged)
         except InvalidJob as invalid:
@@ -448,7 +469,10 @@ async def _enqueue(queue: JobQueue, job_id: str) -> None:
 
 
 def _job_routes(
-    store: Store, service: JobService, queue: JobQueue, principal: Callable[[Request], Principal]
+    store: Store,
+    service: JobService,
+    queue: JobQueue,
+    principal: Callable[[Request], Awaitable[Principal]],
 ) -> APIRouter:
     """`GET /Job/{JobId}`, `DELETE /Job/{JobId}` and `POST /Job/{JobId}/Cancel`."""
     router = APIRouter()
@@ -495,7 +519,9 @@ def _certificate_routes(service_key: ServiceKey) -> APIRouter:
     return router
 
 
-def _reporting_routes(store: Store, principal: Callable[[Request], Principal]) -> APIRouter:
+def _reporting_routes(
+    store: Store, principal: Callable[[Request], Awaitable[Principal]]
+) -> APIRouter:
     """`GET /reporting`, `/reporting/{year}/{month}`, `/reporting/{JobId}`: the caller's."""
     router = APIRouter()
 

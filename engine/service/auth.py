@@ -98,6 +98,11 @@ class Authenticator:
         if not settings.audience:
             log.warning("no JWT audience configured: tokens for any audience are accepted")
 
+    @property
+    def fetches_keys(self) -> bool:
+        """Whether authenticating may download keys (a JWKS URL): then not on the event loop."""
+        return self._jwks is not None
+
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise NotAuthorized("no Authorization header")

@@ -53,6 +53,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -142,9 +143,11 @@ class JobRow(Base):
     """One job. `job_sealed` is the job JSON as accepted, sealed; `summary` the public part."""
 
     __tablename__ = "jobs"
+    # A tenant's jobs in a state: the queued-limit count of POST /Job reads only this index.
+    __table_args__ = (Index("ix_jobs_tenant_state", "tenant_id", "state"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(String(200), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(16), index=True)
     phase: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[int] = mapped_column(Integer, default=0)

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -122,7 +122,7 @@ def install_console(
     app: FastAPI,
     store: Store,
     service: JobService,
-    principal: Callable[..., Principal],
+    principal: Callable[..., Awaitable[Principal]],
     *,
     max_streams_per_tenant: int = 8,
 ) -> EventStreams:
@@ -164,7 +164,7 @@ def _page(files: dict[str, bytes], name: str) -> Response:
     return Response(data, media_type=CONTENT_TYPES[suffix], headers=headers)
 
 
-def _job_list_routes(store: Store, principal: Callable[..., Principal]) -> APIRouter:
+def _job_list_routes(store: Store, principal: Callable[..., Awaitable[Principal]]) -> APIRouter:
     """`GET /Job?State=&Limit=`: the tenant's jobs, newest first."""
     router = APIRouter()
 
@@ -189,7 +189,7 @@ def _job_list_routes(store: Store, principal: Callable[..., Principal]) -> APIRo
 
 
 def _event_routes(
-    store: Store, streams: EventStreams, principal: Callable[..., Principal]
+    store: Store, streams: EventStreams, principal: Callable[..., Awaitable[Principal]]
 ) -> APIRouter:
     """`GET /Job/{JobId}/events`, `GET /events`: Server-Sent Events (engine.service.sse)."""
     router = APIRouter()
@@ -211,7 +211,7 @@ def _event_routes(
 
 
 def _preview_routes(
-    store: Store, service: JobService, principal: Callable[..., Principal]
+    store: Store, service: JobService, principal: Callable[..., Awaitable[Principal]]
 ) -> APIRouter:
     """What the preview player needs: `GET /Job/{JobId}/output/{name}` (a file of the job's
     published Local output) and `POST /Job/{JobId}/ClearKey` (a Base64Key job's license)."""
