@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -81,6 +82,13 @@ CRF_RANGE = (12.0, 45.0)
 MIN_SLOPE = 0.25  # VMAF points per CRF step, at least, when extrapolating
 CLIP_FRAMES = 4  # per probe clip; the first is encoded, not scored
 CLIP_SPACING_S = 2.0
+# A clip is skipped when the picture is still: its 64x36 luma differs from the last probed
+# clip's first frame by less than `STILL_DIFFERENCE` (0..255, mean absolute) and that clip is
+# under `STILL_MAX_GAP_S` old (a slide probes every 8 s, not every 2 s). Measured 2 s apart on
+# the benchmark's sources: slide 0.2-0.4, flat animation 4.7-9.3, pan and grain 27-70, a cut
+# 40-114.
+STILL_DIFFERENCE = 2.0
+STILL_MAX_GAP_S = 8.0
 THUMB = (64, 36)  # scene-cut detection size
 CUT_ABS = 18.0  # mean absolute luma difference (0..255) that may be a cut
 CUT_RELATIVE = 3.0  # ... and this many times the recent mean difference
@@ -103,7 +111,7 @@ MAX_ZONE_FACTOR = 8.0
 # (at most `MAX_MEASURED_SEGMENTS` segments, spread evenly), scored against the same frames of
 # the analysis pass scaled to the rung (`measure_windows`, `ReferenceStore`, `window_quality`)
 WINDOW_FRAMES = 2
-WINDOWS_PER_SEGMENT = 6
+WINDOWS_PER_SEGMENT = 3
 MAX_MEASURED_SEGMENTS = 60
 # Rung sizes probed (`probed_rungs`): the smallest, the largest and, from four rungs on, the
 # one nearest their geometric middle; the other rungs' scene CRFs and rates are interpolated
@@ -823,12 +831,23 @@ def analyse(
     spacing = max(CLIP_FRAMES + 1, round(CLIP_SPACING_S * rate))
     pixels = {o.rendition.name: o.rendition.width * o.rendition.height for o in plan.video}
     chosen = probed_rungs(list(pixels.values()))
+    still_gap = round(STILL_MAX_GAP_S * rate)
     probers = [_Prober(plan.video[i], rate, crfs, ffmpeg) for i in chosen]
     differences: list[float] = []
     stored = {i for first, end in windows for i in range(first, end)}
     previous: np.ndarray | None = None
     clip: list[av.VideoFrame] = []
-    clip_start = 0
+    clip_start: int | None = None
+    last_clip: tuple[int, np.ndarray] | None = None  # start and thumbnail of the last clip
+    # The probes of a clip run on a worker thread while the decode goes on (the encoders
+    # and decoders leave the GIL); one clip at a time, so memory stays flat
+    worker = ThreadPoolExecutor(1, thread_name_prefix="perscene-probe")
+    probing: Future | None = None
+
+    def probe_clip(start: int, frames: list[av.VideoFrame]) -> None:
+        for prober in probers:
+            prober.probe(start, frames, segment_frames)
+
     index = 0
     try:
         with av.open(str(plan.video_file)) as container:
@@ -841,7 +860,7 @@ def analyse(
             preparer = _FramePreparer(stream, replace(plan, watermarks=None))
 
             def take(frame: av.VideoFrame) -> None:
-                nonlocal previous, clip_start, index
+                nonlocal previous, clip_start, last_clip, probing, index
                 luma = _thumbnail(frame)
                 differences.append(
                     0.0 if previous is None else float(np.abs(luma - previous).mean())
@@ -851,12 +870,20 @@ def analyse(
                     store.add(index, frame)
                 if index % spacing == 0:
                     clip.clear()
-                    clip_start = index
-                if clip_start <= index < clip_start + CLIP_FRAMES:
+                    still = (
+                        last_clip is not None
+                        and index - last_clip[0] < still_gap
+                        and float(np.abs(luma - last_clip[1]).mean()) < STILL_DIFFERENCE
+                    )
+                    clip_start = None if still else index
+                    if not still:
+                        last_clip = (index, luma)
+                if clip_start is not None and clip_start <= index < clip_start + CLIP_FRAMES:
                     clip.append(frame)
                     if len(clip) == CLIP_FRAMES:
-                        for prober in probers:
-                            prober.probe(clip_start, list(clip), segment_frames)
+                        if probing is not None:
+                            probing.result()
+                        probing = worker.submit(probe_clip, clip_start, list(clip))
                         clip.clear()
                 index += 1
 
@@ -871,11 +898,16 @@ def analyse(
                         progress(min(1.0, index / float(rate) / plan.duration))
             for prepared in preparer.flush():
                 take(prepared)
+        if probing is not None:
+            probing.result()
         probes = {p.output.rendition.name: p.finish() for p in probers}
     except BaseException:
+        worker.shutdown(wait=True, cancel_futures=True)
         for prober in probers:
             prober.abort()
         raise
+    finally:
+        worker.shutdown(wait=True)
     return Analysis(
         frames=index,
         frame_rate=float(rate),
