@@ -275,6 +275,13 @@ class EgressPolicy:
         port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 443)
         return self.check_host(parts.hostname, port, what)
 
+    def check_redirect(self, url: str, what: str) -> list[Address]:
+        """`check_url` for the target of a redirect, which must be http(s) too."""
+        scheme = urlsplit(url).scheme
+        if scheme.lower() not in DEFAULT_PORTS:
+            raise EgressDenied(what, f"a redirect to {scheme}: is not followed")
+        return self.check_url(url, f"{what} (redirect)")
+
     # -- connections ---------------------------------------------------------------------------
 
     def create_connection(

@@ -9,10 +9,10 @@ import http.client
 import ssl
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-from storage.egress import DEFAULT_PORTS, EgressDenied, EgressPolicy
+if TYPE_CHECKING:
+    from storage.egress import EgressPolicy
 
 
 def build_opener(
@@ -78,11 +78,8 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         headers: Any,
         newurl: str,
     ) -> urllib.request.Request | None:
-        parts = urlsplit(newurl)
         try:
-            if parts.scheme.lower() not in DEFAULT_PORTS:
-                raise EgressDenied(self.what, f"a redirect to {parts.scheme}: is not followed")
-            self.policy.check_url(newurl, f"{self.what} (redirect)")
+            self.policy.check_redirect(newurl, self.what)
         except BaseException:
             fp.close()
             raise
