@@ -172,11 +172,18 @@ def probe(*, refresh: bool = False, count_sessions: bool = True) -> NodeProbe:
 def node_capabilities(
     hardware_acceleration: HardwareAcceleration | None = None,
 ) -> NodeCapabilities:
-    """The capabilities a job runs with: no GPU probing at all for `HardwareAcceleration:
-    None`, else the (cached) probe."""
-    if hardware_acceleration == HardwareAcceleration.Off:
+    """The capabilities a job runs with: no probing at all for `HardwareAcceleration: None` or
+    on a node without a GPU, else the (cached) probe."""
+    if hardware_acceleration == HardwareAcceleration.Off or (_cached is None and _no_gpu()):
         return cpu_capabilities()
     return probe().capabilities
+
+
+def _no_gpu() -> bool:
+    """No GPU in NVML (or nvidia-smi) and no CUDA device: the probe would find nothing but the
+    CPU encoders, whose trial encodes (libx265's start-up above all) cost a short job tens of
+    milliseconds; a job needs only the encoders this build has (`cpu_capabilities`)."""
+    return not _gpus([]) and not _cuda_check(tuple(_hw_devices())).ok
 
 
 class NvencSessionPool:
