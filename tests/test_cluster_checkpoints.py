@@ -11,8 +11,8 @@ from api_helpers import tiny_job
 from cluster_helpers import relative_files
 from mediagen import make_media
 
-import engine.pipeline.encoding as encoding
 import engine.pipeline.runner as runner
+import engine.transcode as transcode
 from engine.pipeline import run_job
 from engine.pipeline.checkpoints import FOLDER, PHASES, Checkpoints
 
@@ -67,13 +67,13 @@ def crash_in(monkeypatch, phase: str) -> None:
 
 def count_transcodes(monkeypatch) -> list[int]:
     calls: list[int] = []
-    real = encoding.transcode
+    real = transcode.transcode  # the encoding phase imports it where used
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(encoding, "transcode", counted)
+    monkeypatch.setattr(transcode, "transcode", counted)
     return calls
 
 

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from mediagen import make_media
 
-import engine.pipeline.encoding
 from engine import quality
 from engine.cli import main
 from engine.pipeline import run_job
@@ -137,7 +136,7 @@ def test_without_libvmaf_vmaf_is_null_and_warned_and_sampling(source, tmp_path, 
     def no_vmaf() -> tuple[None, str]:
         return None, "no libvmaf (test)"
 
-    monkeypatch.setattr(engine.pipeline.encoding, "vmaf_support", no_vmaf)
+    monkeypatch.setattr(quality, "vmaf_support", no_vmaf)  # imported where used
     monkeypatch.setattr(quality, "MAX_MEASURED_FRAMES", 30)
     events: list[dict[str, Any]] = []
     job = make_job(source, tmp_path / "out", VideoRepresentations=LADDER[1:])

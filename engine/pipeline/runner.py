@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from drm.keys import KeySet
 from engine.cancel import CancelToken
@@ -27,7 +27,6 @@ from engine.errors import Cancelled, EngineError
 from engine.events import EventEmitter, EventSink, EventType, Phase, utc_now
 from engine.job import Job
 from engine.pipeline.acquisition import acquire
-from engine.pipeline.checkpoints import Checkpoints, job_digest
 from engine.pipeline.encoding import encode
 from engine.pipeline.images import extract_stills
 from engine.pipeline.media_mapping import map_job_media
@@ -48,6 +47,9 @@ from engine.policy import TRUSTED, JobPolicy
 from engine.publishers import open_hub
 from engine.report import reporting_entry
 from engine.validation import ValidJob, validate_job
+
+if TYPE_CHECKING:
+    from engine.pipeline.checkpoints import Checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +248,9 @@ def run_job(
     try:
         saved = None
         if checkpoints:  # resume in a stable work folder (a worker's, per job id)
+            # Imported here: only a worker's resumable jobs use checkpoints.
+            from engine.pipeline.checkpoints import Checkpoints, job_digest
+
             saved = Checkpoints(folder, job_digest(model), job_id)
             saved.prepare()
         return JobRunner(scope, keys, saved).run()
