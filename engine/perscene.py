@@ -40,6 +40,7 @@ rung is never dropped: when it is the near-duplicate, the lower one goes).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -111,7 +112,7 @@ MAX_ZONE_FACTOR = 8.0
 # (at most `MAX_MEASURED_SEGMENTS` segments, spread evenly), scored against the same frames of
 # the analysis pass scaled to the rung (`measure_windows`, `ReferenceStore`, `window_quality`)
 WINDOW_FRAMES = 2
-WINDOWS_PER_SEGMENT = 3
+WINDOWS_PER_SEGMENT = 4
 MAX_MEASURED_SEGMENTS = 60
 # Rung sizes probed (`probed_rungs`): the smallest, the largest and, from four rungs on, the
 # one nearest their geometric middle; the other rungs' scene CRFs and rates are interpolated
@@ -731,7 +732,12 @@ class _Prober:
             preset = CPU_PRESETS[name][next(iter(CPU_PRESETS[name]))]
         key = "x264-params" if name == "libx264" else "x265-params"
         extra = ":log-level=error" if name == "libx265" else ""
-        context.options = {"preset": preset, key: f"crf={crf:g}:scenecut=0{extra}"}
+        # one thread: a 4-frame clip leaves frame threads nothing to share, only their start-up
+        context.options = {
+            "preset": preset,
+            "threads": "1",
+            key: f"crf={crf:g}:scenecut=0{extra}",
+        }
         return context
 
     def probe(self, start: int, frames: list[av.VideoFrame], segment_frames: int) -> None:
@@ -848,6 +854,11 @@ def analyse(
         for prober in probers:
             prober.probe(start, frames, segment_frames)
 
+    def needed(estimate: int) -> bool:  # a clip's or a window's frame, within 2 frames
+        return any(
+            i % spacing < CLIP_FRAMES or i in stored for i in range(estimate - 2, estimate + 3)
+        )
+
     index = 0
     try:
         with av.open(str(plan.video_file)) as container:
@@ -858,13 +869,24 @@ def analyse(
             )
             stream.codec_context.thread_type = "AUTO"
             preparer = _FramePreparer(stream, replace(plan, watermarks=None))
+            # Frames nothing references (most B-frames) are not decoded outside the clips and
+            # windows (`needed`) where the transcoder takes the source frame for frame (no
+            # filter) from an MP4/MOV (every packet timed): a decoded frame's index is then
+            # the rank of its timestamp among the packets' (`packet_times`), and a skipped
+            # frame's difference is that of the next decoded frame (over the gap)
+            skipping = not preparer.filters and "mp4" in container.format.name
+            packet_times: list[int] = []
+            start = stream.start_time or 0
+            seconds_per_tick = float(stream.time_base or 0)
 
-            def take(frame: av.VideoFrame) -> None:
+            def take(frame: av.VideoFrame, at: int | None = None) -> None:
                 nonlocal previous, clip_start, last_clip, probing, index
                 luma = _thumbnail(frame)
-                differences.append(
-                    0.0 if previous is None else float(np.abs(luma - previous).mean())
-                )
+                difference = 0.0 if previous is None else float(np.abs(luma - previous).mean())
+                while at is not None and index < at:  # frames not decoded
+                    differences.append(difference)
+                    index += 1
+                differences.append(difference)
                 previous = luma
                 if store is not None and index in stored:
                     store.add(index, frame)
@@ -890,14 +912,29 @@ def analyse(
             for packet in container.demux(stream):
                 if cancel:
                     cancel()
+                if skipping and packet.size:
+                    if packet.pts is None:
+                        raise RuntimeError("a packet without a timestamp in an MP4/MOV")
+                    if not packet.is_discard:
+                        bisect.insort(packet_times, packet.pts)
+                    estimate = round((packet.pts - start) * seconds_per_tick * float(rate))
+                    stream.codec_context.skip_frame = "DEFAULT" if needed(estimate) else "NONREF"
                 for decoded in packet.decode():
                     assert isinstance(decoded, av.VideoFrame)
+                    at = None
+                    if skipping:
+                        if decoded.pts is None:
+                            raise RuntimeError("a frame without a timestamp in an MP4/MOV")
+                        at = bisect.bisect_left(packet_times, decoded.pts)
                     for prepared in preparer.prepare(decoded):
-                        take(prepared)
+                        take(prepared, at)
                     if progress and plan.duration:
                         progress(min(1.0, index / float(rate) / plan.duration))
             for prepared in preparer.flush():
                 take(prepared)
+            if skipping:  # skipped frames at the end
+                differences += [0.0] * (len(packet_times) - index)
+                index = max(index, len(packet_times))
         if probing is not None:
             probing.result()
         probes = {p.output.rendition.name: p.finish() for p in probers}

@@ -447,7 +447,16 @@ def test_the_window_measurement_is_near_libvmaf_on_every_frame(jobs):
 )  # fmt: skip
 def test_measure_windows(starts, frames, most, expected, monkeypatch):
     monkeypatch.setattr(perscene, "MAX_MEASURED_SEGMENTS", most)
+    monkeypatch.setattr(perscene, "WINDOWS_PER_SEGMENT", 6)  # the table's pairs per segment
     assert perscene.measure_windows(starts, frames) == expected
+
+
+def test_measure_windows_default_count():
+    # 4 pairs per segment, centred at 1/8, 3/8, 5/8, 7/8 of each 100-frame segment
+    assert perscene.WINDOWS_PER_SEGMENT == 4
+    assert perscene.measure_windows([0, 100], 200) == [
+        (11, 13), (36, 38), (61, 63), (86, 88), (111, 113), (136, 138), (161, 163), (186, 188)
+    ]  # fmt: skip
 
 
 def test_thumbnails_are_unchanged(jobs):

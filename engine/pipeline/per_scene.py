@@ -137,17 +137,21 @@ def per_scene_outcome(
     bitrate; near-duplicate rungs are dropped with an info Warning `RenditionDropped`."""
     by_name = {t.name: t for t in tracks if t.kind == "video"}
     renditions = [o.rendition for o in plan.video if o.rendition.name in by_name]
+    packet_rates = {r.name: _packet_rates(plan, by_name[r.name]) for r in renditions}
+    averages = [packet_rates[r.name][0] for r in renditions]
+    dropped = {renditions[i].name for i in perscene.near_duplicates(averages)}
     began = time.monotonic()
-    # two rungs at a time: decoding and libvmaf (a child process) leave the GIL
+    # the kept rungs only, two at a time: decoding and libvmaf (a child process) leave the GIL
     with ThreadPoolExecutor(MEASURE_THREADS) as pool:
         futures = {
-            r.name: pool.submit(_measure, plan, by_name[r.name], r, rates.get(r.name))
+            r.name: pool.submit(
+                _measure, plan, by_name[r.name], r, rates.get(r.name), packet_rates[r.name]
+            )
             for r in renditions
+            if r.name not in dropped
         }
         measured = {name: future.result() for name, future in futures.items()}
     log.info("PerScene: rungs measured in %.1f s", time.monotonic() - began)
-    averages = [measured[r.name].average_kbps for r in renditions]
-    dropped = {renditions[i].name for i in perscene.near_duplicates(averages)}
     kept_tracks = []
     for track in tracks:
         if track.name in dropped:
@@ -157,7 +161,7 @@ def per_scene_outcome(
                 Level="Info",
                 Message=(
                     f"EncodingMode PerScene: {track.name} dropped: its "
-                    f"{measured[track.name].average_kbps:.0f} kbps are within "
+                    f"{packet_rates[track.name][0]:.0f} kbps are within "
                     f"{perscene.NEAR_DUPLICATE:.0%} of the next lower rendition's"
                 ),
             )
@@ -175,14 +179,23 @@ def per_scene_outcome(
     return kept_tracks, kept
 
 
+def _packet_rates(plan: TranscodePlan, track: EncodedTrack) -> tuple[float, float]:
+    """(average kbps, peak segment kbps) of an encoded rung (`perscene.packet_rates`)."""
+    starts = perscene.segment_starts(plan.frame_rate, plan.segment_seconds, track.frames)
+    return perscene.packet_rates(track.path, starts, plan.frame_rate, track.frames)
+
+
 def _measure(
     plan: TranscodePlan,
     track: EncodedTrack,
     rendition: VideoRendition,
     rate: perscene.RungRate | None,
+    rates: tuple[float, float],
 ) -> perscene.PerSceneQuality:
+    """A kept rung's `PerSceneQuality`: its packet rates (average, peak) and its VMAF on the
+    measurement windows (or the transcoder's measurement)."""
     starts = perscene.segment_starts(plan.frame_rate, plan.segment_seconds, track.frames)
-    average, peak = perscene.packet_rates(track.path, starts, plan.frame_rate, track.frames)
+    average, peak = rates
     base = track.quality
     ffmpeg = vmaf_support()[0]
     if base is None and rate is not None and rate.reference and ffmpeg is not None:
