@@ -15,6 +15,7 @@ def test_queued_count_reads_only_the_tenant_state_index(tmp_path):
     try:
         with store.reading() as session:
             sqlite = session.connection().connection.driver_connection
+            assert sqlite is not None
             sent: list[str] = []  # the statements as SQLite runs them, values filled in
             sqlite.set_trace_callback(sent.append)
             try:
