@@ -504,3 +504,84 @@ def test_drm_is_signalled_as_in_default(jobs):
     ]  # fmt: skip
     assert protection[0] and set(protection[0]) == set(protection[1])
     assert jobs["drm-near"].report["Drm"] is True
+
+
+def _remux(source: Path, target: Path) -> Path:
+    """`source`'s video stream copied into another container (packets unchanged)."""
+    with av.open(str(source)) as inp, av.open(str(target), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is None:
+                continue
+            packet.stream = stream
+            out.mux(packet)
+    return target
+
+
+def test_the_analysis_skipping_unreferenced_frames_equals_a_full_decode(tmp_path, monkeypatch):
+    """From an MP4 the analysis pass leaves frames nothing references undecoded outside the
+    probe clips and the measurement windows; from the same packets in Matroska (no skipping)
+    it decodes every frame: the same frame count, scene starts, probes and stored reference
+    frames."""
+    from fractions import Fraction
+
+    from engine.media import VideoRendition
+    from engine.transcode import TranscodePlan, VideoOutput
+
+    mp4 = make_mixed(tmp_path / "mixed.mp4")
+    mkv = _remux(mp4, tmp_path / "mixed.mkv")
+    outputs = tuple(
+        VideoOutput(
+            VideoRendition(w, h, kbps, "H264", "SD", f"video-H264-{h}-{kbps}k"),
+            cpu_choice("H264", OptimizeFor.Speed, kbps, 25.0, 2.0),
+            tmp_path / f"{h}.mp4",
+        )
+        for w, h, kbps in ((192, 108, 150), (320, 180, 300))
+    )
+    starts = perscene.segment_starts(Fraction(25), 2.0, 100)
+    windows = perscene.measure_windows(starts, 100)
+    from engine.quality import vmaf_support
+
+    ffmpeg = vmaf_support()[0]
+    assert ffmpeg is not None
+    thumbnail = perscene._thumbnail
+    decoded: list[int] = []  # frames decoded (each gets a thumbnail), per pass
+    monkeypatch.setattr(perscene, "_thumbnail", lambda f: decoded.append(1) or thumbnail(f))
+    probe = perscene._Prober.probe
+    clips: list[tuple[int, bytes]] = []  # the probed clips' starts and pictures, per pass
+
+    def probe_spy(prober, start, frames, segment_frames):
+        clips.append((start, b"".join(f.to_ndarray().tobytes() for f in frames)))
+        probe(prober, start, frames, segment_frames)
+
+    monkeypatch.setattr(perscene._Prober, "probe", probe_spy)
+    results = {}
+    for source in (mp4, mkv):
+        decoded.clear()
+        clips.clear()
+        plan = TranscodePlan(source, None, Fraction(25), outputs, (), 2.0, 4.0)
+        store = perscene.ReferenceStore(
+            tmp_path / source.suffix[1:],
+            {o.rendition.name: (o.rendition.width, o.rendition.height) for o in outputs},
+        )
+        analysis = perscene.analyse(plan, ffmpeg, windows=windows, store=store)
+        stored = {name: path.read_bytes() for name, path in store.paths.items()}
+        results[source.suffix] = (analysis, store.indices, stored, len(decoded), list(clips))
+    (
+        (skipped, indices, stored, count, probed),
+        (full, full_indices, full_stored, full_count, full_probed),
+    ) = (
+        results[".mp4"],
+        results[".mkv"],
+    )
+    assert full_count == 100 and count < 100  # B-frames outside clips and windows: skipped
+    assert skipped.frames == full.frames == 100
+    assert skipped.scene_starts == full.scene_starts == (0, 50)
+    # the same clips probed (the probes' scores themselves vary a little from run to run)
+    assert [start for start, _ in probed] == [0, 0, 50, 50]
+    assert probed == full_probed
+    assert {n: [p.start for p in c] for n, c in skipped.probes.items()} == {
+        n: [p.start for p in c] for n, c in full.probes.items()
+    }
+    assert indices == full_indices == [i for a, b in windows for i in range(a, b)]
+    assert stored == full_stored
