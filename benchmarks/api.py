@@ -8,8 +8,8 @@ Target: p99 < 50 ms, p50 < 15 ms. Two rows, each against a fresh server:
 - paced open loop: the clients together submit PACED_RATE jobs/s on a fixed schedule (job n
   of the run is due at start + n / rate, client n % 20 sends it), well inside capacity; a job's
   latency runs from its scheduled time, not from when it was actually sent, so a slow answer
-  that delays the next send counts against that send too (no coordinated omission). This is
-  how a latency SLO is stated.
+  that delays the next send counts against that send too (no coordinated omission; uvloop's
+  timers may send up to ~1 ms late, which counts too). This is how a latency SLO is stated.
 
 The clients are cheap so that they do not take the server's CPU (the machine has 2 cores):
 20 keep-alive TLS connections driven by one asyncio (uvloop) loop in this process, the request
