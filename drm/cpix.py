@@ -34,23 +34,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http.client
 import logging
 import os
 import re
-import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from drm import signalling, systems
 from drm.keys import KEY_SIZE, ContentKey, DrmKeyError, SystemSignalling
+
+if TYPE_CHECKING:
+    import urllib.request
 
 log = logging.getLogger(__name__)
 
@@ -632,11 +631,8 @@ def _child_text(element: ET.Element, tag: str) -> str | None:
 # -------------------------------------------------------------------------------- the client
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect would carry the credentials elsewhere (or drop the POST body): refuse it."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
+# The HTTP modules (http.client, ssl, urllib.request) are imported by the client's functions:
+# a job whose keys come from anywhere but a Key Service does not load them.
 
 
 def build_opener(
@@ -645,6 +641,15 @@ def build_opener(
     """The opener a CpixClient uses by default: verified TLS (plus `ca_file`), redirects
     refused, then `handlers` (an egress policy's, say). An engine that passes its own opener
     to CpixClient should build it here so that it keeps those two properties."""
+    import ssl
+    import urllib.request
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        """A redirect would carry the credentials elsewhere (or drop the POST body)."""
+
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            return None
+
     context = ssl.create_default_context()
     if ca_file:
         context.load_verify_locations(cafile=ca_file)
@@ -758,6 +763,8 @@ class CpixClient:
         return f"; it said: {text}" if text else ""
 
     def _request(self, document: bytes) -> urllib.request.Request:
+        import urllib.request
+
         request = urllib.request.Request(self.url, data=document, method="POST")
         request.add_header("Content-Type", "application/xml")
         request.add_header("Accept", "application/xml")
@@ -769,6 +776,10 @@ class CpixClient:
         return request
 
     def _post(self, document: bytes) -> bytes:
+        import http.client
+        import ssl
+        import urllib.error
+
         if urllib.parse.urlsplit(self.url).scheme.lower() == "http":
             log.warning("the Key Service at %s is plain HTTP: credentials go in clear", self.source)
         opener = self._opener()

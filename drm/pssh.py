@@ -23,7 +23,6 @@ import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from xml.sax.saxutils import escape
 
 from drm import boxes, systems
 from drm.keys import ContentKey
@@ -96,12 +95,17 @@ def playready_checksum(key: ContentKey) -> str:
     return base64.b64encode(encrypted[:8]).decode()
 
 
+def _xml_text(text: str) -> str:
+    """XML character data (xml.sax.saxutils.escape, whose import pulls in urllib.request)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def playready_header(keys: Sequence[ContentKey], scheme: str, la_url: str | None = None) -> str:
     """The WRMHEADER XML. Canonical form as the specification asks: no whitespace,
     attributes in alphabetical order, explicit closing tags."""
     if not keys:
         raise ValueError("a PlayReady header needs at least one key")
-    la = f"<LA_URL>{escape(la_url)}</LA_URL>" if la_url else ""
+    la = f"<LA_URL>{_xml_text(la_url)}</LA_URL>" if la_url else ""
     head = f'<WRMHEADER xmlns="{PLAYREADY_HEADER_NS}" version='
     if str(scheme) == "cenc" and len(keys) == 1:
         key = keys[0]

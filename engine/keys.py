@@ -20,8 +20,6 @@ import binascii
 import dataclasses
 import logging
 import os
-import ssl
-import urllib.request
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -43,6 +41,8 @@ from engine.job import AuthenticationType, VideoFormat
 from storage.egress import UNRESTRICTED, EgressDenied, EgressPolicy
 
 if TYPE_CHECKING:
+    import urllib.request
+
     from drm.credentials import ServiceKey
     from engine.job import DrmManaged, Job
 
@@ -124,6 +124,8 @@ def key_service_opener(
     None when unrestricted (the CPIX client's own opener)."""
     if not egress.restricted:
         return None
+    import ssl  # here: a job whose keys come from no Key Service does not load it
+
     context = ssl.create_default_context()
     ca_file = ca_file or os.environ.get(CA_FILE_ENV)
     if ca_file:

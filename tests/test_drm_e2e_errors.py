@@ -19,7 +19,6 @@ from e2e_helpers import input_folder, make_job
 from mediagen import make_media
 
 import engine.keys
-import engine.pipeline.prevalidation
 from drm.credentials import ServiceKey, encrypt_for_certificate
 from engine.errors import JobValidationError
 from engine.pipeline import run_job
@@ -108,8 +107,8 @@ def test_key_service_failures_end_the_job_before_it_runs(env, monkeypatch, mode,
     the Key Service (its URL without credentials) and the reason; nothing else happens."""
     server: CpixServer = env["server"]
     # The engine's CPIX client waits 10 s × 4 attempts; the timeout case needs less here.
-    monkeypatch.setattr(
-        engine.pipeline.prevalidation,
+    monkeypatch.setattr(  # (the Pre-Validation phase imports it when a job is encrypted)
+        engine.keys,
         "keys_from_job",
         functools.partial(engine.keys.keys_from_job, timeout=0.5, attempts=2, backoff=0.05),
     )
