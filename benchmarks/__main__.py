@@ -12,7 +12,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import Result, save_results
+from benchmarks.common import Result, compile_project, save_results
 
 # module name -> what it measures; each module has run(quick: bool) -> list[Result] | Result
 BENCHMARKS = {
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console()
     results: list[Result] = []
+    compile_project()
     for name in args.only or BENCHMARKS:
         console.print(f"[bold]{name}[/bold]: {BENCHMARKS[name]}")
         module = importlib.import_module(f"benchmarks.{name}")
