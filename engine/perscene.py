@@ -6,15 +6,18 @@ Three parts, the middle one pure (tests/test_perscene.py tables):
 1. `analyse` — one decode pass over the source, before the transcode. Every prepared frame
    (the transcoder's own `_FramePreparer`: deinterlace, rotation, constant rate, so frame
    indices are the output's) is shrunk to 64x36 luma for scene-cut detection. Every
-   `CLIP_SPACING_S` seconds a clip of `CLIP_FRAMES` frames is taken and, at two or three rung
-   sizes (`probed_rungs`), probe-encoded with the rung's own encoder and preset at the
-   `PROBE_CRFS` (calibrated: `PROBE_BIAS`); the decoded probes are scored by libvmaf
-   (vmaf_v0.6.1, the same ffmpeg as QualityMetrics; one process per probed rung) against the
-   clip scaled to the rung's size.
-   The clip's first frame (its I-frame) is encoded but not scored. Clips are probed as they
-   come: the pass holds one clip at a time, so memory stays flat. The frames of the
-   measurement windows (`measure_windows`) are kept, scaled to every rung, on disk
-   (`ReferenceStore`).
+   `CLIP_SPACING_S` seconds (a still picture: every `STILL_MAX_GAP_S`) a clip of
+   `CLIP_FRAMES` frames is taken and, at two or three rung sizes (`probed_rungs`),
+   probe-encoded with the rung's own encoder and preset (one thread) at the `PROBE_CRFS`
+   (calibrated: `PROBE_BIAS`); the decoded probes are scored by libvmaf (vmaf_v0.6.1, the
+   same ffmpeg as QualityMetrics; one process per probed rung) against the clip scaled to
+   the rung's size. Of a clip only frames 1..`CLIP_SCORED` are scored: the first is its
+   I-frame, the tail after them gives them references to come, as in the full encode.
+   Clips are probed on a worker thread while the decode goes on, one clip at a time, so
+   memory stays flat. The frames of the measurement windows (`measure_windows`) are kept,
+   scaled to every rung, on disk (`ReferenceStore`). From an MP4/MOV the transcoder takes
+   frame for frame, the decoder skips the frames nothing references (most B-frames) outside
+   the clips and windows: a frame's index is the rank of its timestamp among the packets'.
 2. `plan_rates` — per probed rung and scene, the CRF where the scene's VMAF-vs-CRF curve
    (clips of the scene averaged; calibrated by `PROBE_BIAS`) crosses the target plus
    `TARGET_MARGIN` (piecewise linear, monotone, extrapolated with the end slopes, clamped to
@@ -30,12 +33,12 @@ Three parts, the middle one pure (tests/test_perscene.py tables):
    quality (`rc=vbr`, `cq`, no target bitrate) under the same maxrate/bufsize; NVENC has no
    zones, so the rung's base CQ applies to every scene (code path only: not run on a GPU).
 
-After the transcode, `window_quality` scores every rung on the measurement windows against
-the stored references (unless QualityMetrics or watermarks have the transcoder measure, see
-engine.pipeline.per_scene), `packet_rates` gives per rung the average and peak bitrate (from
-the encoded packets, per segment), VMAF mean and 5th percentile of per-segment means, and
-`near_duplicates` says which rungs to drop (within 10 % of the next lower kept rung; the top
-rung is never dropped: when it is the near-duplicate, the lower one goes).
+After the transcode, `packet_rates` gives per rung the average and peak bitrate (from the
+encoded packets, per segment), `near_duplicates` says which rungs to drop (within 10 % of the
+next lower kept rung; the top rung is never dropped: when it is the near-duplicate, the lower
+one goes), and `window_quality` scores every kept rung on the measurement windows against the
+stored references (unless QualityMetrics or watermarks have the transcoder measure, see
+engine.pipeline.per_scene): VMAF mean and 5th percentile of per-segment means.
 """
 
 from __future__ import annotations
@@ -80,8 +83,13 @@ PROBE_BIAS = 1.3
 TARGET_MARGIN = 0.3
 PROBE_CRFS = {"H264": (18.0, 26.0, 34.0), "H265": (20.0, 28.0, 36.0)}
 CRF_RANGE = (12.0, 45.0)
+# A probe at the lowest CRF is skipped when the middle CRF's rate is over this many times the
+# rung's cap (`_Prober.probe`)
+CAPPED_PROBE = 2.0
 MIN_SLOPE = 0.25  # VMAF points per CRF step, at least, when extrapolating
-CLIP_FRAMES = 4  # per probe clip; the first is encoded, not scored
+CLIP_FRAMES = 6  # per probe clip, encoded: an I-frame, the scored frames, the tail
+CLIP_SCORED = 2  # frames 1..CLIP_SCORED are scored; the tail after them is there so that
+# they are referenced as in a long encode (mb-tree/cu-tree starves a clip's last frames)
 CLIP_SPACING_S = 2.0
 # A clip is skipped when the picture is still: its 64x36 luma differs from the last probed
 # clip's first frame by less than `STILL_DIFFERENCE` (0..255, mean absolute) and that clip is
@@ -752,9 +760,20 @@ class _Prober:
             for f in frames
         ]
         references = [s.to_ndarray()[: rendition.height] for s in scaled]
-        rates = []
-        spans = []
-        for crf in self.crfs:
+        rates: list[float] = []
+        spans: list[tuple[int, int]] = []
+        # the highest CRF first (the cheapest); the lowest is left out when the middle one
+        # already costs CAPPED_PROBE x the rung's cap: a scene needing it is capped anyway,
+        # and at the lowest CRF the probe of such a clip is the dearest encode of the pass
+        for crf in reversed(self.crfs):
+            if (
+                crf == self.crfs[0]
+                and len(self.crfs) >= 3
+                and rates[-1] > CAPPED_PROBE * rendition.bitrate_kbps
+            ):
+                rates.append(math.nan)
+                spans.append((self.pushed, 0))
+                continue
             context = self._context(crf)
             bits: list[int] = []
             decoder = av.CodecContext.create("h264" if context.name == "libx264" else "hevc", "r")
@@ -766,12 +785,16 @@ class _Prober:
                 packets += context.encode(frame)
             packets += context.encode(None)
             for packet in packets:
-                bits.append(packet.size * 8)
+                if packet.pts is not None and 0 < packet.pts <= CLIP_SCORED:
+                    bits.append(packet.size * 8)
+                elif packet.pts == 0:
+                    bits.insert(0, packet.size * 8)
                 for out in decoder.decode(packet):
                     decoded.append(out.to_ndarray()[: rendition.height])
             for out in decoder.decode(None):
                 decoded.append(out.to_ndarray()[: rendition.height])
-            pairs = list(zip(references[1:], decoded[1:], strict=False))
+            scored = slice(1, 1 + CLIP_SCORED)
+            pairs = list(zip(references[scored], decoded[scored], strict=False))
             for reference, distorted in pairs:
                 self.pipe.push(reference, distorted)
             spans.append((self.pushed, len(pairs)))
@@ -782,7 +805,7 @@ class _Prober:
                 segment_frames, 1
             )
             rates.append(per_frame * float(self.frame_rate) / 1000)
-        self.clips.append((start, rates, spans))
+        self.clips.append((start, rates[::-1], spans[::-1]))
 
     def finish(self) -> tuple[ClipProbe, ...]:
         mean, error = self.pipe.finish()
@@ -795,6 +818,10 @@ class _Prober:
             for first, count in spans:
                 values = [scores[k] for k in range(first, first + count) if k in scores]
                 vmafs.append(float(np.mean(values)) if values else 0.0)
+            if math.isnan(rates[0]):  # the lowest CRF left out: the next two's slopes
+                step = (self.crfs[1] - self.crfs[0]) / (self.crfs[2] - self.crfs[1])
+                vmafs[0] = min(100.0, vmafs[1] + (vmafs[1] - vmafs[2]) * step)
+                rates[0] = rates[1] * (rates[1] / max(rates[2], 1e-3)) ** step
             probes.append(ClipProbe(start, tuple(vmafs), tuple(rates)))
         return tuple(probes)
 

@@ -585,3 +585,43 @@ def test_the_analysis_skipping_unreferenced_frames_equals_a_full_decode(tmp_path
     }
     assert indices == full_indices == [i for a, b in windows for i in range(a, b)]
     assert stored == full_stored
+
+
+@pytest.mark.parametrize(("cap_kbps", "encodes"), [(10, 2), (100_000, 3)])
+def test_a_probe_far_above_the_cap_skips_its_lowest_crf(tmp_path, monkeypatch, cap_kbps, encodes):
+    """Noise at a 10 kbps cap: the middle CRF already costs over CAPPED_PROBE x the cap, so the
+    lowest CRF is not encoded; its VMAF and rate continue the next two's slopes. Under a high
+    cap all three CRFs are encoded."""
+    from fractions import Fraction
+
+    from engine.media import VideoRendition
+    from engine.quality import vmaf_support
+    from engine.transcode import VideoOutput
+
+    ffmpeg = vmaf_support()[0]
+    assert ffmpeg is not None
+    output = VideoOutput(
+        VideoRendition(160, 90, cap_kbps, "H264", "SD", "noise"),
+        cpu_choice("H264", OptimizeFor.Speed, cap_kbps, 25.0, 2.0),
+        tmp_path / "noise.mp4",
+    )
+    crfs = perscene.PROBE_CRFS["H264"]
+    prober = perscene._Prober(output, Fraction(25), crfs, ffmpeg)
+    opened: list[float] = []
+    context = perscene._Prober._context
+    monkeypatch.setattr(
+        perscene._Prober, "_context", lambda self, crf: opened.append(crf) or context(self, crf)
+    )
+    rng = np.random.default_rng(5)
+    frames = [
+        av.VideoFrame.from_ndarray(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8), "rgb24")
+        for _ in range(perscene.CLIP_FRAMES)
+    ]
+    prober.probe(0, frames, 50)
+    (probe,) = prober.finish()
+    assert sorted(opened) == sorted(crfs[-encodes:])
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in probe.vmaf)
+    assert probe.kbps[0] > probe.kbps[1] > probe.kbps[2] > 0
+    if encodes == 2:
+        assert probe.vmaf[0] == pytest.approx(min(100.0, 2 * probe.vmaf[1] - probe.vmaf[2]))
+        assert probe.kbps[0] == pytest.approx(probe.kbps[1] ** 2 / probe.kbps[2])
