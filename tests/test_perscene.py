@@ -546,7 +546,12 @@ def test_the_analysis_skipping_unreferenced_frames_equals_a_full_decode(tmp_path
     assert ffmpeg is not None
     thumbnail = perscene._thumbnail
     decoded: list[int] = []  # frames decoded (each gets a thumbnail), per pass
-    monkeypatch.setattr(perscene, "_thumbnail", lambda f: decoded.append(1) or thumbnail(f))
+
+    def thumbnail_spy(frame):
+        decoded.append(1)
+        return thumbnail(frame)
+
+    monkeypatch.setattr(perscene, "_thumbnail", thumbnail_spy)
     probe = perscene._Prober.probe
     clips: list[tuple[int, bytes]] = []  # the probed clips' starts and pictures, per pass
 
@@ -609,9 +614,12 @@ def test_a_probe_far_above_the_cap_skips_its_lowest_crf(tmp_path, monkeypatch, c
     prober = perscene._Prober(output, Fraction(25), crfs, ffmpeg)
     opened: list[float] = []
     context = perscene._Prober._context
-    monkeypatch.setattr(
-        perscene._Prober, "_context", lambda self, crf: opened.append(crf) or context(self, crf)
-    )
+
+    def context_spy(prober, crf):
+        opened.append(crf)
+        return context(prober, crf)
+
+    monkeypatch.setattr(perscene._Prober, "_context", context_spy)
     rng = np.random.default_rng(5)
     frames = [
         av.VideoFrame.from_ndarray(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8), "rgb24")
