@@ -780,6 +780,9 @@ class _Prober:
             decoded: list[np.ndarray] = []
             packets = []
             for i, frame in enumerate(scaled):
+                # in the encoder's time base: a frame keeps the source's, and the encoder would
+                # rescale its pts from that (the first CRF's probe got all frames at pts 0)
+                frame.time_base = context.time_base
                 frame.pts = i
                 frame.pict_type = PictureType.I if i == 0 else PictureType.NONE
                 packets += context.encode(frame)

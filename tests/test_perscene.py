@@ -633,3 +633,36 @@ def test_a_probe_far_above_the_cap_skips_its_lowest_crf(tmp_path, monkeypatch, c
     if encodes == 2:
         assert probe.vmaf[0] == pytest.approx(min(100.0, 2 * probe.vmaf[1] - probe.vmaf[2]))
         assert probe.kbps[0] == pytest.approx(probe.kbps[1] ** 2 / probe.kbps[2])
+
+
+def test_probe_rates_do_not_depend_on_the_source_time_base(tmp_path):
+    """Frames from a demuxer carry the source's time base (here 1/12800): every CRF's probe
+    encodes them at frame-numbered timestamps in the encoder's own time base, so the same
+    clip probed twice gives the same rates (the first CRF used to get every frame at pts 0)."""
+    from fractions import Fraction
+
+    from engine.media import VideoRendition
+    from engine.quality import vmaf_support
+    from engine.transcode import VideoOutput
+
+    ffmpeg = vmaf_support()[0]
+    assert ffmpeg is not None
+    output = VideoOutput(
+        VideoRendition(160, 90, 100_000, "H264", "SD", "box"),
+        cpu_choice("H264", OptimizeFor.Speed, 100_000, 25.0, 2.0),
+        tmp_path / "box.mp4",
+    )
+    prober = perscene._Prober(output, Fraction(25), perscene.PROBE_CRFS["H264"], ffmpeg)
+    rng = np.random.default_rng(9)
+    frames = []
+    for i in range(perscene.CLIP_FRAMES):
+        frame = av.VideoFrame.from_ndarray(
+            rng.integers(0, 256, (90, 160, 3), dtype=np.uint8), "rgb24"
+        )
+        frame.time_base = Fraction(1, 12800)
+        frame.pts = 512 * i
+        frames.append(frame)
+    prober.probe(0, frames, 50)
+    prober.probe(100, frames, 50)
+    first, second = prober.finish()
+    assert first.kbps == pytest.approx(second.kbps, rel=1e-9)
