@@ -55,6 +55,7 @@ from engine.transcode import (
     _demux,
     _encode_all,
     _FramePreparer,
+    _LadderScaler,
     _open_encoder,
     _ProgressTracker,
     _RungThread,
@@ -160,6 +161,7 @@ def encode_chunk(
             if output.encoder.hardware:
                 raise ChunkMismatch(f"{output.rendition.name}: hardware encoders are not chunked")
             rungs.append(_RungThread(_open_encoder(output, task.frame_rate, warn)))
+        scaler = _LadderScaler()  # the one-pass transcode's cascade: the same pictures
         boundaries = boundary_frames(task.frame_rate, task.segment_seconds)
         next_key = next(boundaries)
         while next_key < chunk.first:
@@ -186,7 +188,7 @@ def encode_chunk(
                 next_key = next(boundaries)
             # Each chunk file starts at 0 (as a one-pass file does); the stitcher shifts it.
             frame.pts, frame.time_base = index - chunk.first, 1 / rate
-            _encode_all(rungs, frame, keyframe, failed, warn)
+            _encode_all(rungs, scaler, frame, keyframe, failed, warn)
             expected += 1
             if progress is not None and total:
                 progress((expected - chunk.first) / total)
