@@ -665,4 +665,5 @@ def test_probe_rates_do_not_depend_on_the_source_time_base(tmp_path):
     prober.probe(0, frames, 50)
     prober.probe(100, frames, 50)
     first, second = prober.finish()
-    assert first.kbps == pytest.approx(second.kbps, rel=1e-9)
+    # (x264 is not bit-exact from run to run here: within 2 %, where the bug gave 6x)
+    assert first.kbps == pytest.approx(second.kbps, rel=0.02)
