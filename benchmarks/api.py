@@ -4,7 +4,7 @@ Target: p99 < 50 ms, p50 < 15 ms. Two rows, each against a fresh server:
 
 - saturated closed loop: each client submits its next job as soon as its last is answered, so
   the server is never idle and latency is about clients / throughput (queueing, not service
-  time); the row's jobs/s is the server's capacity on this machine.
+  time); its jobs/s (in `extra`) is the server's capacity on this machine.
 - paced open loop: the clients together submit PACED_RATE jobs/s on a fixed schedule (job n
   of the run is due at start + n / rate, client n % 20 sends it), well inside capacity; a job's
   latency runs from its scheduled time, not from when it was actually sent, so a slow answer
@@ -16,9 +16,10 @@ The clients are cheap so that they do not take the server's CPU (the machine has
 bytes built before the clock starts, the answer read by Content-Length. Each client waits for
 its answer before its next request, as an HTTP/1.1 client on one connection must.
 
-A row's "vipe s" is the p99 and its anchor the 50 ms target (ratio = p99 / 50 ms); p50,
-throughput, the server's and the clients' CPU per job are in `extra`. The server's peak memory
-is its own VmHWM, read from /proc before it stops.
+Each mode gives two rows: "vipe s" the p99 against the 50 ms target and the p50 against the
+15 ms target (ratio = measured / target); throughput, the server's and the clients' CPU per
+job are in `extra`. The server's peak memory is its own VmHWM, read from /proc before it
+stops.
 
 `python -m benchmarks.api [--quick]` runs it alone.
 """
@@ -49,6 +50,7 @@ from benchmarks.common import Result
 CLIENTS = 20
 PACED_RATE = 100  # jobs/s of the paced row, all clients together: well inside capacity
 TARGET_P99_S = 0.050
+TARGET_P50_S = 0.015
 ISSUER, AUDIENCE, TENANT = "https://id.vipe.bench/", "vipe-bench", "tenant-bench"
 
 
@@ -267,30 +269,33 @@ def _tail(folder: Path) -> str:
     return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
 
-def _row(title: str, figures: dict) -> Result:
-    p99 = figures["p99_ms"] / 1000
-    return Result(
-        name=f"POST /Job {title}: p99 (p50 {figures['p50_ms']:.0f} ms), {CLIENTS} clients, "
-        f"{figures['submissions']} jobs, {figures['jobs_per_s']:.0f} jobs/s",
-        vipe_s=round(p99, 4),
-        anchor="target p99",
-        anchor_s=TARGET_P99_S,
-        ratio=round(p99 / TARGET_P99_S, 3),
-        vipe_peak_mb=figures["server_peak_mb"],
-        anchor_peak_mb=0.0,
-        vipe_cpu_s=0.0,
-        anchor_cpu_s=0.0,
-        runs=1,
-        extra=figures,
-    )
+def _rows(title: str, figures: dict) -> list[Result]:
+    """A p99 row and a p50 row, each against its target. Names hold no measured figure, so
+    a later run replaces them in latest.json; jobs/s and the CPU figures are in `extra`."""
+    return [
+        Result(
+            name=f"POST /Job {stat}, {title}, {CLIENTS} clients, {figures['submissions']} jobs",
+            vipe_s=round(figures[f"{stat}_ms"] / 1000, 4),
+            anchor=f"target {stat}",
+            anchor_s=target,
+            ratio=round(figures[f"{stat}_ms"] / 1000 / target, 3),
+            vipe_peak_mb=figures["server_peak_mb"],
+            anchor_peak_mb=0.0,
+            vipe_cpu_s=0.0,
+            anchor_cpu_s=0.0,
+            runs=1,
+            extra=figures,
+        )
+        for stat, target in (("p99", TARGET_P99_S), ("p50", TARGET_P50_S))
+    ]
 
 
 def run(quick: bool = False) -> list[Result]:
     saturated = measure_submissions(15 if quick else 50)
     paced = measure_submissions(15 if quick else 30, rate=PACED_RATE)
     return [
-        _row("saturated closed loop (back to back)", saturated),
-        _row(f"paced open loop ({PACED_RATE} jobs/s, from scheduled send)", paced),
+        *_rows("saturated closed loop (back to back)", saturated),
+        *_rows(f"paced open loop ({PACED_RATE} jobs/s, from scheduled send)", paced),
     ]
 
 
