@@ -1,6 +1,6 @@
 """`POST /Job` latency: `vipe serve` (a child process, `--workers 0`: it accepts and stores, runs
 nothing) answers 20 concurrent HTTPS clients on loopback; p50 and p99 of the request latency.
-Target: p99 < 50 ms, p50 < 15 ms. Two rows, each against a fresh server:
+Target: p99 < 50 ms, p50 < 15 ms. Two modes, each against a fresh server:
 
 - saturated closed loop: each client submits its next job as soon as its last is answered, so
   the server is never idle and latency is about clients / throughput (queueing, not service
