@@ -637,8 +637,9 @@ def test_a_probe_far_above_the_cap_skips_its_lowest_crf(tmp_path, monkeypatch, c
 
 def test_probe_rates_do_not_depend_on_the_source_time_base(tmp_path):
     """Frames from a demuxer carry the source's time base (here 1/12800): every CRF's probe
-    encodes them at frame-numbered timestamps in the encoder's own time base, so the same
-    clip probed twice gives the same rates (the first CRF used to get every frame at pts 0)."""
+    encodes them at frame-numbered timestamps in the encoder's own time base, so a clip gives
+    the same rates whatever its frames' time base (the first CRF used to get every frame at
+    pts 0: on a pan clip 520 instead of 87 kbps)."""
     from fractions import Fraction
 
     from engine.media import VideoRendition
@@ -652,18 +653,19 @@ def test_probe_rates_do_not_depend_on_the_source_time_base(tmp_path):
         cpu_choice("H264", OptimizeFor.Speed, 100_000, 25.0, 2.0),
         tmp_path / "box.mp4",
     )
-    prober = perscene._Prober(output, Fraction(25), perscene.PROBE_CRFS["H264"], ffmpeg)
-    rng = np.random.default_rng(9)
-    frames = []
-    for i in range(perscene.CLIP_FRAMES):
-        frame = av.VideoFrame.from_ndarray(
-            rng.integers(0, 256, (90, 160, 3), dtype=np.uint8), "rgb24"
-        )
-        frame.time_base = Fraction(1, 12800)
-        frame.pts = 512 * i
-        frames.append(frame)
-    prober.probe(0, frames, 50)
-    prober.probe(100, frames, 50)
-    first, second = prober.finish()
-    # (x264 is not bit-exact from run to run here: within 2 %, where the bug gave 6x)
-    assert first.kbps == pytest.approx(second.kbps, rel=0.02)
+    probes = []
+    for time_base, step in ((Fraction(1, 25), 1), (Fraction(1, 12800), 512)):
+        frames = []
+        for i in range(perscene.CLIP_FRAMES):  # a box moving over a gradient, 320x180
+            row = np.linspace(0, 255, 320, dtype=np.uint8)
+            image = np.repeat(np.repeat(row[None, :, None], 180, axis=0), 3, axis=2)
+            image[60:120, 20 + 12 * i : 80 + 12 * i] = (230, 200, 40)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), "rgb24")
+            frame.time_base = time_base
+            frame.pts = step * i
+            frames.append(frame)
+        prober = perscene._Prober(output, Fraction(25), perscene.PROBE_CRFS["H264"], ffmpeg)
+        prober.probe(0, frames, 50)
+        probes += prober.finish()
+    # (x264 is not bit-exact from run to run here: within 2 %)
+    assert probes[1].kbps == pytest.approx(probes[0].kbps, rel=0.02)
