@@ -653,7 +653,7 @@ def test_probe_rates_do_not_depend_on_the_source_time_base(tmp_path):
         cpu_choice("H264", OptimizeFor.Speed, 100_000, 25.0, 2.0),
         tmp_path / "box.mp4",
     )
-    probes = []
+    probes: list[perscene.ClipProbe] = []
     for time_base, step in ((Fraction(1, 25), 1), (Fraction(1, 12800), 512)):
         frames = []
         for i in range(perscene.CLIP_FRAMES):  # a box moving over a gradient, 320x180
