@@ -69,16 +69,15 @@ from engine.quality import (
 from engine.transcode import TranscodePlan, VideoOutput, _FramePreparer, boundary_frames
 
 DEFAULT_TARGET = 95.0
-# Probe calibration. The probes stay pessimistic: with the clip's tail (`CLIP_FRAMES`) the
-# full encode's libvmaf VMAF at the chosen CRF came out +0.9 to +4.4 above the raw probe
-# scores on the rungs below their cap (benchmarks/perscene.py, 1280x720: slide +0.9 to +1.5,
-# flat animation +1.7 to +3.4, photo pan +4.3 to +4.4; before the tail, with 4-frame clips
-# ending on their scored frames, the pan's were +4.7 to +4.9 and its CRFs 1.5-2 lower, as
-# mb-tree starved the scored frames). `PROBE_BIAS` is added to
-# every probe score; the plan aims at the target + `TARGET_MARGIN` on that calibrated scale
-# (the slide's rungs then measured 94.9-95.5 for a target of 95). Probes without mb-tree
-# were tried: -0.4 to +1.0 on a slide and a pan, but -1.2 to -3.2 on flat animation and far
-# below on the mixed source's grain scenes at 234p (a rung's mean 92.0 for a target of 95).
+# Probe calibration. The full encode's libvmaf VMAF at the chosen CRF came out +0.6 to +2.0
+# above the raw probe scores on the rungs below their cap (benchmarks/perscene.py, 1280x720:
+# slide +0.9 to +1.5, flat animation +0.6 to +2.0, photo pan +1.6 to +1.9). `PROBE_BIAS` is
+# added to every probe score; the plan aims at the target + `TARGET_MARGIN` on that
+# calibrated scale (for a target of 95 those rungs measured 94.6-96.0). Earlier figures
+# (+1.3 to +3.8, pan +4.7) came from two faults since fixed: the scored frames ended the
+# clip, so mb-tree starved them (now the tail of `CLIP_FRAMES`), and the first CRF's probe
+# reached the encoder with every frame at pts 0 (`_Prober.probe`). Probes without mb-tree
+# were tried before those fixes: optimistic by up to 3.2 on flat animation.
 PROBE_BIAS = 1.3
 TARGET_MARGIN = 0.3
 PROBE_CRFS = {"H264": (18.0, 26.0, 34.0), "H265": (20.0, 28.0, 36.0)}
