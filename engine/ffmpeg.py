@@ -269,7 +269,9 @@ def encoder_command(
         args += ["-hwaccel", "cuda"]
     args += ["-i", input_name, "-map", "0:v:0", "-an", "-sn"]
     chain = [f"{name}={value}" if value else name for name, value in filters]
-    chain.append(f"scale={width}:{height}:flags=bicubic")
+    # vipe scales the rungs in a Lanczos cascade (engine.transcode._LadderScaler); one Lanczos
+    # scale from the source is the nearest FFmpeg filter
+    chain.append(f"scale={width}:{height}:flags=lanczos")
     if sample_aspect_ratio != 1:
         chain.append(f"setsar={sample_aspect_ratio.numerator}/{sample_aspect_ratio.denominator}")
     args += ["-vf", ",".join(chain)]

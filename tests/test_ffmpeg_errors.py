@@ -308,7 +308,7 @@ def test_encoder_command_of_nvenc_hevc_and_hdr():
     args = _args(command)
     assert args["-vf"] == (
         "bwdif=mode=send_frame:parity=auto:deint=interlaced,hflip,"
-        "scale=3840:2160:flags=bicubic,setsar=4/3"
+        "scale=3840:2160:flags=lanczos,setsar=4/3"
     )
     assert args["-c:v"] == "hevc_nvenc" and args["-r"] == "24000/1001"
     assert (args["-b:v"], args["-maxrate"], args["-bufsize"]) == ("4000k", "4400k", "4400k")
