@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -631,6 +631,42 @@ class ReferenceStore:
         self.indices.append(index)
 
 
+def rung_frames(
+    path: Path, frame_rate: Fraction, wanted: Collection[int]
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """The frames the decoder gives of a rung that vipe wrote (a fragmented MP4 at the
+    constant `frame_rate`: output frame i at pts start + i frame durations), each with its
+    output frame index (from its pts, checked to be on that grid). Every `wanted` frame comes
+    out, decoded as in a full decode; of the others, the decoder skips those nothing
+    references (most B-frames: `skip_frame` per packet, by the packet's own pts), and the
+    demuxing stops after the last wanted frame (a later packet's dts is past it, so its pts
+    is too)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "AUTO"
+        if stream.time_base is None or stream.start_time is None:
+            raise RuntimeError(f"{path}: a video stream without a time base or start time")
+        ticks_per_frame = 1 / (stream.time_base * frame_rate)
+        start = stream.start_time
+        last = max(wanted, default=-1)
+
+        def index_of(pts: int | None) -> int:
+            index = None if pts is None else (pts - start) / ticks_per_frame
+            if index is None or index.denominator != 1:
+                raise RuntimeError(f"{path}: pts {pts} is not on the {frame_rate} fps grid")
+            return int(index)
+
+        for packet in container.demux(stream):
+            past = packet.dts is not None and packet.dts - start > last * ticks_per_frame
+            if packet.size and not past:
+                needed = index_of(packet.pts) in wanted
+                stream.codec_context.skip_frame = "DEFAULT" if needed else "NONREF"
+            for frame in stream.decode(None if past else packet):  # None: flush
+                yield index_of(frame.pts), frame
+            if past:
+                break
+
+
 def window_quality(
     path: Path,
     width: int,
@@ -639,10 +675,16 @@ def window_quality(
     reference: Path,
     ffmpeg: str,
     label: str,
+    *,
+    frame_rate: Fraction,
+    frames: int,
+    bitrate_kbps: float,
 ) -> RenditionQuality:
-    """An encoded rung's quality on the measurement windows: its frames decoded (in order;
-    the i-th frame is output frame i) against the stored references (`ReferenceStore`, the
-    windows' frames in order): PSNR, SSIM (engine.quality) and libvmaf VMAF per frame."""
+    """An encoded rung's quality on the measurement windows: their frames decoded
+    (`rung_frames`, which skips what no window needs) against the stored references
+    (`ReferenceStore`, the windows' frames in order): PSNR, SSIM (engine.quality) and libvmaf
+    VMAF per frame (the contract's usual quality fields, §5.5). `frames` and `bitrate_kbps`
+    are the rung's (`packet_rates`), for the result's step and bitrate."""
     wanted = [i for first, end in windows for i in range(first, end)]
     order = {index: k for k, index in enumerate(wanted)}
     shapes = [(height, width), ((height + 1) // 2, (width + 1) // 2)]
@@ -652,30 +694,22 @@ def window_quality(
     scores = _Scores(3)
     pipe = _VmafPipe(ffmpeg, width, height, "yuv420p", 1, 1, label)
     pushed: list[int] = []
-    decoded = 0
-    bits = 0
     try:
-        with av.open(str(path)) as container, reference.open("rb") as store:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_type = "AUTO"
-            for packet in container.demux(stream):
-                bits += packet.size * 8
-                for frame in packet.decode():
-                    assert isinstance(frame, av.VideoFrame)
-                    k = order.get(decoded, -1)
-                    decoded += 1
-                    if not 0 <= k < stored:
-                        continue
-                    store.seek(k * frame_size)
-                    raw = np.frombuffer(store.read(frame_size), np.uint8)
-                    ref, offset = [], 0
-                    for h, w in shapes:
-                        ref.append(raw[offset : offset + h * w].reshape(h, w))
-                        offset += h * w
-                    distorted = frame_planes(_yuv420(frame, width, height))
-                    scores.add(compare_planes(ref, distorted, 255))
-                    pipe.push(ref[0], np.ascontiguousarray(distorted[0]))
-                    pushed.append(decoded - 1)
+        with reference.open("rb") as store:
+            for index, frame in rung_frames(path, frame_rate, order):
+                k = order.get(index, -1)
+                if not 0 <= k < stored:
+                    continue
+                store.seek(k * frame_size)
+                raw = np.frombuffer(store.read(frame_size), np.uint8)
+                ref, offset = [], 0
+                for h, w in shapes:
+                    ref.append(raw[offset : offset + h * w].reshape(h, w))
+                    offset += h * w
+                distorted = frame_planes(_yuv420(frame, width, height))
+                scores.add(compare_planes(ref, distorted, 255))
+                pipe.push(ref[0], np.ascontiguousarray(distorted[0]))
+                pushed.append(index)
     except BaseException:
         pipe.abort()
         raise
@@ -684,15 +718,14 @@ def window_quality(
         (pushed[n], score) for n, score in pipe.frame_scores if 0 <= n < len(pushed)
     )
     count = max(scores.count, 1)
-    duration = decoded / float(stream.average_rate or 25) if decoded else 0.0
     return RenditionQuality(
         psnr=round(psnr_db(scores.weighted / count, 255), 4),
         psnr_y=round(psnr_db(scores.mse[0] / count, 255), 4),
         ssim=round(scores.ssim / count, 6),
         vmaf=round(vmaf, 4) if vmaf is not None else None,
         frames=scores.count,
-        step=max(1, round(decoded / count)),
-        bitrate_kbps=bits / 1000 / duration if duration > 0 else 0.0,
+        step=max(1, round(frames / count)),
+        bitrate_kbps=bitrate_kbps,
         vmaf_error=error if pushed else "no frame of the measurement windows",
         vmaf_frames=frame_scores,
     )

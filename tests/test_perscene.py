@@ -592,6 +592,63 @@ def test_the_analysis_skipping_unreferenced_frames_equals_a_full_decode(tmp_path
     assert stored == full_stored
 
 
+def _write_rung(path: Path, codec: str, frames: int) -> Path:
+    """A 160x96 rung written as the transcoder writes one (engine.transcode._VideoEncoder:
+    fragmented MP4, pts = output frame index, an IDR every 2 s at 25 fps): a box moving over
+    a gradient."""
+    from fractions import Fraction
+
+    from engine.media import VideoRendition
+    from engine.transcode import VideoOutput, _VideoEncoder
+
+    output = VideoOutput(
+        VideoRendition(160, 96, 300, codec, "SD", "rung"),
+        cpu_choice(codec, OptimizeFor.Speed, 300, 25.0, 2.0),
+        path,
+    )
+    encoder = _VideoEncoder(output, Fraction(25))
+    row = np.linspace(0, 255, 160, dtype=np.uint8)
+    for i in range(frames):
+        image = np.repeat(np.repeat(row[None, :, None], 96, axis=0), 3, axis=2)
+        image[30:70, 2 * i % 120 : 2 * i % 120 + 40] = (230, 200, 40)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), "rgb24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts, frame.time_base = i, Fraction(1, 25)
+        encoder.encode(frame, i % 50 == 0)
+    encoder.close(frames)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["H264", "H265"])
+@pytest.mark.parametrize("first_segment_only", [False, True])
+def test_rung_frames_skipping_equals_a_full_decode(tmp_path, codec, first_segment_only):
+    """`rung_frames` (the after-encode measurement's decode) decodes only what the windows
+    need: every window frame comes out, with the index of the full decode's frame whose
+    planes are byte-identical (so is every other frame it decodes); frames nothing references
+    are skipped outside the windows, and after the last window nothing is decoded."""
+    from fractions import Fraction
+
+    total = 90  # segments [0, 50) and [50, 90)
+    rung = _write_rung(tmp_path / "rung.mp4", codec, total)
+    windows = perscene.measure_windows([0, 50], total)
+    if first_segment_only:
+        windows = [w for w in windows if w[1] <= 50]
+    wanted = {i for first, end in windows for i in range(first, end)}
+    with av.open(str(rung)) as container:
+        full = [f.to_ndarray().tobytes() for f in container.decode(video=0)]
+    assert len(full) == total
+    decoded = [
+        (i, f.to_ndarray().tobytes()) for i, f in perscene.rung_frames(rung, Fraction(25), wanted)
+    ]
+    indices = [i for i, _ in decoded]
+    assert indices == sorted(set(indices))  # in output order, each frame once
+    assert wanted <= set(indices)
+    assert all(planes == full[i] for i, planes in decoded)
+    assert len(indices) < max(indices) + 1  # unreferenced frames skipped
+    if first_segment_only:  # stopped a few frames (the decoder's reordering) after the window
+        assert max(indices) < max(wanted) + 8
+
+
 @pytest.mark.parametrize(("cap_kbps", "encodes"), [(10, 2), (100_000, 3)])
 def test_a_probe_far_above_the_cap_skips_its_lowest_crf(tmp_path, monkeypatch, cap_kbps, encodes):
     """Noise at a 10 kbps cap: the middle CRF already costs over CAPPED_PROBE x the cap, so the

@@ -207,6 +207,9 @@ def _measure(
             Path(rate.reference),
             ffmpeg,
             rendition.name,
+            frame_rate=plan.frame_rate,
+            frames=track.frames,
+            bitrate_kbps=average,
         )
     segments = perscene.segment_scores(base.vmaf_frames, starts, track.frames) if base else []
     fields: dict[str, Any] = dict(vars(base)) if base is not None else _unmeasured(average)
