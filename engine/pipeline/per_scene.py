@@ -141,14 +141,19 @@ def per_scene_outcome(
     averages = [packet_rates[r.name][0] for r in renditions]
     dropped = {renditions[i].name for i in perscene.near_duplicates(averages)}
     began = time.monotonic()
-    # the kept rungs only, two at a time: decoding and libvmaf (a child process) leave the GIL
+    # the kept rungs only, two at a time: decoding and libvmaf (a child process) leave the
+    # GIL; the largest first, so that the last rung to start is a short one
+    measured_order = sorted(
+        (r for r in renditions if r.name not in dropped),
+        key=lambda r: r.width * r.height,
+        reverse=True,
+    )
     with ThreadPoolExecutor(MEASURE_THREADS) as pool:
         futures = {
             r.name: pool.submit(
                 _measure, plan, by_name[r.name], r, rates.get(r.name), packet_rates[r.name]
             )
-            for r in renditions
-            if r.name not in dropped
+            for r in measured_order
         }
         measured = {name: future.result() for name, future in futures.items()}
     log.info("PerScene: rungs measured in %.1f s", time.monotonic() - began)
