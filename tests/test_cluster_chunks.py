@@ -143,87 +143,88 @@ def test_worker_refuses_an_unknown_work_storage(tmp_path):
     assert cli.main([*arguments, "--work-storage", "nowhere"]) == cli.EXIT_INVALID
 
 
-def test_chunk_claims_in_the_store(tmp_path):
-    """Claims are exclusive; a chunk of a live owner is not taken, one of a dead process of
-    this host is (an attempt each), and the attempts are bounded; stop ends the rest."""
+@pytest.fixture
+def stored_job(tmp_path):
+    """A fresh SQLite store holding one job: (store, job_id)."""
     store = Store(f"sqlite:///{tmp_path / 'vipe.db'}", JobSealer(os.urandom(32)))
     store.migrate()
     try:
         job_id = str(uuid.uuid4())
         store.create_job(NewJob(job_id, "t", ("e", "t", "p"), {}, {}, [], {"JobId": job_id}))
-        chunks = ChunkStore(store, lease_seconds=60, max_attempts=2)
-        chunks.reset(job_id, 2)
-        me = new_owner()
-        host = me.split(":")[0]
-        other = f"{host}:{os.getppid()}:parent"  # another live process of this host
-        dead = f"{host}:999999999:gone"  # a pid of this host that does not run
-        assert chunks.claim(job_id, 0, me) is not None
-        assert chunks.claim(job_id, 0, other) is None  # held by a live owner
-        assert chunks.heartbeat(job_id, 0, me, 0.5)
-        assert not chunks.heartbeat(job_id, 0, other, 0.5)
-        assert chunks.finish(job_id, 0, me, {"Frames": 1})
-        assert chunks.claim(job_id, 0, other) is None  # done
-        assert chunks.claim(job_id, 1, dead) is not None  # first attempt, then the worker dies
-        assert chunks.claim(job_id, 1, me) is not None  # taken over: second attempt
-        assert not chunks.heartbeat(job_id, 1, dead, 0.1)  # the old owner lost it
-        with store.writing() as session:  # this owner dies too
-            session.get(ChunkRow, (job_id, 1)).owner = dead
-        assert chunks.claim(job_id, 1, other) is None  # two attempts used: Failed
-        rows = chunks.rows(job_id)
-        assert [r.state for r in rows] == ["Done", "Failed"]
-        assert "stopped 2 times" in rows[1].error
-        chunks.reset(job_id, 2)  # another plan (or none): its chunks afresh
-        assert chunks.claim(job_id, 0, me) is not None
-        chunks.stop(job_id)
-        assert [r.state for r in chunks.rows(job_id)] == ["Cancelled", "Cancelled"]
-        assert not chunks.heartbeat(job_id, 0, me, 0.9)  # its encoder stops
+        yield store, job_id
     finally:
         store.close()
 
 
-def test_a_job_that_runs_again_keeps_the_done_chunks_of_its_plan(tmp_path):
+def test_chunk_claims_in_the_store(stored_job):
+    """Claims are exclusive; a chunk of a live owner is not taken, one of a dead process of
+    this host is (an attempt each), and the attempts are bounded; stop ends the rest."""
+    store, job_id = stored_job
+    chunks = ChunkStore(store, lease_seconds=60, max_attempts=2)
+    chunks.reset(job_id, 2)
+    me = new_owner()
+    host = me.split(":")[0]
+    other = f"{host}:{os.getppid()}:parent"  # another live process of this host
+    dead = f"{host}:999999999:gone"  # a pid of this host that does not run
+    assert chunks.claim(job_id, 0, me) is not None
+    assert chunks.claim(job_id, 0, other) is None  # held by a live owner
+    assert chunks.heartbeat(job_id, 0, me, 0.5)
+    assert not chunks.heartbeat(job_id, 0, other, 0.5)
+    assert chunks.finish(job_id, 0, me, {"Frames": 1})
+    assert chunks.claim(job_id, 0, other) is None  # done
+    assert chunks.claim(job_id, 1, dead) is not None  # first attempt, then the worker dies
+    assert chunks.claim(job_id, 1, me) is not None  # taken over: second attempt
+    assert not chunks.heartbeat(job_id, 1, dead, 0.1)  # the old owner lost it
+    with store.writing() as session:  # this owner dies too
+        session.get(ChunkRow, (job_id, 1)).owner = dead
+    assert chunks.claim(job_id, 1, other) is None  # two attempts used: Failed
+    rows = chunks.rows(job_id)
+    assert [r.state for r in rows] == ["Done", "Failed"]
+    assert "stopped 2 times" in rows[1].error
+    chunks.reset(job_id, 2)  # another plan (or none): its chunks afresh
+    assert chunks.claim(job_id, 0, me) is not None
+    chunks.stop(job_id)
+    assert [r.state for r in chunks.rows(job_id)] == ["Cancelled", "Cancelled"]
+    assert not chunks.heartbeat(job_id, 0, me, 0.9)  # its encoder stops
+
+
+def test_a_job_that_runs_again_keeps_the_done_chunks_of_its_plan(stored_job, tmp_path):
     """`resume`: the rows of the same plan keep their Done chunks (and Running ones, for the
     take-over rules), the rest Pending again; another plan keeps nothing. When the job has
     ended, its rows are listed for the folder's removal until they forget their plan."""
-    store = Store(f"sqlite:///{tmp_path / 'vipe.db'}", JobSealer(os.urandom(32)))
-    store.migrate()
-    try:
-        job_id = str(uuid.uuid4())
-        store.create_job(NewJob(job_id, "t", ("e", "t", "p"), {}, {}, [], {"JobId": job_id}))
-        chunks = ChunkStore(store, lease_seconds=60, max_attempts=3)
-        me, dead = new_owner(), f"{new_owner().split(':')[0]}:999999999:gone"
-        assert chunks.resume(job_id, 4, "plan-a") is None  # nothing stored yet
-        chunks.reset(job_id, 4, "plan-a")
-        assert chunks.claim(job_id, 0, dead) is not None
-        assert chunks.finish(job_id, 0, dead, {"Frames": 1})
-        assert chunks.claim(job_id, 1, dead) is not None  # Running when its worker died
-        assert chunks.claim(job_id, 2, dead) is not None
-        chunks.fail(job_id, 2, dead, "failed")
-        assert chunks.resume(job_id, 4, "plan-a") == {0}
-        rows = chunks.rows(job_id)
-        assert [r.state for r in rows] == ["Done", "Running", "Pending", "Pending"]
-        assert rows[0].owner == dead and rows[0].attempts == 1  # kept as it was
-        assert chunks.claim(job_id, 0, me) is None  # Done stays Done
-        assert chunks.claim(job_id, 1, me).attempts == 2  # the take-over rules
-        assert chunks.resume(job_id, 4, "plan-b") is None  # another plan: nothing kept
-        assert chunks.resume(job_id, 5, "plan-a") is None  # other boundaries: likewise
-        assert not chunks.reset(job_id, 4, "plan-b", owner=me)  # the job is not held by me
-        assert chunks.resume(job_id, 4, "plan-a") == {0}  # nothing was wiped
-        assert chunks.reset(job_id, 4, "plan-b")
-        assert chunks.claim(job_id, 0, me).plan == "plan-b"
-        assert chunks.holds_files(job_id) and chunks.ended_jobs() == []
-        store.finish_job(job_id, "Failed", None, error_code=5000, error_message="x")
-        assert chunks.ended_jobs() == [job_id]
-        work = tmp_path / "work"
-        (work / job_id).mkdir(parents=True)
-        (work / job_id / "chunk0000.x.rung00.mp4").write_bytes(b"x")
-        context = ChunkContext(chunks, work_storage_location(str(work)), tmp_path / "here", me)
-        end_job(context, job_id)  # what the sweep does with each of `ended_jobs`
-        assert not (work / job_id).exists()
-        assert not chunks.holds_files(job_id) and chunks.ended_jobs() == []
-        assert "Running" not in [r.state for r in chunks.rows(job_id)]
-    finally:
-        store.close()
+    store, job_id = stored_job
+    chunks = ChunkStore(store, lease_seconds=60, max_attempts=3)
+    me, dead = new_owner(), f"{new_owner().split(':')[0]}:999999999:gone"
+    assert chunks.resume(job_id, 4, "plan-a") is None  # nothing stored yet
+    chunks.reset(job_id, 4, "plan-a")
+    assert chunks.claim(job_id, 0, dead) is not None
+    assert chunks.finish(job_id, 0, dead, {"Frames": 1})
+    assert chunks.claim(job_id, 1, dead) is not None  # Running when its worker died
+    assert chunks.claim(job_id, 2, dead) is not None
+    chunks.fail(job_id, 2, dead, "failed")
+    assert chunks.resume(job_id, 4, "plan-a") == {0}
+    rows = chunks.rows(job_id)
+    assert [r.state for r in rows] == ["Done", "Running", "Pending", "Pending"]
+    assert rows[0].owner == dead and rows[0].attempts == 1  # kept as it was
+    assert chunks.claim(job_id, 0, me) is None  # Done stays Done
+    assert chunks.claim(job_id, 1, me).attempts == 2  # the take-over rules
+    assert chunks.resume(job_id, 4, "plan-b") is None  # another plan: nothing kept
+    assert chunks.resume(job_id, 5, "plan-a") is None  # other boundaries: likewise
+    assert not chunks.reset(job_id, 4, "plan-b", owner=me)  # the job is not held by me
+    assert chunks.resume(job_id, 4, "plan-a") == {0}  # nothing was wiped
+    assert chunks.reset(job_id, 4, "plan-b")
+    assert chunks.claim(job_id, 0, me).plan == "plan-b"
+    assert chunks.holds_files(job_id) and chunks.ended_jobs() == []
+    store.finish_job(job_id, "Failed", None, error_code=5000, error_message="x")
+    assert chunks.ended_jobs() == [job_id]
+    work = tmp_path / "work"
+    (work / job_id).mkdir(parents=True)
+    (work / job_id / "chunk0000.x.rung00.mp4").write_bytes(b"x")
+    context = ChunkContext(chunks, work_storage_location(str(work)), tmp_path / "here", me)
+    end_job(context, job_id)  # what the sweep does with each of `ended_jobs`
+    assert not (work / job_id).exists()
+    assert not chunks.holds_files(job_id) and chunks.ended_jobs() == []
+    assert "Running" not in [r.state for r in chunks.rows(job_id)]
 
 
 def test_four_chunks_on_two_workers(cluster, workers, sources, tmp_path):
