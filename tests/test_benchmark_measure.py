@@ -38,3 +38,19 @@ def test_child_peak_is_its_own_while_the_driver_holds_300_mb() -> None:
 def test_a_failing_command_raises() -> None:
     with pytest.raises(RuntimeError, match="failed \\(3\\)"):
         measure([sys.executable, "-S", "-I", "-c", "import sys; sys.exit(3)"])
+
+
+def test_a_command_working_in_several_processes_reports_their_sum() -> None:
+    # two children that hold 60 MB each at the same time, and a parent that waits for both
+    parent = [
+        sys.executable, "-S", "-I", "-c",
+        "import subprocess, sys\n"
+        "hold = ('import time\\nb = bytearray(60 * 1024 * 1024)\\n'"
+        " 'for i in range(0, len(b), 4096): b[i] = 1\\ntime.sleep(0.5)')\n"
+        "children = [subprocess.Popen([sys.executable, '-S', '-I', '-c', hold])"
+        " for _ in range(2)]\n"
+        "assert all(c.wait() == 0 for c in children)",
+    ]  # fmt: skip
+    run = measure(parent)
+    # 120 MB held at once plus three interpreters; the largest single process is ~70 MB
+    assert 120 <= run.peak_mb - child_alone_mb() <= 170, run.peak_mb
