@@ -203,7 +203,7 @@ def run(quick: bool = False, long_seconds: int = LONG_SECONDS) -> list[Result]:
     if long_seconds:
         label = f"{long_seconds // 60} min 1080p" if long_seconds >= 60 else f"{long_seconds}s"
         renditions = make_long_renditions(long_seconds)
-        sets.append((renditions, f"{label} (4 renditions + audio)", 1, both))
+        sets.append((renditions, f"{label} (4 renditions + audio)", runs, both))
     results = []
     with tempfile.TemporaryDirectory(prefix="vipe-bench-packaging-") as folder:
         scratch = Path(folder)
