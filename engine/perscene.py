@@ -89,10 +89,10 @@ MIN_SLOPE = 0.25  # VMAF points per CRF step, at least, when extrapolating
 CLIP_FRAMES = 6  # per probe clip, encoded: an I-frame, the scored frames, the tail
 CLIP_SCORED = 2  # frames 1..CLIP_SCORED are scored; the tail after them is there so that
 # they are referenced as in a long encode (mb-tree/cu-tree starves a clip's last frames)
-CLIP_SPACING_S = 2.0
+CLIP_SPACING_S = 2.5
 # A clip is skipped when the picture is still: its 64x36 luma differs from the last probed
 # clip's first frame by less than `STILL_DIFFERENCE` (0..255, mean absolute) and that clip is
-# under `STILL_MAX_GAP_S` old (a slide probes every 8 s, not every 2 s). Measured 2 s apart on
+# under `STILL_MAX_GAP_S` old (a slide probes every 8 s, not every 2.5 s). Measured 2 s apart on
 # the benchmark's sources: slide 0.2-0.4, flat animation 4.7-9.3, pan and grain 27-70, a cut
 # 40-114.
 STILL_DIFFERENCE = 2.0
