@@ -5,9 +5,10 @@ against the source scaled to the rung's size (bicubic), per frame, then per segm
 
 Per source and rung: Default and PerScene kbps (packaged bytes / duration), VMAF mean and 5th
 percentile of per-segment means, bytes saved; per source the PerScene / Default wall time
-(each job timed as a child process, `benchmarks.common.measure`) and a rate-quality plot
-(`benchmarks/results/perscene-<source>.png`). The full table goes into latest.json (field
-`detail` of each result) and `benchmarks/results/perscene.json` (`--quick`: files named `-quick`).
+(each job timed as a child process, `benchmarks.common.measure`; the median of TIMING_RUNS
+runs) and a rate-quality plot (`benchmarks/results/perscene-<source>.png`). The full table
+goes into latest.json (field `detail` of each result) and `benchmarks/results/perscene.json`
+(`--quick`: files named `-quick`).
 
 Sources (generated with numpy + PyAV, cached in benchmarks/.cache): `static` (a slide with a
 slightly moving talking head), `animation` (flat-colour shapes in fast motion), `pan`
@@ -26,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,9 @@ from benchmarks.common import (
 FPS = 25
 SEGMENT = 4
 SECONDS = 20
+# each mode's job is timed this many times (the wall-time ratio is of the medians: single runs
+# of the same job varied by 3 % here); only the first run's package is scored
+TIMING_RUNS = 3
 SIZE = (960, 540)
 SOURCES = ("static", "animation", "pan", "grain", "mixed")
 TARGET = 95.0
@@ -225,6 +230,7 @@ def measure_job(command: list[str], label: str, attempts: int = 3) -> Run:
 
 def _run_job(source: Path, scratch: Path, mode: str) -> tuple[Run, dict, Path]:
     output = scratch / f"out-{mode}"
+    shutil.rmtree(output, ignore_errors=True)
     job = write_job(scratch / f"job-{mode}.json", _job(source, output, mode))
     events = scratch / f"events-{mode}.jsonl"
     run = measure_job(
@@ -298,8 +304,16 @@ def _measure_mode(source: Path, scratch: Path, mode: str, seconds: int) -> dict[
             **_scores(frames),
         }
         joined.unlink()
-    return {"wall_s": round(run.wall_s, 2), "cpu_s": round(run.cpu_s, 2),
-            "peak_mb": round(run.peak_mb, 1), "rungs": rungs}  # fmt: skip
+    return {"runs": [run], "rungs": rungs}
+
+
+def _timed(result: dict[str, Any]) -> None:
+    """The mode's wall time, CPU time and peak: the medians of its runs."""
+    runs = result.pop("runs")
+    result["wall_s"] = round(statistics.median(r.wall_s for r in runs), 2)
+    result["cpu_s"] = round(statistics.median(r.cpu_s for r in runs), 2)
+    result["peak_mb"] = round(statistics.median(r.peak_mb for r in runs), 1)
+    result["wall_runs_s"] = [round(r.wall_s, 2) for r in runs]
 
 
 def _compare(default: dict, perscene: dict) -> list[dict[str, Any]]:
@@ -371,14 +385,20 @@ def _plot(kind: str, default: dict, perscene: dict, suffix: str = "") -> Path | 
 
 
 def bench_source(
-    kind: str, width: int, height: int, seconds: int, suffix: str = ""
+    kind: str, width: int, height: int, seconds: int, suffix: str = "", timing_runs: int = 1
 ) -> PerSceneResult:
-    """Default and PerScene on one source; the per-rung comparison."""
+    """Default and PerScene on one source; the per-rung comparison. Each mode's job runs
+    `timing_runs` times for its time (medians); the first run's package is scored."""
     source = make_source(kind, width, height, seconds)
     scratch = Path(tempfile.mkdtemp(prefix=f"vipe-perscene-{kind}-"))
     try:
         default = _measure_mode(source, scratch, "Default", seconds)
         perscene = _measure_mode(source, scratch, "PerScene", seconds)
+        for _ in range(timing_runs - 1):  # timed only, the modes alternating
+            for mode, result in (("Default", default), ("PerScene", perscene)):
+                result["runs"].append(_run_job(source, scratch, mode)[0])
+        _timed(default)
+        _timed(perscene)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     rows = _compare(default, perscene)
@@ -408,7 +428,7 @@ def bench_source(
         anchor_peak_mb=default["peak_mb"],
         vipe_cpu_s=perscene["cpu_s"],
         anchor_cpu_s=default["cpu_s"],
-        runs=1,
+        runs=timing_runs,
         detail=detail,
     )
 
@@ -433,8 +453,9 @@ def run(quick: bool = False, report: Callable[[str], None] = print) -> list[Resu
     results: list[Result] = []
     suffix = "-quick" if quick else ""  # the quick case keeps the full run's files
     RESULTS.mkdir(parents=True, exist_ok=True)
+    timing_runs = 1 if quick else TIMING_RUNS
     for kind in sources:
-        result = bench_source(kind, width, height, seconds, suffix)
+        result = bench_source(kind, width, height, seconds, suffix, timing_runs)
         report(json.dumps(result.detail["rows"]))
         results.append(result)
         # each source's table as soon as it is measured (a long run may be interrupted)
