@@ -5,6 +5,8 @@ Folders follow the contract (§5): one format goes straight into the output fold
 into one sub-folder each (`dash/`, `hls/`, `hlsts/`), each complete; `Cmaf` and `DashOnDemand`
 combine with nothing. Media is written once per layout and copied into further folders that
 need the same layout. Manifests are written after every media file of every format exists.
+With `PARALLEL_MIN_BYTES` of media or more, the tracks of the first layout are written in
+spawned worker processes, one per usable CPU (`write_tracks`).
 """
 
 from __future__ import annotations
