@@ -49,7 +49,10 @@ class ProtectedSample:
 
 
 class TrackProtection:
-    """Base class of a per-track DRM plug-in; every hook defaults to "nothing to add"."""
+    """Base class of a per-track DRM plug-in; every hook defaults to "nothing to add".
+
+    A plug-in must pickle: large packages are written in worker processes, each given a copy
+    of its tracks (`packagers.packager.write_tracks`); `protect_sample` runs there."""
 
     key_id: str | None = None  # GUID of the content key, reported in StreamInfo
     iv: str | None = None  # constant IV (hex), reported in StreamInfo when there is one
