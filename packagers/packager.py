@@ -173,6 +173,9 @@ def write_tracks(
             for future in finished:
                 future.result()  # a track's error fails the packaging here
         return [TrackLayout(track=track, **futures[i].result()) for i, track in enumerate(tracks)]
+    except concurrent.futures.BrokenExecutor as error:  # a worker was killed (OOM, signal)
+        stop.set()
+        raise PackagingError(f"a packaging worker process died ({error})") from error
     except BaseException:
         stop.set()  # the workers stop before their next segment
         raise

@@ -4,6 +4,7 @@ PARALLEL_MIN_BYTES of media): the same bytes as in one process, errors and cance
 from __future__ import annotations
 
 import multiprocessing
+import os
 import uuid
 from pathlib import Path
 
@@ -101,3 +102,21 @@ def test_cancel_stops_the_workers(packager_inputs, tmp_path, monkeypatch):
                 cancel=cancel)  # fmt: skip
     assert len(calls) == 1 and multiprocessing.active_children() == []
     assert not (tmp_path / "out" / "manifest.mpd").exists()
+
+
+class _Dying(TrackProtection):
+    """Ends its worker process abruptly on the first sample (as the kernel's OOM killer
+    would)."""
+
+    def protect_sample(self, data, entry):
+        os._exit(9)
+
+
+def test_a_worker_that_dies_fails_the_packaging_with_a_clear_error(packager_inputs, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    tracks = _tracks(packager_inputs, None)
+    tracks[0] = TrackInput(packager_inputs.video_high, "video", "video-high", protection=_Dying())
+    _in_processes_only(monkeypatch)
+    with pytest.raises(PackagingError, match="a packaging worker process died"):
+        package(tracks, [], PackageSpec(["Dash"], segment_seconds=2), tmp_path / "out")
+    assert multiprocessing.active_children() == []
