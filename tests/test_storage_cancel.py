@@ -106,17 +106,16 @@ def test_cancel_during_a_stalled_s3_multipart_upload(moto_server, proxy, tmp_pat
     (source / "video.mp4").write_bytes(os.urandom(11 * MiB))  # multipart: 3 parts of 5 MiB
     token = CancelToken()
     storage = open_storage(target.location)
-    fault = None
-
-    def stalled() -> bool:
-        nonlocal fault
-        if fault is None and "seg 1.m4s" in target.names():  # the segment is up: stall now
-            fault = proxy.stall(after_bytes=512 * 1024, seconds=STALL, direction="up", times=None)
-        return fault is not None and fault.fired > 0
+    # Every connection stalls once it has sent 512 KiB: the segment (200 kB) goes up, the
+    # multipart upload's first part stalls. (Set from the start: set once the segment showed
+    # in the bucket, the 11 MiB sometimes finished before the stall was in place.)
+    fault = proxy.stall(after_bytes=512 * 1024, seconds=STALL, direction="up", times=None)
 
     try:
         _assert_cancelled_quickly(
-            lambda: storage.upload_folder(source, cancel=token.check), token, stalled
+            lambda: storage.upload_folder(source, cancel=token.check),
+            token,
+            lambda: fault.fired > 0,
         )
     finally:
         storage.close()
