@@ -5,8 +5,8 @@ Folders follow the contract (§5): one format goes straight into the output fold
 into one sub-folder each (`dash/`, `hls/`, `hlsts/`), each complete; `Cmaf` and `DashOnDemand`
 combine with nothing. Media is written once per layout and copied into further folders that
 need the same layout. Manifests are written after every media file of every format exists.
-With `PARALLEL_MIN_BYTES` of media or more, the tracks of the first layout are written in
-spawned worker processes, one per usable CPU (`write_tracks`).
+With `PARALLEL_MIN_BYTES` of media or more, the tracks are written in spawned worker
+processes, one per usable CPU (`write_tracks`).
 """
 
 from __future__ import annotations
@@ -79,10 +79,7 @@ class PackageContext:
                     shutil.copyfile(source / name, target / name)
                 self._record(folder, item.files)
             return layouts
-        # in processes only for the first layout: a track's encryptor state (cenc's next IV)
-        # stays in the process that wrote it, and a second layout must not reuse those IVs
-        in_processes = not self._written
-        layouts = write_tracks(self.tracks, layout, target, self.cancel, in_processes)
+        layouts = write_tracks(self.tracks, layout, target, self.cancel)
         for item in layouts:
             self._record(folder, item.files)
         self._written[layout] = (target, layouts)
@@ -145,12 +142,16 @@ def write_tracks(
     layout: Layout,
     target: Path,
     cancel: Callable[[], None],
-    in_processes: bool = True,
 ) -> list[TrackLayout]:
-    """Every track written in `layout` into `target`, in the order of `tracks`."""
+    """Every track written in `layout` into `target`, in the order of `tracks`.
+
+    A worker encrypts with a copy of the track's protection as it was before any sample: a
+    cenc track's IVs start again from its first IV in every layout so written, so the same
+    sample gets the same IV and the same ciphertext in each (no keystream serves two
+    different plaintexts; in one process the IVs run on across layouts instead)."""
     workers = min(len(tracks), _usable_cpus())
     media_bytes = [int(track.file.samples.size.sum()) for track in tracks]
-    if not in_processes or workers < 2 or sum(media_bytes) < PARALLEL_MIN_BYTES:
+    if workers < 2 or sum(media_bytes) < PARALLEL_MIN_BYTES:
         return [_write_track(track, layout, target, cancel) for track in tracks]
     import concurrent.futures  # here: a small job does not pay their import at start-up
     import multiprocessing

@@ -51,7 +51,7 @@ def _in_processes_only(monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     ("formats", "scheme"),
-    [(["Cmaf"], "cbcs"), (["Dash", "Hls"], "cenc"), (["Dash"], None), (["HlsTs"], None)],
+    [(["Cmaf"], "cbcs"), (["Dash", "Hls"], "cenc"), (["Dash", "HlsTs"], None)],
 )
 def test_workers_write_the_bytes_one_process_writes(
     packager_inputs, tmp_path, monkeypatch, formats, scheme
