@@ -55,7 +55,7 @@ from typing import Any
 import av
 import numpy as np
 from av.video.frame import PictureType
-from av.video.reformatter import Interpolation, VideoReformatter
+from av.video.reformatter import Interpolation
 
 from engine.encoders import CPU_PRESETS, EncoderChoice
 from engine.quality import (
@@ -752,9 +752,6 @@ class _Prober:
         # (start, kbps per crf, (first scored frame number, count) per crf)
         self.clips: list[tuple[int, list[float], list[tuple[int, int]]]] = []
         self.pushed = 0
-        # its own: the probers share the clip's frames, and a frame's `reformat` uses one
-        # scaler per frame, which two threads must not use at once (they deadlock)
-        self.scaler = VideoReformatter()
 
     def _context(self, crf: float) -> av.VideoCodecContext:
         choice = self.output.encoder
@@ -786,8 +783,7 @@ class _Prober:
     def probe(self, start: int, frames: list[av.VideoFrame], segment_frames: int) -> None:
         rendition = self.output.rendition
         scaled = [
-            self.scaler.reformat(
-                f,
+            f.reformat(
                 width=rendition.width,
                 height=rendition.height,
                 format="yuv420p",
@@ -911,11 +907,14 @@ def analyse(
     clip: list[av.VideoFrame] = []
     clip_start: int | None = None
     last_clip: tuple[int, np.ndarray] | None = None  # start and thumbnail of the last clip
-    # The probes of a clip run on worker threads, one per probed rung, while the decode goes
-    # on (the encoders and decoders leave the GIL); one clip at a time, so memory stays flat
-    # and each rung's probes reach its VMAF pipe in clip order
-    worker = ThreadPoolExecutor(max(1, len(probers)), thread_name_prefix="perscene-probe")
-    probing: list[Future] = []
+    # The probes of a clip run on a worker thread while the decode goes on (the encoders
+    # and decoders leave the GIL); one clip at a time, so memory stays flat
+    worker = ThreadPoolExecutor(1, thread_name_prefix="perscene-probe")
+    probing: Future | None = None
+
+    def probe_clip(start: int, frames: list[av.VideoFrame]) -> None:
+        for prober in probers:
+            prober.probe(start, frames, segment_frames)
 
     def needed(estimate: int) -> bool:  # a clip's or a window's frame, within 2 frames
         return any(
@@ -966,13 +965,9 @@ def analyse(
                 if clip_start is not None and clip_start <= index < clip_start + CLIP_FRAMES:
                     clip.append(frame)
                     if len(clip) == CLIP_FRAMES:
-                        for future in probing:
-                            future.result()
-                        frames = list(clip)
-                        probing = [
-                            worker.submit(prober.probe, clip_start, frames, segment_frames)
-                            for prober in probers
-                        ]
+                        if probing is not None:
+                            probing.result()
+                        probing = worker.submit(probe_clip, clip_start, list(clip))
                         clip.clear()
                 index += 1
 
@@ -1002,8 +997,8 @@ def analyse(
             if skipping:  # skipped frames at the end
                 differences += [0.0] * (len(packet_times) - index)
                 index = max(index, len(packet_times))
-        for future in probing:
-            future.result()
+        if probing is not None:
+            probing.result()
         probes = {p.output.rendition.name: p.finish() for p in probers}
     except BaseException:
         worker.shutdown(wait=True, cancel_futures=True)
