@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 
 from rich.console import Console
 
-from benchmarks.common import Result, Run, measure, vipe_command, write_job
+from benchmarks.common import Result, Run, measure, median_run, vipe_command, write_job
 from benchmarks.ladder import make_source, planned_rungs, run_ffmpeg, vipe_job
 
 CHUNK_SECONDS = 8
@@ -50,21 +49,20 @@ def run(quick: bool = False) -> list[Result]:
             times["ffmpeg"].append(run_ffmpeg(source, rungs, scratch))
             for n in counts:
                 times[f"N={n}"].append(run_vipe_chunked(source, scratch, n))
-    median = {k: statistics.median(r.wall_s for r in v) for k, v in times.items()}
-    one_pass, ffmpeg = median["one pass"], median["ffmpeg"]
+    median = {k: median_run(v) for k, v in times.items()}
+    one_pass, ffmpeg = median["one pass"].wall_s, median["ffmpeg"].wall_s
     console.print(
         f"{cores} cores; {seconds} s 1080p source, {len(rungs)} rungs, {CHUNK_SECONDS} s chunks; "
         f"one pass {one_pass:.2f} s, ffmpeg CLI {ffmpeg:.2f} s (medians of {runs})"
     )
     results = []
     for n in counts:
-        wall = median[f"N={n}"]
+        wall = median[f"N={n}"].wall_s
         console.print(
             f"  --parallel {n}: {wall:.2f} s, speed-up {one_pass / wall:.2f}× over one pass, "
             f"{ffmpeg / wall:.2f}× over the ffmpeg CLI"
             + (f"; chunking overhead {(wall / one_pass - 1) * 100:+.1f}%" if n == 1 else "")
         )
-        runs_n = times[f"N={n}"]
         results.append(
             Result(
                 name=f"chunked 1080p {seconds}s --parallel {n}",
@@ -72,10 +70,10 @@ def run(quick: bool = False) -> list[Result]:
                 anchor="vipe one pass",
                 anchor_s=round(one_pass, 3),
                 ratio=round(wall / one_pass, 3),
-                vipe_peak_mb=round(statistics.median(r.peak_mb for r in runs_n), 1),
-                anchor_peak_mb=round(statistics.median(r.peak_mb for r in times["one pass"]), 1),
-                vipe_cpu_s=round(statistics.median(r.cpu_s for r in runs_n), 3),
-                anchor_cpu_s=round(statistics.median(r.cpu_s for r in times["one pass"]), 3),
+                vipe_peak_mb=round(median[f"N={n}"].peak_mb, 1),
+                anchor_peak_mb=round(median["one pass"].peak_mb, 1),
+                vipe_cpu_s=round(median[f"N={n}"].cpu_s, 3),
+                anchor_cpu_s=round(median["one pass"].cpu_s, 3),
                 runs=runs,
                 extra={
                     "cores": cores,

@@ -71,6 +71,15 @@ class Result:
         return asdict(self)
 
 
+def median_run(runs: list[Run]) -> Run:
+    """Each figure's median over `runs` (wall time, CPU time and peak, each on its own)."""
+    return Run(
+        statistics.median(r.wall_s for r in runs),
+        statistics.median(r.cpu_s for r in runs),
+        statistics.median(r.peak_mb for r in runs),
+    )
+
+
 def compare(name: str, vipe, anchor_name: str, anchor, runs: int) -> Result:
     """Run vipe and the anchor alternately `runs` times each (callables returning `Run`);
     medians of each, ratio = vipe / anchor wall time."""
@@ -79,18 +88,17 @@ def compare(name: str, vipe, anchor_name: str, anchor, runs: int) -> Result:
     for _ in range(runs):
         vipe_runs.append(vipe())
         anchor_runs.append(anchor())
-    vipe_s = statistics.median(r.wall_s for r in vipe_runs)
-    anchor_s = statistics.median(r.wall_s for r in anchor_runs)
+    vipe_median, anchor_median = median_run(vipe_runs), median_run(anchor_runs)
     return Result(
         name=name,
-        vipe_s=round(vipe_s, 3),
+        vipe_s=round(vipe_median.wall_s, 3),
         anchor=anchor_name,
-        anchor_s=round(anchor_s, 3),
-        ratio=round(vipe_s / anchor_s, 3),
-        vipe_peak_mb=round(statistics.median(r.peak_mb for r in vipe_runs), 1),
-        anchor_peak_mb=round(statistics.median(r.peak_mb for r in anchor_runs), 1),
-        vipe_cpu_s=round(statistics.median(r.cpu_s for r in vipe_runs), 3),
-        anchor_cpu_s=round(statistics.median(r.cpu_s for r in anchor_runs), 3),
+        anchor_s=round(anchor_median.wall_s, 3),
+        ratio=round(vipe_median.wall_s / anchor_median.wall_s, 3),
+        vipe_peak_mb=round(vipe_median.peak_mb, 1),
+        anchor_peak_mb=round(anchor_median.peak_mb, 1),
+        vipe_cpu_s=round(vipe_median.cpu_s, 3),
+        anchor_cpu_s=round(anchor_median.cpu_s, 3),
         runs=runs,
     )
 

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from benchmarks.common import (
     Result,
     Run,
     ffmpeg_exe,
+    median_run,
     vipe_command,
     write_job,
 )
@@ -310,9 +310,10 @@ def _measure_mode(source: Path, scratch: Path, mode: str, seconds: int) -> dict[
 def _timed(result: dict[str, Any]) -> None:
     """The mode's wall time, CPU time and peak: the medians of its runs."""
     runs = result.pop("runs")
-    result["wall_s"] = round(statistics.median(r.wall_s for r in runs), 2)
-    result["cpu_s"] = round(statistics.median(r.cpu_s for r in runs), 2)
-    result["peak_mb"] = round(statistics.median(r.peak_mb for r in runs), 1)
+    median = median_run(runs)
+    result["wall_s"] = round(median.wall_s, 2)
+    result["cpu_s"] = round(median.cpu_s, 2)
+    result["peak_mb"] = round(median.peak_mb, 1)
     result["wall_runs_s"] = [round(r.wall_s, 2) for r in runs]
 
 
