@@ -137,7 +137,18 @@ def per_scene_outcome(
     bitrate; near-duplicate rungs are dropped with an info Warning `RenditionDropped`."""
     by_name = {t.name: t for t in tracks if t.kind == "video"}
     renditions = [o.rendition for o in plan.video if o.rendition.name in by_name]
-    packet_rates = {r.name: _packet_rates(plan, by_name[r.name]) for r in renditions}
+    starts = {
+        r.name: perscene.segment_starts(
+            plan.frame_rate, plan.segment_seconds, by_name[r.name].frames
+        )
+        for r in renditions
+    }
+    packet_rates = {
+        r.name: perscene.packet_rates(
+            by_name[r.name].path, starts[r.name], plan.frame_rate, by_name[r.name].frames
+        )
+        for r in renditions
+    }
     averages = [packet_rates[r.name][0] for r in renditions]
     dropped = {renditions[i].name for i in perscene.near_duplicates(averages)}
     began = time.monotonic()
@@ -151,7 +162,13 @@ def per_scene_outcome(
     with ThreadPoolExecutor(MEASURE_THREADS) as pool:
         futures = {
             r.name: pool.submit(
-                _measure, plan, by_name[r.name], r, rates.get(r.name), packet_rates[r.name]
+                _measure,
+                plan,
+                by_name[r.name],
+                r,
+                rates.get(r.name),
+                starts[r.name],
+                packet_rates[r.name],
             )
             for r in measured_order
         }
@@ -184,22 +201,17 @@ def per_scene_outcome(
     return kept_tracks, kept
 
 
-def _packet_rates(plan: TranscodePlan, track: EncodedTrack) -> tuple[float, float]:
-    """(average kbps, peak segment kbps) of an encoded rung (`perscene.packet_rates`)."""
-    starts = perscene.segment_starts(plan.frame_rate, plan.segment_seconds, track.frames)
-    return perscene.packet_rates(track.path, starts, plan.frame_rate, track.frames)
-
-
 def _measure(
     plan: TranscodePlan,
     track: EncodedTrack,
     rendition: VideoRendition,
     rate: perscene.RungRate | None,
+    starts: list[int],
     rates: tuple[float, float],
 ) -> perscene.PerSceneQuality:
     """A kept rung's `PerSceneQuality`: its packet rates (average, peak) and its VMAF on the
-    measurement windows (or the transcoder's measurement)."""
-    starts = perscene.segment_starts(plan.frame_rate, plan.segment_seconds, track.frames)
+    measurement windows (or the transcoder's measurement); `starts`: its segments' first
+    frames."""
     average, peak = rates
     base = track.quality
     ffmpeg = vmaf_support()[0]
