@@ -43,6 +43,8 @@ NOT_AT_START = (
     # jobs that fetch or post over HTTP (storage.egress_urllib, the Http input, webhooks)
     "http.client",
     "storage.egress_urllib",
+    # packages large enough for worker processes (packagers.packager.write_tracks)
+    "multiprocessing",
 )
 BUDGET_S = 0.6
 STATEMENT = "import engine.cli, engine.pipeline, sys; print(' '.join(sorted(sys.modules)))"
